@@ -1,0 +1,20 @@
+//! vpnlab: rebuilds documented VPN troubleshooting recipes as real labs on Linux network
+//! namespaces, with real daemons, and compares each scenario's transcript with a snapshot.
+//!
+//! Data flows one way: lab file -> [`model`] (validated) -> [`topology`] + [`process`] (built lab)
+//! -> [`runner`] (steps) -> [`transcript`] -> [`snapshot`]. See ARCHITECTURE.md.
+
+pub mod backend;
+pub mod env;
+pub mod error;
+pub mod model;
+pub mod ns;
+pub mod pki;
+pub mod probe;
+pub mod process;
+pub mod runner;
+pub mod snapshot;
+pub mod suite;
+pub mod topology;
+pub mod transcript;
+pub mod workdir;

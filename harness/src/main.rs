@@ -1,0 +1,139 @@
+//! The `vpnlab` command line: `vpnlab list`, `vpnlab run [LAB[::SCENARIO]...]`.
+//! Exit codes: 0 all passed, 1 a lab failed, 2 bad input or environment.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use std::time::Instant;
+use vpnlab::error::{EnvError, InputError};
+use vpnlab::{env, model, runner, suite, workdir};
+
+#[derive(Parser)]
+#[command(name = "vpnlab", version, about = "Rebuild VPN troubleshooting recipes as real labs in network namespaces")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List labs and their scenarios.
+    List,
+    /// Run labs (all when none is given) and compare each transcript with its snapshot.
+    Run {
+        /// `family/recipe`, `family/recipe::scenario`, or the path of a lab folder.
+        labs: Vec<String>,
+        /// Keep the work dir (daemon logs, node files) even when a scenario passes.
+        #[arg(long)]
+        keep: bool,
+        /// Write this run's transcripts as the snapshots instead of comparing (not under CI).
+        #[arg(long)]
+        accept: bool,
+        /// Print only the verdicts, not every step.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check lab files without running anything.
+    Check { labs: Vec<String> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(vpnlab::error::exit_code(&e) as u8)
+        }
+    }
+}
+
+/// Loads the labs named on the command line (all when empty), with their scenario filter.
+fn select(args: &[String]) -> anyhow::Result<Vec<(model::Lab, Vec<String>)>> {
+    let root = suite::labs_root();
+    let targets: Vec<(std::path::PathBuf, Option<String>)> = if args.is_empty() {
+        suite::discover(&root).into_iter().map(|d| (d, None)).collect()
+    } else {
+        args.iter().map(|a| suite::resolve(a, &root)).collect::<Result<_, EnvError>>()?
+    };
+    if targets.is_empty() {
+        return Err(EnvError { msg: format!("no labs found under {}", root.display()), hint: "run from the repository root or set VPNLAB_LABS".into() }.into());
+    }
+    let mut out: Vec<(model::Lab, Vec<String>)> = Vec::new();
+    for (dir, sc) in targets {
+        let lab = model::load(&dir).map_err(anyhow::Error::from)?;
+        let scenarios = match sc {
+            Some(s) => {
+                if lab.scenario(&s).is_none() {
+                    let known: Vec<&str> = lab.scenarios.iter().map(|s| s.name.as_str()).collect();
+                    return Err(InputError {
+                        file: lab.file.clone(),
+                        line: 1,
+                        col: 1,
+                        msg: format!("lab {} has no scenario `{s}`", lab.id),
+                        hint: format!("scenarios: {}", known.join(", ")),
+                    }
+                    .into());
+                }
+                vec![s]
+            }
+            None => lab.scenarios.iter().map(|s| s.name.clone()).collect(),
+        };
+        match out.iter_mut().find(|(l, _)| l.dir == lab.dir) {
+            Some((_, v)) => v.extend(scenarios),
+            None => out.push((lab, scenarios)),
+        }
+    }
+    Ok(out)
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<u8> {
+    match cli.cmd {
+        Cmd::List => {
+            for (lab, _) in select(&[])? {
+                println!("{}  - {}", lab.id, lab.title);
+                for s in &lab.scenarios {
+                    println!("    {}::{}{}", lab.id, s.name, if s.about.is_empty() { String::new() } else { format!("  - {}", s.about) });
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Check { labs } => {
+            for (lab, sc) in select(&labs)? {
+                println!("{}: ok ({} scenarios)", lab.id, sc.len());
+            }
+            Ok(0)
+        }
+        Cmd::Run { labs, keep, accept, quiet } => {
+            let selected = select(&labs)?;
+            env::require_root()?;
+            workdir::sweep();
+            for (lab, _) in &selected {
+                if let Some(why) = env::unmet(lab) {
+                    return Err(EnvError { msg: format!("{} cannot run here: {why}", lab.id), hint: "run `sudo ci/setup` to install what the labs need".into() }.into());
+                }
+            }
+            let opts = runner::Options { keep, progress: !quiet };
+            let (mut passed, mut failed) = (0, 0);
+            let t0 = Instant::now();
+            for (lab, scenarios) in &selected {
+                for s in scenarios {
+                    eprintln!("== {}::{s} (native backend)", lab.id);
+                    let t = Instant::now();
+                    let out = suite::run_checked(lab, s, &opts, accept)?;
+                    let verdict = if out.passed { "ok" } else { "FAILED" };
+                    eprintln!("== {}::{s}: {verdict} in {:.2}s", lab.id, t.elapsed().as_secs_f64());
+                    if !out.report.is_empty() {
+                        eprintln!("{}", out.report);
+                    }
+                    if out.passed {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+            }
+            println!("vpnlab: {passed} passed, {failed} failed in {:.2}s", t0.elapsed().as_secs_f64());
+            Ok(if failed > 0 { 1 } else { 0 })
+        }
+    }
+}

@@ -1,0 +1,708 @@
+//! The lab model: `lab.toml` parsed (serde + toml with spans) and validated into a [`Lab`] that
+//! the rest of the harness trusts. Every problem becomes one [`InputError`] that names
+//! `file:line:column` and the fix; nothing is built from an invalid lab.
+
+pub mod route;
+pub mod step;
+
+use crate::error::InputError;
+use crate::pki::PkiSpec;
+use indexmap::IndexMap;
+use ipnet::IpNet;
+use regex::Regex;
+use route::{parse_route, parse_rule, Route, Rule};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use step::{parse_duration, parse_step, Action, Step};
+use toml::Spanned;
+
+// ---------------------------------------------------------------- raw (what serde reads)
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLab {
+    lab: RawMeta,
+    #[serde(default)]
+    pki: Option<PkiSpec>,
+    #[serde(default)]
+    nodes: IndexMap<String, Spanned<RawNode>>,
+    #[serde(default)]
+    links: Vec<Spanned<RawLink>>,
+    #[serde(default)]
+    lans: Vec<Spanned<RawLan>>,
+    #[serde(default)]
+    services: IndexMap<String, Spanned<RawService>>,
+    #[serde(default)]
+    sanitize: Vec<RawSanitizer>,
+    #[serde(default)]
+    scenarios: IndexMap<String, Spanned<RawScenario>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeta {
+    title: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    kernel: Vec<Spanned<String>>,
+    #[serde(default)]
+    prelude: Vec<Spanned<String>>,
+    /// Overall deadline for one scenario (default 60s).
+    #[serde(default)]
+    deadline: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    #[serde(default)]
+    sysctl: IndexMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    routes: Vec<Spanned<String>>,
+    #[serde(default)]
+    rules: Vec<Spanned<String>>,
+    #[serde(default)]
+    files: Vec<Spanned<String>>,
+    #[serde(default)]
+    modes: IndexMap<String, Spanned<String>>,
+    #[serde(default)]
+    nft: Option<String>,
+    #[serde(default)]
+    setup: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    a: Spanned<String>,
+    b: Spanned<String>,
+    #[serde(default)]
+    mtu: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLan {
+    name: Spanned<String>,
+    members: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    node: Spanned<String>,
+    run: Spanned<String>,
+    #[serde(default)]
+    ready: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    autostart: bool,
+    /// The daemon is allowed to exit on its own (otherwise its death fails the lab).
+    #[serde(default)]
+    may_exit: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSanitizer {
+    re: Spanned<String>,
+    with: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    #[serde(default)]
+    about: String,
+    steps: Vec<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------- validated model
+
+/// An interface of a node with its addresses.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub node: usize,
+    pub ifname: String,
+    pub addrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub a: Endpoint,
+    pub b: Endpoint,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lan {
+    pub name: String,
+    pub members: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSpec {
+    /// Path relative to the lab folder (and to the node's directory).
+    pub rel: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub sysctls: Vec<(String, String)>,
+    pub routes: Vec<Route>,
+    pub rules: Vec<Rule>,
+    pub files: Vec<FileSpec>,
+    pub modes: Vec<(PathBuf, u32)>,
+    pub nft: Option<String>,
+    pub setup: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub node: usize,
+    pub argv: Vec<String>,
+    pub ready: Option<Regex>,
+    pub timeout: Duration,
+    pub autostart: bool,
+    pub may_exit: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sanitizer {
+    pub re: Regex,
+    pub with: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub about: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelFeature {
+    Ppp,
+    Esp,
+}
+
+impl KernelFeature {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelFeature::Ppp => "ppp",
+            KernelFeature::Esp => "esp",
+        }
+    }
+}
+
+/// A validated lab. Indices (`node`, `service`) point into `nodes` / `services`.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    /// `family/recipe`, from the folder's last two components.
+    pub id: String,
+    pub dir: PathBuf,
+    pub file: PathBuf,
+    pub title: String,
+    pub source: String,
+    pub kernel: Vec<KernelFeature>,
+    pub deadline: Duration,
+    pub pki: Option<PkiSpec>,
+    pub nodes: Vec<Node>,
+    pub links: Vec<Link>,
+    pub lans: Vec<Lan>,
+    pub services: Vec<Service>,
+    pub sanitizers: Vec<Sanitizer>,
+    pub prelude: Vec<Step>,
+    pub scenarios: Vec<Scenario>,
+}
+
+impl Lab {
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+    pub fn scenario(&self, name: &str) -> Option<&Scenario> {
+        self.scenarios.iter().find(|s| s.name == name)
+    }
+    /// Every endpoint of the lab (links and LAN members).
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.links.iter().flat_map(|l| [&l.a, &l.b]).chain(self.lans.iter().flat_map(|l| l.members.iter()))
+    }
+    /// The node that owns an address statically, if any.
+    pub fn owner_of(&self, addr: IpAddr) -> Option<usize> {
+        self.endpoints().find(|e| e.addrs.iter().any(|a| a.addr() == addr)).map(|e| e.node)
+    }
+    /// Programs the lab runs (services, setup commands, steps), for the requirement check.
+    pub fn programs(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.services.iter().map(|s| s.argv[0].clone()).collect();
+        for n in &self.nodes {
+            if n.nft.is_some() {
+                out.push("nft".into());
+            }
+            out.extend(n.setup.iter().filter_map(|c| first_program(c)));
+        }
+        for step in self.prelude.iter().chain(self.scenarios.iter().flat_map(|s| s.steps.iter())) {
+            match &step.action {
+                Action::Ping { .. } => out.push("ping".into()),
+                Action::Sh { cmd, .. } | Action::Show { cmd, .. } => out.extend(first_program(cmd)),
+                _ => {}
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The program a shell command line starts with (skipping `VAR=x` assignments and `sudo`).
+fn first_program(cmd: &str) -> Option<String> {
+    cmd.split_whitespace()
+        .find(|w| !w.contains('=') && *w != "sudo" && *w != "exec")
+        .filter(|w| w.chars().all(|c| c.is_ascii_alphanumeric() || "._-/+".contains(c)))
+        .map(|w| w.to_string())
+}
+
+/// Splits a command line into words, honouring '...' and "..." quoting and backslashes.
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut have = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                have = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err("unclosed '".into()),
+                    }
+                }
+            }
+            '"' => {
+                have = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => cur.push(chars.next().ok_or("trailing \\")?),
+                        Some(c) => cur.push(c),
+                        None => return Err("unclosed \"".into()),
+                    }
+                }
+            }
+            '\\' => {
+                have = true;
+                cur.push(chars.next().ok_or("trailing \\")?);
+            }
+            c if c.is_whitespace() => {
+                if have {
+                    out.push(std::mem::take(&mut cur));
+                    have = false;
+                }
+            }
+            c => {
+                have = true;
+                cur.push(c);
+            }
+        }
+    }
+    if have {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Finds `lab.toml` in a lab folder (or takes the file itself).
+pub fn lab_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("lab.toml")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// The lab id: the folder's last two components (`openvpn/missing-return-route`).
+pub fn lab_id(dir: &Path) -> String {
+    let comps: Vec<String> = dir.components().rev().take(2).map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    comps.into_iter().rev().collect::<Vec<_>>().join("/")
+}
+
+/// Reads and validates a lab.
+pub fn load(path: &Path) -> Result<Lab, InputError> {
+    let file = lab_file(path);
+    let src = std::fs::read_to_string(&file).map_err(|e| InputError {
+        file: file.clone(),
+        line: 1,
+        col: 1,
+        msg: format!("cannot read the lab file: {e}"),
+        hint: "give the path of a lab folder containing lab.toml, or a lab id from `vpnlab list`".into(),
+    })?;
+    parse(&file, &src)
+}
+
+/// Validates a lab from its text (`file` is used for messages and to find the files it names).
+pub fn parse(file: &Path, src: &str) -> Result<Lab, InputError> {
+    let raw: RawLab = toml::from_str(src).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let msg = e.message().trim().to_string();
+        let hint = if msg.contains("unknown field") {
+            "remove or rename the key; LAB_FORMAT.md lists every key"
+        } else if msg.contains("missing field") {
+            "add the key; LAB_FORMAT.md shows an example of every table"
+        } else {
+            "fix the TOML syntax at this spot"
+        };
+        InputError::at(file, src, offset, msg, hint)
+    })?;
+    Validator { file, src, dir: file.parent().unwrap_or(Path::new(".")) }.lab(raw)
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    src: &'a str,
+    dir: &'a Path,
+}
+
+struct NameTable<'a> {
+    nodes: &'a [String],
+    services: &'a [String],
+}
+
+impl step::Names for NameTable<'_> {
+    fn node(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n == name)
+    }
+    fn service(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|n| n == name)
+    }
+    fn node_names(&self) -> String {
+        self.nodes.join(", ")
+    }
+    fn service_names(&self) -> String {
+        if self.services.is_empty() {
+            "none declared".into()
+        } else {
+            self.services.join(", ")
+        }
+    }
+}
+
+impl Validator<'_> {
+    fn err(&self, offset: usize, msg: impl Into<String>, hint: impl Into<String>) -> InputError {
+        InputError::at(self.file, self.src, offset, msg, hint)
+    }
+
+    /// Offset of the first character inside a spanned string (past the opening quote).
+    fn inner(&self, s: &Spanned<String>) -> usize {
+        let start = s.span().start;
+        match self.src.as_bytes().get(start) {
+            Some(b'"') | Some(b'\'') => {
+                if self.src[start..].starts_with("\"\"\"") || self.src[start..].starts_with("'''") {
+                    start + 3
+                } else {
+                    start + 1
+                }
+            }
+            _ => start,
+        }
+    }
+
+    /// Locates the `[table.key]` header (or `key =`) of a map entry, for errors about a key.
+    fn key_offset(&self, table: &str, key: &str, fallback: usize) -> usize {
+        for pat in [format!("[{table}.{key}]"), format!("[{table}.\"{key}\"]")] {
+            if let Some(i) = self.src.find(&pat) {
+                return i + table.len() + 2;
+            }
+        }
+        fallback
+    }
+
+    fn lab(&self, raw: RawLab) -> Result<Lab, InputError> {
+        let node_names: Vec<String> = raw.nodes.keys().cloned().collect();
+        for (name, node) in &raw.nodes {
+            check_name(name).map_err(|m| self.err(self.key_offset("nodes", name, node.span().start), m, "use letters, digits and '-' (at most 15 characters)"))?;
+        }
+        if raw.nodes.is_empty() {
+            return Err(self.err(0, "the lab has no nodes", "add at least one `[nodes.NAME]` table"));
+        }
+        let service_names: Vec<String> = raw.services.keys().cloned().collect();
+        let names = NameTable { nodes: &node_names, services: &service_names };
+
+        let mut kernel = Vec::new();
+        for k in &raw.lab.kernel {
+            kernel.push(match k.get_ref().as_str() {
+                "ppp" => KernelFeature::Ppp,
+                "esp" => KernelFeature::Esp,
+                other => return Err(self.err(self.inner(k), format!("unknown kernel feature `{other}`"), "known features: ppp, esp")),
+            });
+        }
+        let deadline = match &raw.lab.deadline {
+            Some(d) => parse_duration(d.get_ref()).ok_or_else(|| self.err(self.inner(d), format!("`{}` is not a duration", d.get_ref()), "write it like 60s or 2m"))?,
+            None => Duration::from_secs(60),
+        };
+
+        // Links and LANs: endpoints, interface names unique per node, addresses unique.
+        let mut ifnames: HashMap<(usize, String), usize> = HashMap::new();
+        let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
+        let mut links = Vec::new();
+        for l in &raw.links {
+            let a = self.endpoint(&l.get_ref().a, &names, &mut ifnames, &mut addrs)?;
+            let b = self.endpoint(&l.get_ref().b, &names, &mut ifnames, &mut addrs)?;
+            if a.node == b.node {
+                return Err(self.err(self.inner(&l.get_ref().b), "a link joins two different nodes", "use a second node, or a `[[lans]]` segment"));
+            }
+            links.push(Link { a, b, mtu: l.get_ref().mtu });
+        }
+        let mut lans = Vec::new();
+        let mut lan_names = Vec::new();
+        for l in &raw.lans {
+            let name = l.get_ref().name.get_ref().clone();
+            check_long_name(&name).map_err(|m| self.err(self.inner(&l.get_ref().name), m, "use letters, digits and '-'"))?;
+            if lan_names.contains(&name) {
+                return Err(self.err(self.inner(&l.get_ref().name), format!("a LAN named `{name}` is declared twice"), "give each [[lans]] its own name"));
+            }
+            lan_names.push(name.clone());
+            let mut members = Vec::new();
+            for m in &l.get_ref().members {
+                members.push(self.endpoint(m, &names, &mut ifnames, &mut addrs)?);
+            }
+            lans.push(Lan { name, members });
+        }
+
+        // Nodes.
+        let mut nodes = Vec::new();
+        for (idx, (name, node)) in raw.nodes.iter().enumerate() {
+            let node = node.get_ref();
+            let mut sysctls = Vec::new();
+            for (k, v) in &node.sysctl {
+                let at = v.span().start;
+                step::check_sysctl_key(k).map_err(|m| self.err(at, m, "set only net.* keys of the node"))?;
+                let value = match v.get_ref() {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => (*b as u8).to_string(),
+                    _ => return Err(self.err(at, format!("sysctl `{k}` wants a string or a number"), "write it like \"1\"")),
+                };
+                sysctls.push((k.clone(), value));
+            }
+            let has_if = |ifname: &str| ifnames.contains_key(&(idx, ifname.to_string()));
+            let mut routes = Vec::new();
+            for r in &node.routes {
+                let route = parse_route(r.get_ref()).map_err(|e| self.err(self.inner(r) + e.offset, e.msg, "write it as for `ip route add`"))?;
+                for dev in route.devs() {
+                    if !has_if(dev) {
+                        return Err(self.err(self.inner(r), format!("node `{name}` has no interface `{dev}`"), format!("interfaces of `{name}`: {}", self.ifaces_of(idx, &ifnames))));
+                    }
+                }
+                routes.push(route);
+            }
+            let mut rules = Vec::new();
+            for r in &node.rules {
+                let rule = parse_rule(r.get_ref()).map_err(|e| self.err(self.inner(r) + e.offset, e.msg, "write it as for `ip rule add`"))?;
+                rules.push(rule);
+            }
+            let mut files = Vec::new();
+            for f in &node.files {
+                let rel = PathBuf::from(f.get_ref().trim_end_matches('/'));
+                if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                    return Err(self.err(self.inner(f), "a file must be a path inside the lab folder", "put the file next to lab.toml and name it relative to it"));
+                }
+                if !self.dir.join(&rel).exists() {
+                    return Err(self.err(
+                        self.inner(f),
+                        format!("file `{}` does not exist in {}", rel.display(), self.dir.display()),
+                        "add the file to the lab folder or fix its name",
+                    ));
+                }
+                files.push(FileSpec { rel });
+            }
+            let mut modes = Vec::new();
+            for (p, m) in &node.modes {
+                let mode = u32::from_str_radix(m.get_ref(), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| self.err(self.inner(m), format!("`{}` is not an octal mode", m.get_ref()), "write it like \"755\""))?;
+                let path = PathBuf::from(p);
+                if !files.iter().any(|f: &FileSpec| path.starts_with(&f.rel)) {
+                    return Err(self.err(self.inner(m), format!("`{p}` is not one of the node's files"), "list it (or its folder) in `files`"));
+                }
+                modes.push((path, mode));
+            }
+            let setup = node.setup.iter().map(|s| s.get_ref().clone()).collect();
+            nodes.push(Node { name: name.clone(), sysctls, routes, rules, files, modes, nft: node.nft.clone(), setup });
+        }
+
+        // Services.
+        let mut services = Vec::new();
+        for (name, svc) in &raw.services {
+            check_long_name(name).map_err(|m| self.err(self.key_offset("services", name, svc.span().start), m, "use letters, digits and '-'"))?;
+            let svc = svc.get_ref();
+            let node = names.node_idx(svc.node.get_ref()).map_err(|m| self.err(self.inner(&svc.node), m.0, m.1))?;
+            let argv = split_words(svc.run.get_ref()).map_err(|m| self.err(self.inner(&svc.run), m, "fix the quoting"))?;
+            if argv.is_empty() {
+                return Err(self.err(self.inner(&svc.run), "`run` is empty", "give the daemon's command line"));
+            }
+            let ready = match &svc.ready {
+                Some(r) => Some(Regex::new(r.get_ref()).map_err(|e| self.err(self.inner(r), format!("bad regex: {e}"), "`ready` is a regex matched against each log line"))?),
+                None => None,
+            };
+            let timeout = match &svc.timeout {
+                Some(t) => parse_duration(t.get_ref()).ok_or_else(|| self.err(self.inner(t), format!("`{}` is not a duration", t.get_ref()), "write it like 5s or 500ms"))?,
+                None => Duration::from_secs(10),
+            };
+            services.push(Service { name: name.clone(), node, argv, ready, timeout, autostart: svc.autostart, may_exit: svc.may_exit });
+        }
+
+        let mut sanitizers = Vec::new();
+        for s in &raw.sanitize {
+            let re = Regex::new(s.re.get_ref()).map_err(|e| self.err(self.inner(&s.re), format!("bad regex: {e}"), "a sanitizer is a regex and its replacement"))?;
+            sanitizers.push(Sanitizer { re, with: s.with.clone() });
+        }
+
+        let steps = |list: &[Spanned<String>]| -> Result<Vec<Step>, InputError> {
+            list.iter()
+                .map(|s| {
+                    let at = self.inner(s);
+                    let action = parse_step(s.get_ref(), &names).map_err(|e| self.err(at + e.offset, e.msg, "see the step table in LAB_FORMAT.md"))?;
+                    self.check_step(&action, at, &nodes, &services, &ifnames)?;
+                    Ok(Step { action, text: s.get_ref().clone(), offset: at })
+                })
+                .collect()
+        };
+        let prelude = steps(&raw.lab.prelude)?;
+        let mut scenarios = Vec::new();
+        for (name, sc) in &raw.scenarios {
+            check_long_name(name).map_err(|m| self.err(self.key_offset("scenarios", name, sc.span().start), m, "use letters, digits and '-'"))?;
+            let sc = sc.get_ref();
+            scenarios.push(Scenario { name: name.clone(), about: sc.about.clone(), steps: steps(&sc.steps)? });
+        }
+        if scenarios.is_empty() {
+            return Err(self.err(self.src.len(), "the lab has no scenarios", "add `[scenarios.NAME]` with `steps = [...]`"));
+        }
+
+        let dir = self.dir.to_path_buf();
+        Ok(Lab {
+            id: lab_id(&std::fs::canonicalize(&dir).unwrap_or(dir.clone())),
+            dir,
+            file: self.file.to_path_buf(),
+            title: raw.lab.title,
+            source: raw.lab.source,
+            kernel,
+            deadline,
+            pki: raw.pki,
+            nodes,
+            links,
+            lans,
+            services,
+            sanitizers,
+            prelude,
+            scenarios,
+        })
+    }
+
+    fn ifaces_of(&self, node: usize, ifnames: &HashMap<(usize, String), usize>) -> String {
+        let mut v: Vec<&str> = ifnames.keys().filter(|(n, _)| *n == node).map(|(_, i)| i.as_str()).collect();
+        v.sort();
+        if v.is_empty() {
+            "none (it is on no link or LAN)".into()
+        } else {
+            v.join(", ")
+        }
+    }
+
+    /// Checks a step against the model beyond its syntax (interfaces of route steps exist).
+    fn check_step(&self, action: &Action, at: usize, nodes: &[Node], _services: &[Service], ifnames: &HashMap<(usize, String), usize>) -> Result<(), InputError> {
+        if let Action::RouteAdd { node, route } | Action::RouteDel { node, route } = action {
+            for dev in route.devs() {
+                if !ifnames.contains_key(&(*node, dev.to_string())) && !dev.starts_with("tun") && !dev.starts_with("ppp") {
+                    return Err(self.err(
+                        at,
+                        format!("node `{}` has no interface `{dev}`", nodes[*node].name),
+                        format!("interfaces of `{}`: {}", nodes[*node].name, self.ifaces_of(*node, ifnames)),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses `node:ifname addr/prefix ...`.
+    fn endpoint(
+        &self,
+        s: &Spanned<String>,
+        names: &NameTable,
+        ifnames: &mut HashMap<(usize, String), usize>,
+        addrs: &mut HashMap<IpAddr, usize>,
+    ) -> Result<Endpoint, InputError> {
+        let at = self.inner(s);
+        let text = s.get_ref();
+        let mut words = text.split_whitespace();
+        let head = words.next().ok_or_else(|| self.err(at, "empty endpoint", "write it as \"node:ifname 10.0.0.1/24\""))?;
+        let (node_name, ifname) = head.split_once(':').ok_or_else(|| self.err(at, format!("`{head}` is not NODE:IFNAME"), "write it as \"node:ifname 10.0.0.1/24\""))?;
+        let node = names.node_idx(node_name).map_err(|m| self.err(at, m.0, m.1))?;
+        if ifname.is_empty() || ifname.len() > 15 || !ifname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(self.err(at + node_name.len() + 1, format!("`{ifname}` is not a valid interface name"), "use at most 15 letters, digits, '-', '_' or '.'"));
+        }
+        if ifname == "lo" {
+            return Err(self.err(at + node_name.len() + 1, "`lo` is the node's loopback", "choose another interface name"));
+        }
+        if ifnames.insert((node, ifname.to_string()), at).is_some() {
+            return Err(self.err(at, format!("node `{node_name}` already has an interface `{ifname}`"), "give each interface of a node its own name"));
+        }
+        let mut out = Vec::new();
+        let mut pos = at + head.len();
+        for w in words {
+            let off = text[pos - at..].find(w).map(|i| pos + i).unwrap_or(pos);
+            pos = off + w.len();
+            let net: IpNet = w.parse().map_err(|_| self.err(off, format!("`{w}` is not an address with a prefix length (CIDR)"), "write it like 10.198.0.10/16"))?;
+            if net.addr() == net.network() && net.prefix_len() < net.max_prefix_len() - 1 {
+                return Err(self.err(off, format!("`{w}` is the network address of its subnet, not a host address"), "pick a host address inside the subnet"));
+            }
+            if let Some(prev) = addrs.insert(net.addr(), off) {
+                let (line, col) = crate::error::line_col(self.src, prev);
+                return Err(self.err(off, format!("address {} is already used at line {line}, column {col}", net.addr()), "give every interface its own address"));
+            }
+            out.push(net);
+        }
+        Ok(Endpoint { node, ifname: ifname.to_string(), addrs: out })
+    }
+}
+
+impl NameTable<'_> {
+    fn node_idx(&self, name: &str) -> Result<usize, (String, String)> {
+        self.nodes
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| (format!("unknown node `{name}`"), format!("declared nodes: {}; add `[nodes.{name}]` or fix the name", self.nodes.join(", "))))
+    }
+}
+
+/// Node names become interface-name-sized labels; others (services, scenarios, LANs) may be longer.
+fn check_name(name: &str) -> Result<(), String> {
+    check_name_len(name, 15)
+}
+
+fn check_long_name(name: &str) -> Result<(), String> {
+    check_name_len(name, 64)
+}
+
+fn check_name_len(name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.starts_with('-') {
+        return Err(format!("`{name}` is not a valid name (letters, digits, '-', '_'; at most {max} characters)"));
+    }
+    Ok(())
+}
+

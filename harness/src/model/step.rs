@@ -1,0 +1,484 @@
+//! One-line steps (`client: ping 10.198.0.1 -> unreachable`), parsed and checked against the
+//! lab's nodes and services. Offsets in errors are byte offsets into the step's text.
+
+use super::route::{parse_addr, parse_route, parse_rule, Route, Rule, SyntaxError};
+use regex::Regex;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PingExpect {
+    Reachable,
+    Unreachable,
+    /// Loss between these percentages (inclusive).
+    Loss(u32, u32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TcpExpect {
+    Open,
+    Closed,
+    Complete,
+    Stalls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ServiceOp {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// How a `log`/`nolog` step matches: a regex (`/.../`) or a literal substring (`'...'`).
+#[derive(Debug, Clone)]
+pub struct LinePattern {
+    pub re: Regex,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Ping { node: usize, src: Option<IpAddr>, dest: IpAddr, count: u32, expect: PingExpect },
+    RouteAdd { node: usize, route: Route },
+    RouteDel { node: usize, route: Route },
+    RuleAdd { node: usize, rule: Rule },
+    RuleDel { node: usize, rule: Rule },
+    Sh { node: usize, cmd: String, expect_fail: bool },
+    Chmod { node: usize, mode: u32, path: String },
+    Sysctl { node: usize, key: String, value: String },
+    Show { node: usize, cmd: String },
+    Tcp { node: usize, dest: SocketAddr, send: Option<u64>, within: Duration, expect: TcpExpect },
+    Service { op: ServiceOp, service: usize },
+    Log { service: usize, pattern: LinePattern, within: Duration, after: bool },
+    NoLog { service: usize, pattern: LinePattern, watch: Option<Duration> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub action: Action,
+    pub text: String,
+    /// Byte offset of the step's string in the lab file.
+    pub offset: usize,
+}
+
+/// Names the step parser resolves.
+pub trait Names {
+    fn node(&self, name: &str) -> Option<usize>;
+    fn service(&self, name: &str) -> Option<usize>;
+    fn node_names(&self) -> String;
+    fn service_names(&self) -> String;
+}
+
+fn err(offset: usize, msg: impl Into<String>) -> SyntaxError {
+    SyntaxError { offset, msg: msg.into() }
+}
+
+/// `5s`, `500ms`, `1.5s`, `2m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return None;
+    };
+    let v: f64 = num.parse().ok()?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return None;
+    }
+    Some(Duration::from_secs_f64(v * mult))
+}
+
+/// `100KB`, `64KiB`, `1MB`, `1500` (bytes).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let lower = s.to_ascii_lowercase();
+    for (suffix, mult) in [("kib", 1024u64), ("mib", 1 << 20), ("kb", 1000), ("mb", 1_000_000), ("k", 1000), ("b", 1)] {
+        if let Some(n) = lower.strip_suffix(suffix) {
+            return n.parse::<u64>().ok().map(|v| v * mult);
+        }
+    }
+    lower.parse().ok()
+}
+
+/// Splits `text` into (offset, word) on whitespace.
+fn words(text: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            if let Some(s) = start.take() {
+                out.push((s, &text[s..i]));
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, &text[s..]));
+    }
+    out
+}
+
+/// Parses a `/regex/` or `'literal'` starting at `rest` (offset `base`), returning the pattern
+/// and what follows it.
+fn pattern(rest: &str, base: usize) -> Result<(LinePattern, &str, usize), SyntaxError> {
+    let trimmed = rest.trim_start();
+    let lead = rest.len() - trimmed.len();
+    let (delim, literal) = match trimmed.chars().next() {
+        Some('/') => ('/', false),
+        Some('\'') => ('\'', true),
+        _ => return Err(err(base + lead, "expected a pattern: /regex/ or 'literal text'")),
+    };
+    let body = &trimmed[1..];
+    let end = body.rfind(delim).ok_or_else(|| err(base + lead, format!("the pattern is not closed with {delim}")))?;
+    let text = &body[..end];
+    let src = if literal { regex::escape(text) } else { text.to_string() };
+    let re = Regex::new(&src).map_err(|e| err(base + lead + 1, format!("bad regex: {e}")))?;
+    let after = &body[end + 1..];
+    Ok((LinePattern { re, text: text.to_string() }, after, base + lead + 1 + end + 1))
+}
+
+pub fn parse_step(text: &str, names: &dyn Names) -> Result<Action, SyntaxError> {
+    // The expectation, after the last " -> ".
+    let (body, expect) = match text.rfind("->") {
+        Some(i) if !text[..i].ends_with('-') => (&text[..i], Some((i + 2, text[i + 2..].trim()))),
+        _ => (text, None),
+    };
+    let w = words(body);
+    let Some(&(o0, first)) = w.first() else {
+        return Err(err(0, "empty step"));
+    };
+    if let Some(node_name) = first.strip_suffix(':') {
+        let node = names
+            .node(node_name)
+            .ok_or_else(|| err(o0, format!("unknown node `{node_name}` (nodes: {})", names.node_names())))?;
+        let Some(&(o1, verb)) = w.get(1) else {
+            return Err(err(o0, "nothing to do after the node name"));
+        };
+        let rest_at = o1 + verb.len();
+        let rest = body[rest_at..].trim();
+        return node_action(node, verb, o1, rest, rest_at + (body[rest_at..].len() - body[rest_at..].trim_start().len()), &w[2..], expect, names);
+    }
+    service_action(first, o0, body, &w, expect, names)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn node_action(
+    node: usize,
+    verb: &str,
+    verb_at: usize,
+    rest: &str,
+    rest_at: usize,
+    args: &[(usize, &str)],
+    expect: Option<(usize, &str)>,
+    _names: &dyn Names,
+) -> Result<Action, SyntaxError> {
+    let no_expect = |what: &str| -> Result<(), SyntaxError> {
+        match expect {
+            Some((o, _)) => Err(err(o, format!("`{what}` takes no `-> ...` expectation"))),
+            None => Ok(()),
+        }
+    };
+    match verb {
+        "ping" => {
+            let mut src = None;
+            let mut count = 2;
+            let mut dest = None;
+            let mut i = 0;
+            while i < args.len() {
+                let (o, a) = args[i];
+                match a {
+                    "-I" => {
+                        let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, "-I wants a source address"))?;
+                        src = Some(parse_addr(v, vo)?);
+                        i += 1;
+                    }
+                    "-c" => {
+                        let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, "-c wants a count"))?;
+                        count = v.parse().ok().filter(|c| *c > 0 && *c <= 1000).ok_or_else(|| err(vo, "-c wants a count 1..1000"))?;
+                        i += 1;
+                    }
+                    _ if a.starts_with("-c") && a.len() > 2 => {
+                        count = a[2..].parse().ok().filter(|c| *c > 0 && *c <= 1000).ok_or_else(|| err(o, "-c wants a count 1..1000"))?;
+                    }
+                    _ if dest.is_none() => dest = Some(parse_addr(a, o)?),
+                    _ => return Err(err(o, format!("`{a}` is not understood (ping [-c N] [-I SRC] DEST)"))),
+                }
+                i += 1;
+            }
+            let dest = dest.ok_or_else(|| err(verb_at, "ping wants a destination address"))?;
+            let expect = match expect {
+                None => PingExpect::Reachable,
+                Some((_, "reachable")) => PingExpect::Reachable,
+                Some((_, "unreachable")) => PingExpect::Unreachable,
+                Some((o, e)) => {
+                    let range = e.strip_prefix("loss").map(str::trim).and_then(|r| {
+                        let (a, b) = r.split_once("..")?;
+                        Some((a.trim_end_matches('%').parse().ok()?, b.trim_end_matches('%').parse().ok()?))
+                    });
+                    match range {
+                        Some((a, b)) if a <= b && b <= 100 => PingExpect::Loss(a, b),
+                        _ => return Err(err(o, format!("`{e}`: expected `reachable`, `unreachable` or `loss A%..B%`"))),
+                    }
+                }
+            };
+            Ok(Action::Ping { node, src, dest, count, expect })
+        }
+        "ip" => {
+            let (o, obj) = *args.first().ok_or_else(|| err(verb_at, "`ip` wants `route` or `rule`"))?;
+            let (o2, op) = *args.get(1).ok_or_else(|| err(o, "wants `add` or `del`"))?;
+            no_expect("ip")?;
+            let spec_at = o2 + op.len();
+            let spec = &rest[spec_at - rest_at..];
+            let shift = |e: SyntaxError| {
+                let lead = spec.len() - spec.trim_start().len();
+                err(spec_at + lead + e.offset, e.msg)
+            };
+            match (obj, op) {
+                ("route", "add") => Ok(Action::RouteAdd { node, route: parse_route(spec.trim_start()).map_err(shift)? }),
+                ("route", "del" | "delete") => Ok(Action::RouteDel { node, route: parse_route(spec.trim_start()).map_err(shift)? }),
+                ("rule", "add") => Ok(Action::RuleAdd { node, rule: parse_rule(spec.trim_start()).map_err(shift)? }),
+                ("rule", "del" | "delete") => Ok(Action::RuleDel { node, rule: parse_rule(spec.trim_start()).map_err(shift)? }),
+                ("route" | "rule", _) => Err(err(o2, format!("`{op}`: use `add` or `del` (for anything else use `sh ip ...`)"))),
+                _ => Err(err(o, format!("`ip {obj}`: only `ip route` and `ip rule` are native steps; use `sh ip {obj} ...`"))),
+            }
+        }
+        "sh" => {
+            if rest.is_empty() {
+                return Err(err(verb_at, "`sh` wants a command"));
+            }
+            let expect_fail = match expect {
+                None => false,
+                Some((_, "fails")) => true,
+                Some((_, "ok")) => false,
+                Some((o, e)) => return Err(err(o, format!("`{e}`: expected `ok` or `fails`"))),
+            };
+            Ok(Action::Sh { node, cmd: rest.to_string(), expect_fail })
+        }
+        "show" => {
+            no_expect("show")?;
+            if rest.is_empty() {
+                return Err(err(verb_at, "`show` wants a command, e.g. `show ip route`"));
+            }
+            Ok(Action::Show { node, cmd: rest.to_string() })
+        }
+        "chmod" => {
+            no_expect("chmod")?;
+            let (mo, m) = *args.first().ok_or_else(|| err(verb_at, "chmod MODE PATH"))?;
+            let mode = u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| err(mo, format!("`{m}` is not an octal mode like 755")))?;
+            let (po, p) = *args.get(1).ok_or_else(|| err(mo, "chmod MODE PATH: the path is missing"))?;
+            if p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                return Err(err(po, "the path must be relative to the node's directory"));
+            }
+            Ok(Action::Chmod { node, mode, path: p.to_string() })
+        }
+        "sysctl" => {
+            no_expect("sysctl")?;
+            let (ko, kv) = *args.iter().find(|(_, a)| *a != "-w").ok_or_else(|| err(verb_at, "sysctl KEY=VALUE"))?;
+            let (k, v) = kv.split_once('=').ok_or_else(|| err(ko, "sysctl KEY=VALUE"))?;
+            check_sysctl_key(k).map_err(|m| err(ko, m))?;
+            Ok(Action::Sysctl { node, key: k.to_string(), value: v.to_string() })
+        }
+        "tcp" => {
+            let (ao, a) = *args.first().ok_or_else(|| err(verb_at, "tcp DEST:PORT [send SIZE] [within DURATION]"))?;
+            let dest: SocketAddr = a.parse().map_err(|_| err(ao, format!("`{a}` is not ADDRESS:PORT")))?;
+            let mut send = None;
+            let mut within = Duration::from_secs(5);
+            let mut i = 1;
+            while i < args.len() {
+                let (o, word) = args[i];
+                let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, format!("`{word}` wants a value")))?;
+                match word {
+                    "send" => send = Some(parse_size(v).filter(|n| *n > 0).ok_or_else(|| err(vo, format!("`{v}` is not a size like 100KB")))?),
+                    "within" => within = parse_duration(v).ok_or_else(|| err(vo, format!("`{v}` is not a duration like 5s")))?,
+                    _ => return Err(err(o, format!("`{word}` is not understood (send SIZE, within DURATION)"))),
+                }
+                i += 2;
+            }
+            let expect = match (expect, send.is_some()) {
+                (None, false) | (Some((_, "open")), false) => TcpExpect::Open,
+                (Some((_, "closed")), false) => TcpExpect::Closed,
+                (None, true) | (Some((_, "complete")), true) => TcpExpect::Complete,
+                (Some((_, "stalls")), true) => TcpExpect::Stalls,
+                (Some((o, e)), false) => return Err(err(o, format!("`{e}`: a connect check expects `open` or `closed`"))),
+                (Some((o, e)), true) => return Err(err(o, format!("`{e}`: a transfer expects `complete` or `stalls`"))),
+            };
+            Ok(Action::Tcp { node, dest, send, within, expect })
+        }
+        _ => Err(err(verb_at, format!("unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp)"))),
+    }
+}
+
+pub fn check_sysctl_key(k: &str) -> Result<(), String> {
+    let ok = !k.is_empty() && k.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    if !ok {
+        return Err(format!("`{k}` is not a sysctl name like net.ipv4.ip_forward"));
+    }
+    if !k.starts_with("net.") {
+        return Err(format!("`{k}`: only per-namespace `net.*` sysctls can be set in a node (others would change the host)"));
+    }
+    Ok(())
+}
+
+fn service_action(
+    verb: &str,
+    verb_at: usize,
+    body: &str,
+    w: &[(usize, &str)],
+    expect: Option<(usize, &str)>,
+    names: &dyn Names,
+) -> Result<Action, SyntaxError> {
+    if let Some((o, _)) = expect {
+        return Err(err(o, format!("`{verb}` takes no `-> ...` expectation")));
+    }
+    let service = |idx: usize| -> Result<usize, SyntaxError> {
+        let (o, s) = *w.get(idx).ok_or_else(|| err(verb_at, format!("`{verb}` wants a service name (services: {})", names.service_names())))?;
+        names.service(s).ok_or_else(|| err(o, format!("unknown service `{s}` (services: {})", names.service_names())))
+    };
+    match verb {
+        "start" | "stop" | "restart" => {
+            let op = match verb {
+                "start" => ServiceOp::Start,
+                "stop" => ServiceOp::Stop,
+                _ => ServiceOp::Restart,
+            };
+            if let Some((o, _)) = w.get(2) {
+                return Err(err(*o, format!("`{verb} SERVICE` takes nothing more")));
+            }
+            Ok(Action::Service { op, service: service(1)? })
+        }
+        "log" | "nolog" => {
+            let svc = service(1)?;
+            let (so, s) = w[1];
+            let pat_at = so + s.len();
+            let (pattern, after, after_at) = pattern(&body[pat_at..], pat_at)?;
+            let opts = words(after);
+            let mut within = Duration::from_secs(5);
+            let mut watch = None;
+            let mut after_flag = false;
+            let mut i = 0;
+            while i < opts.len() {
+                let (o, word) = opts[i];
+                let o = o + after_at;
+                match (verb, word) {
+                    ("log", "within") | ("nolog", "for") => {
+                        let (vo, v) = *opts.get(i + 1).ok_or_else(|| err(o, format!("`{word}` wants a duration like 5s")))?;
+                        let d = parse_duration(v).ok_or_else(|| err(vo + after_at, format!("`{v}` is not a duration like 5s")))?;
+                        if verb == "log" {
+                            within = d;
+                        } else {
+                            watch = Some(d);
+                        }
+                        i += 1;
+                    }
+                    ("log", "after") => after_flag = true,
+                    _ => {
+                        let known = if verb == "log" { "within DURATION, after" } else { "for DURATION" };
+                        return Err(err(o, format!("`{word}` is not understood here ({known})")));
+                    }
+                }
+                i += 1;
+            }
+            Ok(if verb == "log" {
+                Action::Log { service: svc, pattern, within, after: after_flag }
+            } else {
+                Action::NoLog { service: svc, pattern, watch }
+            })
+        }
+        _ => Err(err(
+            verb_at,
+            format!("`{verb}`: a step is `NODE: ACTION` (nodes: {}) or start|stop|restart|log|nolog SERVICE", names.node_names()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct N;
+    impl Names for N {
+        fn node(&self, n: &str) -> Option<usize> {
+            ["client", "gateway"].iter().position(|x| *x == n)
+        }
+        fn service(&self, n: &str) -> Option<usize> {
+            ["server", "client"].iter().position(|x| *x == n)
+        }
+        fn node_names(&self) -> String {
+            "client, gateway".into()
+        }
+        fn service_names(&self) -> String {
+            "server, client".into()
+        }
+    }
+
+    #[test]
+    fn ping_steps() {
+        match parse_step("client: ping 10.198.0.1 -> unreachable", &N).unwrap() {
+            Action::Ping { node: 0, dest, count: 2, expect: PingExpect::Unreachable, src: None } => assert_eq!(dest.to_string(), "10.198.0.1"),
+            a => panic!("{a:?}"),
+        }
+        match parse_step("client: ping -c 50 -I 10.198.0.10 10.200.0.1 -> loss 5%..20%", &N).unwrap() {
+            Action::Ping { count: 50, expect: PingExpect::Loss(5, 20), src: Some(_), .. } => {}
+            a => panic!("{a:?}"),
+        }
+        let e = parse_step("client: ping 10.198.0.1 -> maybe", &N).unwrap_err();
+        assert_eq!(e.offset, 26);
+    }
+
+    #[test]
+    fn unknown_node_and_service_are_located() {
+        let e = parse_step("clinet: ping 10.0.0.1", &N).unwrap_err();
+        assert_eq!(e.offset, 0);
+        assert!(e.msg.contains("unknown node `clinet`") && e.msg.contains("client, gateway"), "{}", e.msg);
+        let e = parse_step("restart sever", &N).unwrap_err();
+        assert_eq!(e.offset, 8);
+        assert!(e.msg.contains("unknown service"));
+    }
+
+    #[test]
+    fn route_steps_shift_offsets() {
+        assert!(matches!(parse_step("gateway: ip route add 10.200.0.0/24 via 10.198.0.10", &N).unwrap(), Action::RouteAdd { node: 1, .. }));
+        let e = parse_step("gateway: ip route add 10.200.0.0/24 via 10.198.0.x", &N).unwrap_err();
+        assert_eq!(e.offset, 40, "{e:?}");
+    }
+
+    #[test]
+    fn log_steps() {
+        match parse_step("log server 'MULTI: bad source address from client [192.168.4.66]' within 3s", &N).unwrap() {
+            Action::Log { service: 0, pattern, within, after: false } => {
+                assert!(pattern.re.is_match("x MULTI: bad source address from client [192.168.4.66], packet dropped"));
+                assert_eq!(within, Duration::from_secs(3));
+            }
+            a => panic!("{a:?}"),
+        }
+        match parse_step("nolog client /Incoming packet rejected/ for 500ms", &N).unwrap() {
+            Action::NoLog { service: 1, watch: Some(d), .. } => assert_eq!(d, Duration::from_millis(500)),
+            a => panic!("{a:?}"),
+        }
+        assert!(parse_step("log server /a(/", &N).unwrap_err().msg.contains("bad regex"));
+        assert!(parse_step("log server /x/ whenever", &N).unwrap_err().msg.contains("not understood"));
+    }
+
+    #[test]
+    fn misc_steps() {
+        assert!(matches!(parse_step("gateway: chmod 700 ccd", &N).unwrap(), Action::Chmod { mode: 0o700, .. }));
+        assert!(parse_step("gateway: chmod 700 /etc", &N).is_err());
+        assert!(matches!(parse_step("gateway: sysctl net.ipv4.ip_forward=1", &N).unwrap(), Action::Sysctl { .. }));
+        assert!(parse_step("gateway: sysctl kernel.panic=1", &N).unwrap_err().msg.contains("host"));
+        assert!(matches!(parse_step("client: sh false -> fails", &N).unwrap(), Action::Sh { expect_fail: true, .. }));
+        assert!(matches!(parse_step("client: tcp 10.0.0.1:5001 send 100KB within 3s -> stalls", &N).unwrap(), Action::Tcp { send: Some(100_000), expect: TcpExpect::Stalls, .. }));
+        assert!(parse_step("client: frobnicate", &N).unwrap_err().msg.contains("unknown step"));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1MB"), Some(1_000_000));
+    }
+}

@@ -1,0 +1,160 @@
+//! Namespaces and their lifetimes.
+//!
+//! Every node is an *anonymous* network namespace, held only by a file descriptor of this
+//! process and by the processes inside it: nothing is named in /run/netns, so two runs can
+//! never collide and nothing outlives the run. Every process a lab starts lives in one PID
+//! namespace per lab, whose init (the "holder") has PR_SET_PDEATHSIG=SIGKILL: if vpnlab dies,
+//! even by SIGKILL, the kernel kills the holder and with it every daemon of the lab; the network
+//! namespaces, tun devices and private mounts then go away with their last user.
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sched::{setns, unshare, CloneFlags};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+/// A network namespace, alive as long as this value (or a process inside it) exists.
+#[derive(Debug)]
+pub struct NetNs {
+    fd: OwnedFd,
+    /// The logical name (node name), for messages.
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates `names.len()` fresh network namespaces, all on one short-lived thread.
+    pub fn create_many(names: &[String]) -> Result<Vec<NetNs>> {
+        let names = names.to_vec();
+        std::thread::spawn(move || -> Result<Vec<NetNs>> {
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET): creating a network namespace needs root (CAP_SYS_ADMIN)")?;
+                let f = File::open("/proc/thread-self/ns/net").context("open /proc/thread-self/ns/net")?;
+                out.push(NetNs { fd: f.into(), name });
+            }
+            Ok(out)
+        })
+        .join()
+        .map_err(|_| anyhow!("namespace thread panicked"))?
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Runs `f` on a fresh thread that has entered this namespace (sockets it opens belong to
+    /// the namespace for their whole life, whichever thread uses them later).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into node `{}`", self.name))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow!("thread in node `{}` panicked", self.name))?
+        })
+    }
+}
+
+/// A lab's PID namespace: its init ("holder") is `sleep infinity`, started with
+/// PR_SET_PDEATHSIG=SIGKILL from the process-wide spawner thread, so it dies with vpnlab.
+#[derive(Debug)]
+pub struct PidNs {
+    holder: Child,
+    fd: OwnedFd,
+}
+
+impl PidNs {
+    pub fn create() -> Result<PidNs> {
+        spawner(|| -> Result<PidNs> {
+            let orig = File::open("/proc/thread-self/ns/pid_for_children").context("open pid_for_children")?;
+            unshare(CloneFlags::CLONE_NEWPID).context("unshare(CLONE_NEWPID)")?;
+            let mut cmd = Command::new("sleep");
+            cmd.arg("infinity");
+            cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+            let spawned = cmd.spawn();
+            // Back to the original PID namespace for whatever this thread spawns next.
+            setns(orig.as_fd(), CloneFlags::CLONE_NEWPID).context("setns back to the original PID namespace")?;
+            let holder = spawned.context("starting the lab's PID-namespace holder (`sleep infinity`)")?;
+            let fd = File::open(format!("/proc/{}/ns/pid", holder.id())).context("open the holder's PID namespace")?;
+            Ok(PidNs { holder, fd: fd.into() })
+        })?
+    }
+
+    pub fn holder_pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    /// Spawns `cmd` inside this PID namespace (from the spawner thread, so that PDEATHSIG set
+    /// in a pre_exec refers to a thread that lives as long as the process).
+    pub fn spawn(&self, cmd: Command) -> Result<Child> {
+        let fd = self.fd.as_raw_fd();
+        spawner(move || -> Result<Child> {
+            let mut cmd = cmd;
+            let orig = File::open("/proc/thread-self/ns/pid_for_children")?;
+            let target = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            setns(target, CloneFlags::CLONE_NEWPID).context("setns into the lab's PID namespace")?;
+            let r = cmd.spawn();
+            setns(orig.as_fd(), CloneFlags::CLONE_NEWPID).context("setns back")?;
+            Ok(r?)
+        })?
+    }
+
+    /// Kills every process of the lab: SIGKILL to the holder makes the kernel kill the rest.
+    pub fn kill_all(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+
+    /// Is the holder still alive (can processes still be started)?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.holder.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for PidNs {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on the process-wide spawner thread and returns its result. The thread never exits,
+/// so PR_SET_PDEATHSIG of children it forks fires only when the whole process dies.
+pub fn spawner<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    static TX: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let tx = TX.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("vpnlab-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("spawn the spawner thread");
+        Mutex::new(tx)
+    });
+    let (rtx, rrx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        let _ = rtx.send(f());
+    });
+    tx.lock().map_err(|_| anyhow!("spawner lock poisoned"))?.send(job).map_err(|_| anyhow!("spawner thread gone"))?;
+    match rrx.recv() {
+        Ok(v) => Ok(v),
+        Err(_) => bail!("spawner job panicked"),
+    }
+}

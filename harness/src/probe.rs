@@ -1,0 +1,217 @@
+//! Reachability probes: real `ping` in a node, and harness-native TCP connect / transfer
+//! (a listener on a thread inside the destination node, a client on a thread inside the source).
+
+use crate::model::step::{PingExpect, TcpExpect};
+use crate::ns::{NetNs, PidNs};
+use crate::process::run_capture;
+use anyhow::Result;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// What a ping run showed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PingResult {
+    pub transmitted: u32,
+    pub received: u32,
+    pub ttl: Option<u32>,
+    /// ICMP errors and notes (`Destination Net Unreachable`, `Redirect Host`), sanitized and
+    /// deduplicated, in order.
+    pub notes: Vec<String>,
+}
+
+impl PingResult {
+    pub fn loss_pct(&self) -> u32 {
+        if self.transmitted == 0 {
+            100
+        } else {
+            100 - (self.received * 100 / self.transmitted)
+        }
+    }
+}
+
+/// Parses iputils ping output.
+pub fn parse_ping(out: &str) -> PingResult {
+    let mut r = PingResult { transmitted: 0, received: 0, ttl: None, notes: Vec::new() };
+    for line in out.lines() {
+        if let Some(i) = line.find("ttl=") {
+            if r.ttl.is_none() {
+                r.ttl = line[i + 4..].split_whitespace().next().and_then(|t| t.parse().ok());
+            }
+        }
+        if line.starts_with("From ") {
+            // "From 10.0.0.1 icmp_seq=1 Destination Net Unreachable" -> "From 10.0.0.1: Destination Net Unreachable"
+            let mut words = line.split_whitespace();
+            words.next();
+            let from = words.next().unwrap_or("").trim_end_matches(':');
+            let rest: Vec<&str> = words.filter(|w| !w.starts_with("icmp_seq=")).collect();
+            let note = format!("From {from}: {}", rest.join(" "));
+            if !r.notes.contains(&note) {
+                r.notes.push(note);
+            }
+        }
+        if line.contains("packets transmitted") {
+            let nums: Vec<u32> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
+            if nums.len() >= 2 {
+                r.transmitted = nums[0];
+                r.received = nums[1];
+            }
+        }
+    }
+    r
+}
+
+/// Runs real `ping`. Reachability checks stop at the first `count` replies (deadline 5 s);
+/// an expected-unreachable check waits 0.3 s per probe; loss checks send exactly `count`.
+pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<IpAddr>, dest: IpAddr, count: u32, expect: &PingExpect) -> Result<PingResult> {
+    let mut argv: Vec<String> = vec!["ping".into(), "-n".into(), "-c".into(), count.to_string()];
+    match expect {
+        PingExpect::Reachable => argv.extend(["-i", "0.05", "-w", "5"].map(String::from)),
+        PingExpect::Unreachable => argv.extend(["-i", "0.05", "-W", "0.3"].map(String::from)),
+        PingExpect::Loss(..) => argv.extend(["-i", "0.02", "-W", "0.5"].map(String::from)),
+    }
+    if let Some(s) = src {
+        argv.extend(["-I".to_string(), s.to_string()]);
+    }
+    argv.push(dest.to_string());
+    let out = run_capture(netns, pid, &argv, cwd, Duration::from_secs(30))?;
+    let r = parse_ping(&out.text);
+    if r.transmitted == 0 && !out.text.contains("packets transmitted") {
+        anyhow::bail!("ping did not run: {}", out.text.trim());
+    }
+    Ok(r)
+}
+
+/// Outcome of a TCP check, for the transcript.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TcpOutcome {
+    Open,
+    Refused,
+    TimedOut,
+    Complete,
+    Stalled,
+}
+
+impl TcpOutcome {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            TcpOutcome::Open => "open",
+            TcpOutcome::Refused => "closed (connection refused)",
+            TcpOutcome::TimedOut => "closed (timed out)",
+            TcpOutcome::Complete => "complete",
+            TcpOutcome::Stalled => "stalls",
+        }
+    }
+    pub fn meets(&self, e: &TcpExpect) -> bool {
+        matches!(
+            (self, e),
+            (TcpOutcome::Open, TcpExpect::Open)
+                | (TcpOutcome::Refused | TcpOutcome::TimedOut, TcpExpect::Closed)
+                | (TcpOutcome::Complete, TcpExpect::Complete)
+                | (TcpOutcome::Stalled | TcpOutcome::Refused | TcpOutcome::TimedOut, TcpExpect::Stalls)
+        )
+    }
+}
+
+/// Connects from `from` to `dest` (served by a listener in `server`), optionally sending
+/// `send` bytes that the listener counts and acknowledges, all within `within`.
+pub fn tcp(from: &NetNs, server: Option<&NetNs>, dest: SocketAddr, send: Option<u64>, within: Duration) -> Result<TcpOutcome> {
+    let deadline = Instant::now() + within;
+    let listener = match server {
+        Some(ns) => Some(ns.run(move || -> std::io::Result<TcpListener> {
+            let l = TcpListener::bind(dest)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })??),
+        None => None,
+    };
+    std::thread::scope(|s| -> Result<TcpOutcome> {
+        let server_thread = listener.map(|l| {
+            s.spawn(move || -> std::io::Result<()> {
+                // Accept one connection, count bytes to EOF, answer with the count.
+                let (mut c, _) = loop {
+                    match l.accept() {
+                        Ok(c) => break c,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if Instant::now() >= deadline {
+                                return Ok(());
+                            }
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                c.set_nonblocking(false)?;
+                c.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
+                let mut total: u64 = 0;
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => total += n as u64,
+                        Err(_) => return Ok(()),
+                    }
+                }
+                let _ = c.write_all(&total.to_be_bytes());
+                Ok(())
+            })
+        });
+        let outcome = from.run(move || -> TcpOutcome {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let mut c = match TcpStream::connect_timeout(&dest, left) {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return TcpOutcome::Refused,
+                Err(_) => return TcpOutcome::TimedOut,
+            };
+            let Some(n) = send else { return TcpOutcome::Open };
+            let chunk = vec![0x5au8; 16384];
+            let mut sent = 0u64;
+            while sent < n {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || c.set_write_timeout(Some(left)).is_err() {
+                    return TcpOutcome::Stalled;
+                }
+                let k = chunk.len().min((n - sent) as usize);
+                match c.write(&chunk[..k]) {
+                    Ok(w) => sent += w as u64,
+                    Err(_) => return TcpOutcome::Stalled,
+                }
+            }
+            let _ = c.shutdown(Shutdown::Write);
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let _ = c.set_read_timeout(Some(left));
+            let mut ack = [0u8; 8];
+            match c.read_exact(&mut ack) {
+                Ok(()) if u64::from_be_bytes(ack) == n => TcpOutcome::Complete,
+                _ => TcpOutcome::Stalled,
+            }
+        })?;
+        if let Some(t) = server_thread {
+            let _ = t.join();
+        }
+        Ok(outcome)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_reachable_ping() {
+        let out = "PING 10.198.0.1 (10.198.0.1) 56(84) bytes of data.\n64 bytes from 10.198.0.1: icmp_seq=1 ttl=63 time=0.1 ms\n64 bytes from 10.198.0.1: icmp_seq=2 ttl=63 time=0.1 ms\n\n--- 10.198.0.1 ping statistics ---\n2 packets transmitted, 2 received, 0% packet loss, time 51ms\n";
+        let r = parse_ping(out);
+        assert_eq!((r.transmitted, r.received, r.ttl), (2, 2, Some(63)));
+        assert_eq!(r.loss_pct(), 0);
+    }
+
+    #[test]
+    fn parses_icmp_errors_once() {
+        let out = "From 10.198.0.1 icmp_seq=1 Destination Net Unreachable\nFrom 10.198.0.1 icmp_seq=2 Destination Net Unreachable\n--- x ---\n2 packets transmitted, 0 received, +2 errors, 100% packet loss, time 1ms\n";
+        let r = parse_ping(out);
+        assert_eq!((r.transmitted, r.received), (2, 0));
+        assert_eq!(r.notes, vec!["From 10.198.0.1: Destination Net Unreachable".to_string()]);
+        assert_eq!(r.loss_pct(), 100);
+    }
+}

@@ -1,0 +1,472 @@
+//! Runs one scenario of a lab: work dir -> PID namespace -> topology -> node files and PKI ->
+//! firewall/setup -> services (ready = a log line) -> prelude and steps -> teardown, writing the
+//! transcript as it goes. Teardown runs however the scenario ends (drop order: daemons are
+//! stopped, the PID namespace is killed, then the namespaces' last fds close).
+
+use crate::model::step::{Action, PingExpect, ServiceOp, Step};
+use crate::model::{Lab, Service};
+use crate::ns::PidNs;
+use crate::process::{read_from, run_capture, wait_until, Daemon};
+use crate::topology::Topology;
+use crate::transcript::{sanitize, Transcript};
+use crate::workdir::WorkDir;
+use anyhow::{anyhow, bail, Context, Result};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How a run reports progress and what it keeps.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Keep the work dir even when the scenario passes.
+    pub keep: bool,
+    /// Print each step as it runs (to stderr).
+    pub progress: bool,
+}
+
+/// Wall time of the phases of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub build: Duration,
+    pub daemons: Duration,
+    pub steps: Duration,
+    pub teardown: Duration,
+}
+
+/// The result of running a scenario's steps (before the snapshot comparison).
+pub struct Run {
+    /// Sanitized transcript.
+    pub transcript: String,
+    /// Why the steps failed (a check not met, a daemon that died, a deadline).
+    pub failure: Option<String>,
+    pub workdir: Option<PathBuf>,
+    pub timings: Timings,
+    work: Option<WorkDir>,
+}
+
+impl Run {
+    /// Keeps the work dir (on failure, or with --keep) and returns its path.
+    pub fn keep_workdir(&mut self) -> Option<PathBuf> {
+        if let Some(w) = self.work.take() {
+            self.workdir = Some(w.keep());
+        }
+        self.workdir.clone()
+    }
+}
+
+/// A step that did not meet its expectation.
+struct StepFailed(String);
+
+struct Lab_<'a> {
+    lab: &'a Lab,
+    opts: &'a Options,
+    work: &'a WorkDir,
+    pid: PidNs,
+    topo: Topology,
+    daemons: Vec<Option<Daemon>>,
+    /// Services stopped on purpose (their exit is not a failure).
+    stopped: Vec<bool>,
+    t: Transcript,
+    label: String,
+    /// Log sizes at the start of the current step (for `log ... after`).
+    marks: Vec<u64>,
+}
+
+/// Runs `scenario` of `lab`. Errors are problems of the environment (cannot create a
+/// namespace...); a lab that runs and fails returns `Ok` with `failure` set.
+pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
+    let sc = lab.scenario(scenario).ok_or_else(|| anyhow!("{} has no scenario `{scenario}`", lab.id))?;
+    let work = WorkDir::new(&format!("{}-{scenario}", lab.id))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut timings = Timings::default();
+    let label = format!("{}::{scenario}", lab.id);
+    let t0 = Instant::now();
+    let mut failure = None;
+    let mut transcript = String::new();
+
+    let built = rt.block_on(async {
+        let pid = PidNs::create()?;
+        let topo = Topology::build(lab).await?;
+        Ok::<_, anyhow::Error>((pid, topo))
+    });
+    match built {
+        Err(e) => failure = Some(format!("building the lab failed: {e:#}")),
+        Ok((pid, topo)) => {
+            let mut l = Lab_ {
+                lab,
+                opts,
+                work: &work,
+                pid,
+                topo,
+                daemons: lab.services.iter().map(|_| None).collect(),
+                stopped: vec![false; lab.services.len()],
+                t: Transcript::default(),
+                label: label.clone(),
+                marks: vec![0; lab.services.len()],
+            };
+            l.t.push(format!("# {label}"));
+            if !sc.about.is_empty() {
+                l.t.push(format!("# {}", sc.about));
+            }
+            let _g = rt.enter();
+            let deadline = t0 + lab.deadline;
+            let r = (|| -> Result<(), StepFailed> {
+                l.prepare().map_err(|e| StepFailed(format!("preparing the nodes failed: {e:#}")))?;
+                timings.build = t0.elapsed();
+                let td = Instant::now();
+                for (i, s) in lab.services.iter().enumerate() {
+                    if s.autostart {
+                        l.start(i)?;
+                    }
+                }
+                timings.daemons = td.elapsed();
+                let ts = Instant::now();
+                for step in lab.prelude.iter().chain(sc.steps.iter()) {
+                    if Instant::now() > deadline {
+                        return Err(StepFailed(format!("the scenario passed its deadline of {:?} before `{}`", lab.deadline, step.text)));
+                    }
+                    l.step(step, &rt)?;
+                    l.check_daemons()?;
+                }
+                timings.steps = ts.elapsed();
+                Ok(())
+            })();
+            if let Err(StepFailed(msg)) = r {
+                l.t.push(format!("!! {msg}"));
+                failure = Some(msg);
+            }
+            transcript = l.t.render(&lab.sanitizers);
+            let tt = Instant::now();
+            l.teardown();
+            drop(l);
+            timings.teardown = tt.elapsed();
+        }
+    }
+    drop(rt);
+    Ok(Run { transcript, failure, workdir: None, timings, work: Some(work) })
+}
+
+impl Lab_<'_> {
+    fn progress(&self, line: &str) {
+        if self.opts.progress {
+            eprintln!("  [{}] {}", self.label, sanitize(line, &self.lab.sanitizers));
+        }
+    }
+
+    fn say(&mut self, line: String) {
+        self.progress(&line);
+        self.t.push(line);
+    }
+
+    fn node_dir(&self, node: usize) -> PathBuf {
+        self.work.node_dir(&self.lab.nodes[node].name)
+    }
+
+    /// Node directories with their files and PKI, then nft rulesets and setup commands.
+    fn prepare(&mut self) -> Result<()> {
+        for (i, node) in self.lab.nodes.iter().enumerate() {
+            let dir = self.node_dir(i);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+            for f in &node.files {
+                copy_tree(&self.lab.dir.join(&f.rel), &dir.join(&f.rel)).with_context(|| format!("copy {} to node `{}`", f.rel.display(), node.name))?;
+            }
+            for (p, mode) in &node.modes {
+                std::fs::set_permissions(dir.join(p), std::fs::Permissions::from_mode(*mode))?;
+            }
+        }
+        if let Some(spec) = &self.lab.pki {
+            let pki = self.work.path().join("pki");
+            std::fs::create_dir_all(&pki)?;
+            crate::pki::generate(spec, &pki)?;
+            // Certificates go to the nodes that run daemons.
+            let mut daemon_nodes: Vec<usize> = self.lab.services.iter().map(|s| s.node).collect();
+            daemon_nodes.dedup();
+            for i in daemon_nodes {
+                for e in std::fs::read_dir(&pki)? {
+                    let e = e?;
+                    std::fs::copy(e.path(), self.node_dir(i).join(e.file_name()))?;
+                }
+            }
+        }
+        for (i, node) in self.lab.nodes.iter().enumerate() {
+            if let Some(rules) = &node.nft {
+                let f = self.node_dir(i).join(".vpnlab-ruleset.nft");
+                std::fs::write(&f, rules)?;
+                self.exec_ok(i, &["nft".into(), "-f".into(), f.to_string_lossy().into_owned()])?;
+            }
+            for cmd in &node.setup {
+                self.exec_ok(i, &["/bin/sh".into(), "-c".into(), cmd.clone()]).with_context(|| format!("setup of node `{}`: {cmd}", node.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn exec(&self, node: usize, argv: &[String]) -> Result<crate::process::Output> {
+        run_capture(&self.topo.nodes[node].ns, &self.pid, argv, &self.node_dir(node), Duration::from_secs(10))
+    }
+
+    fn exec_ok(&self, node: usize, argv: &[String]) -> Result<()> {
+        let out = self.exec(node, argv)?;
+        if !out.success() {
+            bail!("`{}` in node `{}`: {}\n{}", argv.join(" "), self.lab.nodes[node].name, out.describe_status(), out.text.trim_end());
+        }
+        Ok(())
+    }
+
+    fn service(&self, i: usize) -> &Service {
+        &self.lab.services[i]
+    }
+
+    /// Starts a service and waits for its ready line.
+    fn start(&mut self, i: usize) -> Result<(), StepFailed> {
+        let s = self.service(i).clone();
+        let node = &self.lab.nodes[s.node].name;
+        let log = self.work.log(&s.name);
+        let d = Daemon::start(&s.name, &self.topo.nodes[s.node].ns, &self.pid, &s.argv, &self.node_dir(s.node), &log, &[])
+            .map_err(|e| StepFailed(format!("{e:#}")))?;
+        self.stopped[i] = false;
+        let start = d.log_start;
+        self.daemons[i] = Some(d);
+        let cmdline = format!("{node}# {}", s.argv.join(" "));
+        let Some(re) = s.ready.clone() else {
+            self.say(cmdline);
+            return Ok(());
+        };
+        let deadline = Instant::now() + s.timeout;
+        let d = self.daemons[i].as_mut().unwrap();
+        let found = wait_until(deadline, || {
+            if let Some(l) = read_from(&log, start).lines().find(|l| re.is_match(l)) {
+                return Some(Ok(l.to_string()));
+            }
+            d.poll_exit().map(Err)
+        });
+        match found {
+            Some(Ok(line)) => {
+                self.say(format!("{cmdline}  -> {}", strip_prefix(&line)));
+                Ok(())
+            }
+            Some(Err(st)) => {
+                let tail = d.tail(15);
+                self.say(format!("{cmdline}  -> exited ({st}) before /{re}/"));
+                Err(StepFailed(format!("service `{}` exited ({st}) before its ready line /{re}/; last lines of {}:\n{tail}", s.name, log.display())))
+            }
+            None => {
+                let tail = d.tail(15);
+                self.say(format!("{cmdline}  -> not ready: no /{re}/ within {:?}", s.timeout));
+                Err(StepFailed(format!("service `{}` did not log /{re}/ within {:?}; last lines of {}:\n{tail}", s.name, s.timeout, log.display())))
+            }
+        }
+    }
+
+    fn stop(&mut self, i: usize) -> Result<(), StepFailed> {
+        let name = self.service(i).name.clone();
+        let node = self.lab.nodes[self.service(i).node].name.clone();
+        let prog = Path::new(&self.service(i).argv[0]).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let Some(d) = self.daemons[i].as_mut() else {
+            return Err(StepFailed(format!("service `{name}` is not running")));
+        };
+        self.stopped[i] = true;
+        let st = d.stop(Duration::from_secs(5)).map_err(|e| StepFailed(format!("stopping `{name}`: {e:#}")))?;
+        let how = match st.code() {
+            Some(c) => format!("exit {c}"),
+            None => "killed".into(),
+        };
+        self.say(format!("{node}# kill -TERM $(pidof {prog})  -> exited ({how})"));
+        Ok(())
+    }
+
+    /// A daemon that died on its own fails the lab (unless it may exit).
+    fn check_daemons(&mut self) -> Result<(), StepFailed> {
+        for i in 0..self.daemons.len() {
+            if self.stopped[i] || self.service(i).may_exit {
+                continue;
+            }
+            if let Some(d) = self.daemons[i].as_mut() {
+                if let Some(st) = d.poll_exit() {
+                    let tail = d.tail(15);
+                    return Err(StepFailed(format!("service `{}` exited unexpectedly ({st}); last lines of {}:\n{tail}", d.name, d.log.display())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: &Step, rt: &tokio::runtime::Runtime) -> Result<(), StepFailed> {
+        let lab = self.lab;
+        let prev_marks = std::mem::replace(&mut self.marks, lab.services.iter().map(|s| std::fs::metadata(self.work.log(&s.name)).map(|m| m.len()).unwrap_or(0)).collect());
+        let _ = prev_marks;
+        let fail = |m: String| StepFailed(m);
+        match &step.action {
+            Action::Ping { node, src, dest, count, expect } => {
+                let n = &lab.nodes[*node].name;
+                let cmd = format!("{n}$ ping -c{count}{} {dest}", src.map(|s| format!(" -I {s}")).unwrap_or_default());
+                let r = crate::probe::ping(&self.topo.nodes[*node].ns, &self.pid, &self.node_dir(*node), *src, *dest, *count, expect).map_err(|e| fail(format!("{cmd}: {e:#}")))?;
+                let notes = if r.notes.is_empty() { String::new() } else { format!("; {}", r.notes.join("; ")) };
+                let (ok, outcome) = match expect {
+                    PingExpect::Reachable | PingExpect::Unreachable => {
+                        let reachable = r.received > 0;
+                        let outcome = if reachable {
+                            format!("reachable (ttl={}{notes})", r.ttl.map(|t| t.to_string()).unwrap_or_else(|| "?".into()))
+                        } else {
+                            format!("unreachable (100% loss{notes})")
+                        };
+                        (reachable == (*expect == PingExpect::Reachable), outcome)
+                    }
+                    PingExpect::Loss(a, b) => {
+                        let loss = r.loss_pct();
+                        self.progress(&format!("{cmd}: {loss}% loss ({} of {} received)", r.received, r.transmitted));
+                        let ok = loss >= *a && loss <= *b;
+                        (ok, if ok { format!("loss within {a}%..{b}%") } else { format!("loss {loss}% (expected {a}%..{b}%)") })
+                    }
+                };
+                self.say(format!("{cmd}  -> {outcome}"));
+                if !ok {
+                    return Err(fail(format!("`{}` expected {}, got {outcome}", step.text, describe_ping(expect))));
+                }
+            }
+            Action::RouteAdd { node, route } | Action::RouteDel { node, route } => {
+                let add = matches!(step.action, Action::RouteAdd { .. });
+                self.say(format!("{}# ip route {} {}", lab.nodes[*node].name, if add { "add" } else { "del" }, route.text));
+                rt.block_on(self.topo.nodes[*node].route(route, add)).map_err(|e| fail(format!("{e:#}")))?;
+            }
+            Action::RuleAdd { node, rule } | Action::RuleDel { node, rule } => {
+                let add = matches!(step.action, Action::RuleAdd { .. });
+                self.say(format!("{}# ip rule {} {}", lab.nodes[*node].name, if add { "add" } else { "del" }, rule.text));
+                rt.block_on(self.topo.nodes[*node].rule(rule, add)).map_err(|e| fail(format!("{e:#}")))?;
+            }
+            Action::Sh { node, cmd, expect_fail } => {
+                let out = self.exec(*node, &["/bin/sh".into(), "-c".into(), cmd.clone()]).map_err(|e| fail(format!("{e:#}")))?;
+                let line = format!("{}# {cmd}", lab.nodes[*node].name);
+                if out.success() == *expect_fail {
+                    self.say(format!("{line}  -> {}", out.describe_status()));
+                    return Err(fail(format!("`{cmd}` {} ({}):\n{}", if *expect_fail { "was expected to fail but succeeded" } else { "failed" }, out.describe_status(), out.text.trim_end())));
+                }
+                self.say(if *expect_fail { format!("{line}  -> fails ({})", out.describe_status()) } else { line });
+            }
+            Action::Show { node, cmd } => {
+                let out = self.exec(*node, &["/bin/sh".into(), "-c".into(), cmd.clone()]).map_err(|e| fail(format!("{e:#}")))?;
+                self.say(format!("{}$ {cmd}", lab.nodes[*node].name));
+                self.t.push_block(&out.text);
+                if !out.success() {
+                    self.t.push(format!("    ({})", out.describe_status()));
+                }
+            }
+            Action::Chmod { node, mode, path } => {
+                self.say(format!("{}# chmod {mode:o} {path}", lab.nodes[*node].name));
+                std::fs::set_permissions(self.node_dir(*node).join(path), std::fs::Permissions::from_mode(*mode)).map_err(|e| fail(format!("chmod {path}: {e}")))?;
+            }
+            Action::Sysctl { node, key, value } => {
+                self.say(format!("{}# sysctl -w {key}={value}", lab.nodes[*node].name));
+                self.topo.nodes[*node].sysctl(key, value).map_err(|e| fail(format!("{e:#}")))?;
+            }
+            Action::Tcp { node, dest, send, within, expect } => {
+                let server = lab.owner_of(dest.ip());
+                let cmd = format!("{}$ tcp {dest}{}", lab.nodes[*node].name, send.map(|n| format!(" send {}", human(n))).unwrap_or_default());
+                let out = crate::probe::tcp(&self.topo.nodes[*node].ns, server.map(|s| &self.topo.nodes[s].ns), *dest, *send, *within).map_err(|e| fail(format!("{cmd}: {e:#}")))?;
+                self.say(format!("{cmd}  -> {}", out.describe()));
+                if !out.meets(expect) {
+                    return Err(fail(format!("`{}` expected {expect:?}, got {}", step.text, out.describe())));
+                }
+            }
+            Action::Service { op, service } => match op {
+                ServiceOp::Start => self.start(*service)?,
+                ServiceOp::Stop => self.stop(*service)?,
+                ServiceOp::Restart => {
+                    self.stop(*service)?;
+                    self.start(*service)?;
+                }
+            },
+            Action::Log { service, pattern, within, after } => {
+                let name = &self.service(*service).name;
+                let log = self.work.log(name);
+                let from = if *after { prev_or(&self.marks, *service) } else { self.daemons[*service].as_ref().map(|d| d.log_start).unwrap_or(0) };
+                let found = wait_until(Instant::now() + *within, || read_from(&log, from).lines().find(|l| pattern.re.is_match(l)).map(str::to_string));
+                match found {
+                    Some(line) => self.say(format!("{name}.log: {}", strip_prefix(&line))),
+                    None => {
+                        let shown = if pattern.re.as_str() == regex::escape(&pattern.text) { format!("'{}'", pattern.text) } else { format!("/{}/", pattern.text) };
+                        self.say(format!("{name}.log: no {shown} within {within:?}"));
+                        let tail = self.daemons[*service].as_ref().map(|d| d.tail(15)).unwrap_or_default();
+                        return Err(fail(format!("`{}`: no matching line in {} within {within:?}; last lines:\n{tail}", step.text, log.display())));
+                    }
+                }
+            }
+            Action::NoLog { service, pattern, watch } => {
+                let name = &self.service(*service).name;
+                let log = self.work.log(name);
+                let from = self.daemons[*service].as_ref().map(|d| d.log_start).unwrap_or(0);
+                let find = || read_from(&log, from).lines().find(|l| pattern.re.is_match(l)).map(str::to_string);
+                let found = match watch {
+                    Some(w) => wait_until(Instant::now() + *w, find),
+                    None => find(),
+                };
+                let shown = if pattern.re.as_str() == regex::escape(&pattern.text) { format!("'{}'", pattern.text) } else { format!("/{}/", pattern.text) };
+                match found {
+                    None => self.say(format!("{name}.log: no {shown}{}", watch.map(|w| format!(" for {w:?}")).unwrap_or_default())),
+                    Some(line) => {
+                        self.say(format!("{name}.log: {}", strip_prefix(&line)));
+                        return Err(fail(format!("`{}`: the log has a line it must not have: {line}", step.text)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops daemons in reverse order, then kills everything left in the PID namespace.
+    fn teardown(&mut self) {
+        for i in (0..self.daemons.len()).rev() {
+            if let Some(d) = self.daemons[i].as_mut() {
+                let _ = d.stop(Duration::from_secs(2));
+            }
+        }
+        self.pid.kill_all();
+    }
+}
+
+fn prev_or(marks: &[u64], i: usize) -> u64 {
+    marks.get(i).copied().unwrap_or(0)
+}
+
+fn describe_ping(e: &PingExpect) -> String {
+    match e {
+        PingExpect::Reachable => "reachable".into(),
+        PingExpect::Unreachable => "unreachable".into(),
+        PingExpect::Loss(a, b) => format!("loss {a}%..{b}%"),
+    }
+}
+
+fn human(n: u64) -> String {
+    if n % 1_000_000 == 0 {
+        format!("{}MB", n / 1_000_000)
+    } else if n % 1000 == 0 {
+        format!("{}KB", n / 1000)
+    } else {
+        format!("{n}B")
+    }
+}
+
+/// A log line without the daemon's own timestamp prefix (the sanitizers would blank it anyway).
+fn strip_prefix(line: &str) -> String {
+    sanitize(line, &[])
+}
+
+/// Copies a file or a directory tree, keeping modes.
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(src)?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(dst)?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        std::fs::set_permissions(dst, meta.permissions())?;
+    } else {
+        if let Some(p) = dst.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::copy(src, dst)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Snapshots: each scenario's sanitized transcript is compared with
+//! `labs/<family>/<recipe>/snapshots/<scenario>.snap`, an insta snapshot file. A mismatch fails
+//! with a unified diff. Outside CI the new transcript is also recorded as `<scenario>.snap.new`
+//! through insta itself, so `cargo insta review` accepts it; with CI=true nothing is written.
+
+use crate::model::Lab;
+use std::path::{Path, PathBuf};
+
+pub fn path(lab: &Lab, scenario: &str) -> PathBuf {
+    lab.dir.join("snapshots").join(format!("{scenario}.snap"))
+}
+
+/// Is this a CI run (never write snapshots, never skip labs)?
+pub fn is_ci() -> bool {
+    matches!(std::env::var("CI").as_deref(), Ok(v) if !v.is_empty() && v != "0" && v != "false")
+}
+
+/// The stored snapshot's contents, if there is one.
+pub fn stored(path: &Path) -> Result<Option<String>, String> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let snap = insta::Snapshot::from_file(path).map_err(|e| format!("{}: cannot read the snapshot: {e}", path.display()))?;
+    match snap.contents() {
+        insta::internals::SnapshotContents::Text(t) => Ok(Some(t.to_string())),
+        _ => Err(format!("{}: not a text snapshot", path.display())),
+    }
+}
+
+/// Outcome of a comparison.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Match,
+    /// No snapshot yet.
+    Missing,
+    /// The unified diff (expected -> actual).
+    Mismatch(String),
+}
+
+pub fn compare(expected: Option<&str>, actual: &str) -> Verdict {
+    match expected {
+        None => Verdict::Missing,
+        Some(e) if e.trim_end() == actual.trim_end() => Verdict::Match,
+        Some(e) => {
+            let e = format!("{}\n", e.trim_end());
+            let a = format!("{}\n", actual.trim_end());
+            let diff = similar::TextDiff::from_lines(&e, &a).unified_diff().context_radius(3).header("snapshot (expected)", "this run (actual)").to_string();
+            Verdict::Mismatch(diff)
+        }
+    }
+}
+
+/// Compares and, outside CI, records a `.snap.new` for review. Returns an error message with
+/// the diff and how to accept it when the transcript does not match.
+pub fn check(lab: &Lab, scenario: &str, actual: &str) -> Result<(), String> {
+    let p = path(lab, scenario);
+    let verdict = compare(stored(&p)?.as_deref(), actual);
+    if verdict == Verdict::Match {
+        return Ok(());
+    }
+    let recorded = if is_ci() { None } else { record_pending(lab, scenario, actual) };
+    let how = match &recorded {
+        Some(newp) => format!("the new transcript is in {}; accept it with `cargo insta review` or `vpnlab run --accept {}::{scenario}`", newp.display(), lab.id),
+        None => format!("CI=true: nothing was written; run `vpnlab run {}::{scenario}` locally and accept with `cargo insta review`", lab.id),
+    };
+    Err(match verdict {
+        Verdict::Missing => format!("{}::{scenario}: no snapshot yet at {}\n--- transcript ---\n{actual}\n{how}", lab.id, p.display()),
+        Verdict::Mismatch(diff) => format!("{}::{scenario}: transcript differs from {}\n{diff}\n{how}", lab.id, p.display()),
+        Verdict::Match => unreachable!(),
+    })
+}
+
+/// Lets insta write `<scenario>.snap.new` (it knows the format `cargo insta review` reads).
+fn record_pending(lab: &Lab, scenario: &str, actual: &str) -> Option<PathBuf> {
+    let dir = lab.dir.join("snapshots");
+    std::fs::create_dir_all(&dir).ok()?;
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(std::fs::canonicalize(&dir).ok()?);
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_input_file(&lab.file);
+    settings.set_omit_expression(true);
+    settings.set_description(format!("{}::{scenario} - {}", lab.id, lab.title));
+    let actual = actual.to_string();
+    let name = scenario.to_string();
+    // insta reports a mismatch by panicking; keep that panic quiet (the caller prints the diff).
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+    let prev_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        settings.bind(|| insta::assert_snapshot!(name, actual));
+    }));
+    std::panic::set_hook(prev_hook);
+    let newp = dir.join(format!("{scenario}.snap.new"));
+    newp.exists().then_some(newp)
+}
+
+/// Writes the snapshot (`vpnlab run --accept`, or a new lab's first run).
+pub fn accept(lab: &Lab, scenario: &str, actual: &str) -> std::io::Result<PathBuf> {
+    let p = path(lab, scenario);
+    std::fs::create_dir_all(p.parent().unwrap())?;
+    let header = format!("---\nsource: {}\ndescription: \"{}::{scenario} - {}\"\n---\n", "lab.toml", lab.id, lab.title.replace('"', "'"));
+    std::fs::write(&p, format!("{header}{}\n", actual.trim_end()))?;
+    let _ = std::fs::remove_file(p.with_extension("snap.new"));
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_shows_a_unified_diff() {
+        assert_eq!(compare(Some("a\nb\n"), "a\nb"), Verdict::Match);
+        assert_eq!(compare(None, "a"), Verdict::Missing);
+        match compare(Some("a\nreachable\nc\n"), "a\nunreachable\nc\n") {
+            Verdict::Mismatch(d) => {
+                assert!(d.contains("-reachable"), "{d}");
+                assert!(d.contains("+unreachable"), "{d}");
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn accepted_snapshot_reads_back_through_insta() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lab.toml"), "").unwrap();
+        let lab = crate::model::parse(
+            &dir.path().join("lab.toml"),
+            "[lab]\ntitle='t'\n[nodes.a]\n[scenarios.s]\nsteps=[]\n",
+        )
+        .unwrap();
+        let p = accept(&lab, "s", "line one\nline two\n").unwrap();
+        assert_eq!(stored(&p).unwrap().as_deref(), Some("line one\nline two"));
+        assert!(check(&lab, "s", "line one\nline two\n").is_ok());
+        let err = check(&lab, "s", "line one\nline 2\n").unwrap_err();
+        assert!(err.contains("-line two") && err.contains("+line 2"), "{err}");
+    }
+}

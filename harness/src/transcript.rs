@@ -1,0 +1,116 @@
+//! The transcript of a scenario in the book's voice (`client$ ping -c2 10.198.0.1  ->
+//! unreachable (100% loss)`), and the ordered sanitizers that make it stable from run to run
+//! (timestamps, PIDs, ephemeral ports, durations), libreswan-`testing/` style: built-ins first,
+//! then the lab's own.
+
+use crate::model::Sanitizer;
+use regex::Regex;
+use std::sync::OnceLock;
+
+/// Built-in sanitizers, applied in this order to every line.
+pub fn builtin() -> &'static [Sanitizer] {
+    static B: OnceLock<Vec<Sanitizer>> = OnceLock::new();
+    B.get_or_init(|| {
+        let s = |re: &str, with: &str| Sanitizer { re: Regex::new(re).expect("builtin sanitizer"), with: with.to_string() };
+        vec![
+            // OpenVPN's and pluto's line prefix: `2026-12-01 23:10:00 ` / `Dec  1 23:10:00.123 `.
+            s(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?(?: [+-]\d{4})? ", ""),
+            s(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} ", ""),
+            s(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?", "TIMESTAMP"),
+            s(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d \d{4}\b", "TIMESTAMP"),
+            // ping timings.
+            s(r"time[=<]\d+(?:\.\d+)? ?ms", "time=T ms"),
+            s(r"\btime \d+ms\b", "time Tms"),
+            s(r"rtt min/avg/max/mdev = [\d./]+ ms", "rtt min/avg/max/mdev = T ms"),
+            // process ids.
+            s(r"\b(pid|PID)([ =:]+)\d+", "${1}${2}PID"),
+            s(r"\b(openvpn|pppd|pluto|sshd|ssh|setpriv)\[\d+\]", "${1}[PID]"),
+            // ephemeral ports (32768-60999): `1.2.3.4:51234`, `port 51234`.
+            s(r"(\d+\.\d+\.\d+\.\d+):(?:3276[89]|327[7-9]\d|32[89]\d\d|3[3-9]\d{3}|[45]\d{4}|60\d{3})\b", "${1}:PORT"),
+            s(r"\bport (?:3276[89]|327[7-9]\d|32[89]\d\d|3[3-9]\d{3}|[45]\d{4}|60\d{3})\b", "port PORT"),
+            // durations printed by the harness itself.
+            s(r"\bin \d+(?:\.\d+)?(?:ms|s)\b", "in T"),
+        ]
+    })
+}
+
+/// Applies the built-in sanitizers, then `extra`, in order, to each line of `text`.
+pub fn sanitize(text: &str, extra: &[Sanitizer]) -> String {
+    text.lines()
+        .map(|line| {
+            let mut l = line.to_string();
+            for s in builtin().iter().chain(extra) {
+                l = s.re.replace_all(&l, s.with.as_str()).into_owned();
+            }
+            l.trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A scenario's transcript, built step by step.
+#[derive(Debug, Default)]
+pub struct Transcript {
+    lines: Vec<String>,
+}
+
+impl Transcript {
+    pub fn push(&mut self, line: impl Into<String>) {
+        self.lines.push(line.into());
+    }
+
+    /// Command output, indented under the line that produced it.
+    pub fn push_block(&mut self, text: &str) {
+        for l in text.lines() {
+            self.lines.push(format!("    {l}"));
+        }
+    }
+
+    pub fn last(&self) -> Option<&str> {
+        self.lines.last().map(String::as_str)
+    }
+
+    /// The sanitized text that is compared with the snapshot.
+    pub fn render(&self, extra: &[Sanitizer]) -> String {
+        let mut s = sanitize(&self.lines.join("\n"), extra);
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_timestamps_pids_ports() {
+        let s = sanitize("2026-12-01 23:10:00 client1/192.0.2.2:51234 MULTI: bad source", &[]);
+        assert_eq!(s, "client1/192.0.2.2:PORT MULTI: bad source");
+        assert_eq!(sanitize("64 bytes from 10.0.0.1: icmp_seq=1 ttl=63 time=0.045 ms", &[]), "64 bytes from 10.0.0.1: icmp_seq=1 ttl=63 time=T ms");
+        assert_eq!(sanitize("pluto[4242]: started pid=4242", &[]), "pluto[PID]: started pid=PID");
+    }
+
+    #[test]
+    fn keeps_well_known_ports() {
+        let line = "Incoming packet rejected from [AF_INET]192.168.2.13:1194[2], expected peer address: [AF_INET]192.168.4.65:1194";
+        assert_eq!(sanitize(line, &[]), line);
+        assert_eq!(sanitize("10.0.0.1:60999 10.0.0.1:61000 10.0.0.1:32767", &[]), "10.0.0.1:PORT 10.0.0.1:61000 10.0.0.1:32767");
+    }
+
+    #[test]
+    fn lab_sanitizers_run_after_builtins_in_order() {
+        let extra = vec![
+            Sanitizer { re: Regex::new(r"SPI 0x[0-9a-f]+").unwrap(), with: "SPI 0xSPI".into() },
+            Sanitizer { re: Regex::new(r"0xSPI").unwrap(), with: "SPI".into() },
+        ];
+        assert_eq!(sanitize("2026-12-01 23:10:00 SPI 0xdeadbeef", &extra), "SPI SPI");
+    }
+
+    #[test]
+    fn render_ends_with_newline_and_trims() {
+        let mut t = Transcript::default();
+        t.push("a  ");
+        t.push_block("x\ny");
+        assert_eq!(t.render(&[]), "a\n    x\n    y\n");
+    }
+}

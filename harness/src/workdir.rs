@@ -1,0 +1,103 @@
+//! A run's work directory: `$TMPDIR/vpnlab-XXXXXX/` with `nodes/<node>/` (each node's files,
+//! PKI and cwd) and `logs/<service>.log`. It is held with an flock while the run lives; the next
+//! vpnlab process removes work dirs whose lock nobody holds (a run killed by SIGKILL), except
+//! those marked as kept. Only directories vpnlab itself made (prefix + lock file) are touched.
+
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+const PREFIX: &str = "vpnlab-";
+const LOCK: &str = ".vpnlab-lock";
+const KEPT: &str = "KEPT";
+
+pub struct WorkDir {
+    dir: Option<tempfile::TempDir>,
+    _lock: File,
+}
+
+fn base() -> PathBuf {
+    std::env::var_os("VPNLAB_WORK_ROOT").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
+}
+
+impl WorkDir {
+    pub fn new(label: &str) -> Result<WorkDir> {
+        let base = base();
+        std::fs::create_dir_all(&base).ok();
+        let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{slug}-")).tempdir_in(&base).context("create the work dir")?;
+        // Daemons that drop privileges (user nobody) must still reach their files.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let lock = File::create(dir.path().join(LOCK))?;
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        for sub in ["nodes", "logs"] {
+            std::fs::create_dir(dir.path().join(sub))?;
+            std::fs::set_permissions(dir.path().join(sub), std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(WorkDir { dir: Some(dir), _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("work dir").path()
+    }
+
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.path().join("nodes").join(node)
+    }
+
+    pub fn log(&self, service: &str) -> PathBuf {
+        self.path().join("logs").join(format!("{service}.log"))
+    }
+
+    /// Keeps the directory after the run (for debugging) and returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        let dir = self.dir.take().expect("work dir");
+        let _ = std::fs::write(dir.path().join(KEPT), "kept for debugging; delete when done\n");
+        let _ = std::fs::remove_file(dir.path().join(LOCK));
+        dir.keep()
+    }
+}
+
+/// Removes work dirs left by runs that died without cleaning up (their lock is free).
+pub fn sweep() -> usize {
+    let Ok(entries) = std::fs::read_dir(base()) else { return 0 };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(PREFIX) || !p.is_dir() || p.join(KEPT).exists() {
+            continue;
+        }
+        let Ok(lock) = File::open(p.join(LOCK)) else { continue };
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            if std::fs::remove_dir_all(&p).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_spares_live_and_kept_dirs_and_removes_dead_ones() {
+        let root = tempfile::tempdir().unwrap();
+        // The env var is read by base(); tests in this module run it serially through a lock.
+        std::env::set_var("VPNLAB_WORK_ROOT", root.path());
+        let live = WorkDir::new("live").unwrap();
+        let kept = WorkDir::new("kept").unwrap().keep();
+        let dead = root.path().join("vpnlab-dead-123");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join(LOCK), "").unwrap();
+        let foreign = root.path().join("vpnlab-not-ours");
+        std::fs::create_dir(&foreign).unwrap(); // no lock file: not made by vpnlab, never touched
+        assert_eq!(sweep(), 1);
+        assert!(live.path().exists() && kept.exists() && foreign.exists() && !dead.exists());
+        std::env::remove_var("VPNLAB_WORK_ROOT");
+    }
+}

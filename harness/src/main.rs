@@ -87,6 +87,10 @@ fn select(args: &[String]) -> anyhow::Result<Vec<(model::Lab, Vec<String>)>> {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<u8> {
+    // Work dirs of runs that died without cleaning up (SIGKILL) go as the next command starts.
+    if env::is_root() {
+        workdir::sweep();
+    }
     match cli.cmd {
         Cmd::List => {
             for (lab, _) in select(&[])? {
@@ -106,7 +110,6 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Run { labs, keep, accept, quiet } => {
             let selected = select(&labs)?;
             env::require_root()?;
-            workdir::sweep();
             for (lab, _) in &selected {
                 if let Some(why) = env::unmet(lab) {
                     return Err(EnvError { msg: format!("{} cannot run here: {why}", lab.id), hint: "run `sudo ci/setup` to install what the labs need".into() }.into());

@@ -1,0 +1,95 @@
+//! The command line's answers to bad input and a bad environment: one clear message naming
+//! the file and line (or what is missing) and what to do, exit code 2, nothing left behind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vpnlab(args: &[&str], labs: &Path, work: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vpnlab")).args(args).env("VPNLAB_LABS", labs).env("VPNLAB_WORK_ROOT", work).output().unwrap()
+}
+
+fn lab_dir(root: &Path, id: &str, toml: &str) -> std::path::PathBuf {
+    let d = root.join(id);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("lab.toml"), toml).unwrap();
+    d
+}
+
+const GOOD: &str = "[lab]\ntitle = \"two nodes\"\n[nodes.a]\n[nodes.b]\n[[links]]\na = \"a:eth0 10.9.0.1/24\"\nb = \"b:eth0 10.9.0.2/24\"\n[scenarios.ping]\nsteps = [\"a: ping 10.9.0.2\", \"a: ping 10.9.0.3 -> unreachable\"]\n";
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_broken_lab_file_exits_2_naming_file_line_and_fix() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let d = lab_dir(labs.path(), "t/broken", &GOOD.replace("b = \"b:eth0", "b = \"c:eth0"));
+    let o = vpnlab(&["run", "t/broken"], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{}:7:6: error: unknown node `c`", d.join("lab.toml").display())), "{err}");
+    assert!(err.contains("help: declared nodes: a, b"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("error:")).count(), 1, "one error, not a cascade: {err}");
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "nothing was built");
+}
+
+#[test]
+fn unknown_lab_or_scenario_exits_2() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    lab_dir(labs.path(), "t/good", GOOD);
+    let o = vpnlab(&["run", "t/nope"], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("known labs: t/good"), "{}", stderr(&o));
+    let o = vpnlab(&["run", "t/good::nope"], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("scenarios: ping"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_missing_daemon_binary_exits_2_naming_the_package() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let toml = GOOD.replace("[scenarios.ping]", "[services.d]\nnode = \"a\"\nrun = \"/usr/sbin/no-such-vpnd --foreground\"\n[scenarios.ping]");
+    lab_dir(labs.path(), "t/nobin", &toml);
+    let o = vpnlab(&["run", "t/nobin"], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("missing programs: `/usr/sbin/no-such-vpnd`"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("ci/setup"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_lab_path_anywhere_on_disk_runs_and_passes() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let d = lab_dir(labs.path(), "t/good", GOOD);
+    // First run records the snapshot (not under CI); the second compares with it.
+    let o = Command::new(env!("CARGO_BIN_EXE_vpnlab")).args(["run", "--accept", &d.to_string_lossy()]).env("VPNLAB_WORK_ROOT", work.path()).env_remove("CI").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let snap = std::fs::read_to_string(d.join("snapshots/ping.snap")).unwrap();
+    assert!(snap.contains("a$ ping -c2 10.9.0.2  -> reachable (ttl=64)"), "{snap}");
+    assert!(snap.contains("a$ ping -c2 10.9.0.3  -> unreachable (100% loss"), "{snap}");
+    let o = vpnlab(&["run", &d.to_string_lossy()], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A check that fails is exit 1, with the kept work dir named.
+    std::fs::write(d.join("lab.toml"), GOOD.replace("10.9.0.3 -> unreachable", "10.9.0.3 -> reachable")).unwrap();
+    let o = vpnlab(&["run", &d.to_string_lossy()], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("expected reachable, got unreachable"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("work dir (daemon logs, node files) kept at"), "{}", stderr(&o));
+}
+
+#[test]
+fn not_root_exits_2_with_the_fix() {
+    let labs = tempfile::tempdir().unwrap();
+    lab_dir(labs.path(), "t/good", GOOD);
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", env!("CARGO_BIN_EXE_vpnlab"), "run", "t/good"])
+        .env("VPNLAB_LABS", labs.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs root") && stderr(&o).contains("sudo"), "{}", stderr(&o));
+}

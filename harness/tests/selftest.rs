@@ -1,0 +1,162 @@
+//! Self-tests of the harness that need root and real daemons: a snapshot edited by one line
+//! fails with a diff, a lab without its fix step fails, and nothing (process, namespace, work
+//! dir) survives a run that passes or a `vpnlab run` killed with SIGKILL half-way.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use vpnlab::{model, runner, suite};
+
+const LAB: &str = "openvpn/missing-return-route";
+
+fn labs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../labs")
+}
+
+/// All runs of this test binary use a private work root, so leftovers can be checked exactly.
+fn work_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        assert!(vpnlab::env::is_root(), "the harness self-tests need root: run `sudo -E cargo test`");
+        let p = std::env::temp_dir().join(format!("vpnlab-selftest-root-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        std::env::set_var("VPNLAB_WORK_ROOT", &p);
+        p
+    })
+}
+
+/// A copy of a lab folder that a test may edit.
+fn copy_lab(id: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join(id);
+    copy_dir(&labs().join(id), &dst);
+    (tmp, dst)
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let to = dst.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else if !e.file_name().to_string_lossy().ends_with(".snap.new") {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+/// Processes whose cwd is below `root` (daemons run in their node's directory).
+fn procs_under(root: &Path) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+            if cwd.starts_with(root) {
+                let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                out.push((pid, comm.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn netns_of(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).ok().map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Network namespaces any process is in.
+fn live_netns() -> HashSet<String> {
+    std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok()).filter_map(netns_of).collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_edited_snapshot_line_fails_with_a_diff() {
+    work_root();
+    let (_tmp, dir) = copy_lab(LAB);
+    let snap = dir.join("snapshots/fix-gateway-route.snap");
+    let text = std::fs::read_to_string(&snap).unwrap();
+    let edited = text.replacen("-> reachable (ttl=63)", "-> reachable (ttl=64)", 1);
+    assert_ne!(text, edited, "the snapshot has the line this test edits");
+    std::fs::write(&snap, edited).unwrap();
+    let lab = model::load(&dir).unwrap();
+    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false).unwrap();
+    assert!(!out.passed, "an edited snapshot must fail");
+    assert!(out.report.contains("-client$ ping -c2 10.198.0.1  -> reachable (ttl=64)"), "{}", out.report);
+    assert!(out.report.contains("+client$ ping -c2 10.198.0.1  -> reachable (ttl=63)"), "{}", out.report);
+    // And the unedited copy passes (the test can tell the two apart).
+    std::fs::write(&snap, text).unwrap();
+    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false).unwrap();
+    assert!(out.passed, "{}", out.report);
+}
+
+#[test]
+fn removing_the_fix_step_fails_the_scenario() {
+    work_root();
+    let (_tmp, dir) = copy_lab(LAB);
+    let file = dir.join("lab.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let without = text.replace("  \"gateway: ip route add 10.200.0.0/24 via 10.198.0.10\",\n", "");
+    assert_ne!(text, without, "the lab has the fix step this test removes");
+    std::fs::write(&file, without).unwrap();
+    let lab = model::load(&dir).unwrap();
+    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false).unwrap();
+    assert!(!out.passed);
+    assert!(out.report.contains("expected reachable, got unreachable (100% loss)"), "{}", out.report);
+    // The failed run keeps its work dir with the daemon logs, and says where.
+    let kept = out.workdir.expect("a failed run keeps its work dir");
+    assert!(kept.join("logs/server.log").is_file() && out.report.contains(&kept.display().to_string()));
+    std::fs::remove_dir_all(kept).unwrap();
+}
+
+#[test]
+fn a_passing_run_leaves_nothing() {
+    let root = work_root();
+    let lab = model::load(&labs().join(LAB)).unwrap();
+    let out = suite::run_checked(&lab, "fix-masquerade", &runner::Options::default(), false).unwrap();
+    assert!(out.passed, "{}", out.report);
+    assert!(out.workdir.is_none());
+    // (other tests of this binary run other scenarios under the same root at the same time)
+    let ours = |p: &(u32, String)| std::fs::read_link(format!("/proc/{}/cwd", p.0)).map(|c| c.to_string_lossy().contains("fix-masquerade")).unwrap_or(false);
+    let left: Vec<_> = procs_under(root).into_iter().filter(ours).collect();
+    assert_eq!(left, vec![], "no process of the lab survives it");
+    let leftover: Vec<_> = std::fs::read_dir(root).unwrap().flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("fix-masquerade")).collect();
+    assert_eq!(leftover, Vec::<PathBuf>::new(), "the work dir is removed");
+}
+
+#[test]
+fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
+    work_root();
+    let root = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .args(["run", "-q", &labs().join(LAB).to_string_lossy()])
+        .env("VPNLAB_WORK_ROOT", root.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Half-way: both daemons up (the client's tunnel is complete).
+    wait_for("both openvpn daemons", Duration::from_secs(20), || procs_under(root.path()).iter().filter(|(_, c)| c == "openvpn").count() == 2);
+    let daemons: Vec<(u32, String)> = procs_under(root.path());
+    let spaces: HashSet<String> = daemons.iter().filter_map(|(p, _)| netns_of(*p)).collect();
+    assert!(!spaces.is_empty());
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    wait_for("the lab's processes to die with vpnlab", Duration::from_secs(5), || daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists()));
+    wait_for("the lab's namespaces to go", Duration::from_secs(5), || live_netns().is_disjoint(&spaces));
+    // The work dir is left (SIGKILL runs no code) until the next vpnlab command sweeps it.
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    let (labs_copy, _) = copy_lab(LAB);
+    let st = Command::new(env!("CARGO_BIN_EXE_vpnlab")).arg("list").env("VPNLAB_WORK_ROOT", root.path()).env("VPNLAB_LABS", labs_copy.path()).output().unwrap();
+    assert!(st.status.success(), "{st:?}");
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "the next command swept the dead run's work dir");
+}

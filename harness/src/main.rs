@@ -124,7 +124,16 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                     let t = Instant::now();
                     let out = suite::run_checked(lab, s, &opts, accept)?;
                     let verdict = if out.passed { "ok" } else { "FAILED" };
-                    eprintln!("== {}::{s}: {verdict} in {:.2}s", lab.id, t.elapsed().as_secs_f64());
+                    let tm = &out.timings;
+                    eprintln!(
+                        "== {}::{s}: {verdict} in {:.2}s (build {:.0} ms, daemons {:.0} ms, steps {:.0} ms, teardown {:.0} ms)",
+                        lab.id,
+                        t.elapsed().as_secs_f64(),
+                        tm.build.as_secs_f64() * 1e3,
+                        tm.daemons.as_secs_f64() * 1e3,
+                        tm.steps.as_secs_f64() * 1e3,
+                        tm.teardown.as_secs_f64() * 1e3
+                    );
                     if !out.report.is_empty() {
                         eprintln!("{}", out.report);
                     }

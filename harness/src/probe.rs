@@ -63,12 +63,14 @@ pub fn parse_ping(out: &str) -> PingResult {
 }
 
 /// Runs real `ping`. Reachability checks stop at the first `count` replies (deadline 5 s);
-/// an expected-unreachable check waits 0.3 s per probe; loss checks send exactly `count`.
+/// an expected-unreachable check sends `count` probes 10 ms apart and waits 200 ms for a late
+/// reply (replies inside a lab take well under a millisecond; 200x that is the margin), so a
+/// negative check costs ~0.2 s, not ping's default seconds. Loss checks send exactly `count`.
 pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<IpAddr>, dest: IpAddr, count: u32, expect: &PingExpect) -> Result<PingResult> {
     let mut argv: Vec<String> = vec!["ping".into(), "-n".into(), "-c".into(), count.to_string()];
     match expect {
-        PingExpect::Reachable => argv.extend(["-i", "0.05", "-w", "5"].map(String::from)),
-        PingExpect::Unreachable => argv.extend(["-i", "0.05", "-W", "0.3"].map(String::from)),
+        PingExpect::Reachable => argv.extend(["-i", "0.01", "-w", "5"].map(String::from)),
+        PingExpect::Unreachable => argv.extend(["-i", "0.01", "-W", "0.2"].map(String::from)),
         PingExpect::Loss(..) => argv.extend(["-i", "0.02", "-W", "0.5"].map(String::from)),
     }
     if let Some(s) = src {

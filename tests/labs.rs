@@ -10,6 +10,7 @@ use std::path::Path;
 use vpnlab::{env, model, runner, snapshot, suite};
 
 fn main() {
+    snapshot::quiet_insta();
     let args = Arguments::from_args();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("labs");
     vpnlab::workdir::sweep();

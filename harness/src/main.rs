@@ -37,6 +37,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    vpnlab::snapshot::quiet_insta();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),

@@ -66,7 +66,7 @@ pub fn parse_ping(out: &str) -> PingResult {
 /// an expected-unreachable check sends `count` probes 10 ms apart and waits 200 ms for a late
 /// reply (replies inside a lab take well under a millisecond; 200x that is the margin), so a
 /// negative check costs ~0.2 s, not ping's default seconds. Loss checks send exactly `count`.
-pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<IpAddr>, dest: IpAddr, count: u32, expect: &PingExpect) -> Result<PingResult> {
+pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<&str>, dest: IpAddr, count: u32, expect: &PingExpect) -> Result<PingResult> {
     let mut argv: Vec<String> = vec!["ping".into(), "-n".into(), "-c".into(), count.to_string()];
     match expect {
         PingExpect::Reachable => argv.extend(["-i", "0.01", "-w", "5"].map(String::from)),
@@ -78,7 +78,12 @@ pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<IpAddr>, dest: I
     }
     argv.push(dest.to_string());
     let out = run_capture(netns, pid, &argv, cwd, Duration::from_secs(30))?;
-    let r = parse_ping(&out.text);
+    let mut r = parse_ping(&out.text);
+    // No route at all: ping cannot even send ("connect: Network is unreachable").
+    if let Some(l) = out.text.lines().find(|l| l.contains("Network is unreachable") && !l.starts_with("From ")) {
+        r.notes.push(l.trim().to_string());
+        return Ok(r);
+    }
     if r.transmitted == 0 && !out.text.contains("packets transmitted") {
         anyhow::bail!("ping did not run: {}", out.text.trim());
     }

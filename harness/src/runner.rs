@@ -100,13 +100,13 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
                 topo,
                 daemons: lab.services.iter().map(|_| None).collect(),
                 stopped: vec![false; lab.services.len()],
-                t: Transcript::default(),
+                t: Transcript::new(&lab.sanitizers),
                 label: label.clone(),
                 marks: vec![0; lab.services.len()],
             };
-            l.t.push(format!("# {label}"));
+            l.t.push(&format!("# {label}"));
             if !sc.about.is_empty() {
-                l.t.push(format!("# {}", sc.about));
+                l.t.push(&format!("# {}", sc.about));
             }
             let _g = rt.enter();
             let deadline = t0 + lab.deadline;
@@ -132,10 +132,10 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
                 Ok(())
             })();
             if let Err(StepFailed(msg)) = r {
-                l.t.push(format!("!! {msg}"));
+                l.t.push(&format!("!! {msg}"));
                 failure = Some(msg);
             }
-            transcript = l.t.render(&lab.sanitizers);
+            transcript = l.t.render();
             let tt = Instant::now();
             l.teardown();
             drop(l);
@@ -149,13 +149,19 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
 impl Lab_<'_> {
     fn progress(&self, line: &str) {
         if self.opts.progress {
-            eprintln!("  [{}] {}", self.label, sanitize(line, &self.lab.sanitizers));
+            eprintln!("  [{}] {line}", self.label);
         }
     }
 
     fn say(&mut self, line: String) {
-        self.progress(&line);
-        self.t.push(line);
+        let l = self.t.push(&line).to_string();
+        self.progress(&l);
+    }
+
+    /// A daemon's log line in the transcript: `server.log: <line>`.
+    fn say_log(&mut self, service: &str, line: &str) {
+        let l = self.t.push_log(&format!("{service}.log: "), line).to_string();
+        self.progress(&l);
     }
 
     fn node_dir(&self, node: usize) -> PathBuf {
@@ -243,7 +249,7 @@ impl Lab_<'_> {
         });
         match found {
             Some(Ok(line)) => {
-                self.say(format!("{cmdline}  -> {}", strip_prefix(&line)));
+                self.say(format!("{cmdline}  -> {}", sanitize(&line, &self.lab.sanitizers)));
                 Ok(())
             }
             Some(Err(st)) => {
@@ -262,7 +268,7 @@ impl Lab_<'_> {
     fn stop(&mut self, i: usize) -> Result<(), StepFailed> {
         let name = self.service(i).name.clone();
         let node = self.lab.nodes[self.service(i).node].name.clone();
-        let prog = Path::new(&self.service(i).argv[0]).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let prog = crate::model::daemon_program(&self.service(i).argv);
         let Some(d) = self.daemons[i].as_mut() else {
             return Err(StepFailed(format!("service `{name}` is not running")));
         };
@@ -300,8 +306,8 @@ impl Lab_<'_> {
         match &step.action {
             Action::Ping { node, src, dest, count, expect } => {
                 let n = &lab.nodes[*node].name;
-                let cmd = format!("{n}$ ping -c{count}{} {dest}", src.map(|s| format!(" -I {s}")).unwrap_or_default());
-                let r = crate::probe::ping(&self.topo.nodes[*node].ns, &self.pid, &self.node_dir(*node), *src, *dest, *count, expect).map_err(|e| fail(format!("{cmd}: {e:#}")))?;
+                let cmd = format!("{n}$ ping -c{count}{} {dest}", src.as_ref().map(|s| format!(" -I {s}")).unwrap_or_default());
+                let r = crate::probe::ping(&self.topo.nodes[*node].ns, &self.pid, &self.node_dir(*node), src.as_deref(), *dest, *count, expect).map_err(|e| fail(format!("{cmd}: {e:#}")))?;
                 let notes = if r.notes.is_empty() { String::new() } else { format!("; {}", r.notes.join("; ")) };
                 let (ok, outcome) = match expect {
                     PingExpect::Reachable | PingExpect::Unreachable => {
@@ -349,7 +355,7 @@ impl Lab_<'_> {
                 self.say(format!("{}$ {cmd}", lab.nodes[*node].name));
                 self.t.push_block(&out.text);
                 if !out.success() {
-                    self.t.push(format!("    ({})", out.describe_status()));
+                    self.t.push(&format!("    ({})", out.describe_status()));
                 }
             }
             Action::Chmod { node, mode, path } => {
@@ -383,7 +389,7 @@ impl Lab_<'_> {
                 let from = if *after { prev_or(&self.marks, *service) } else { self.daemons[*service].as_ref().map(|d| d.log_start).unwrap_or(0) };
                 let found = wait_until(Instant::now() + *within, || read_from(&log, from).lines().find(|l| pattern.re.is_match(l)).map(str::to_string));
                 match found {
-                    Some(line) => self.say(format!("{name}.log: {}", strip_prefix(&line))),
+                    Some(line) => self.say_log(&name.clone(), &line),
                     None => {
                         let shown = if pattern.re.as_str() == regex::escape(&pattern.text) { format!("'{}'", pattern.text) } else { format!("/{}/", pattern.text) };
                         self.say(format!("{name}.log: no {shown} within {within:?}"));
@@ -405,7 +411,7 @@ impl Lab_<'_> {
                 match found {
                     None => self.say(format!("{name}.log: no {shown}{}", watch.map(|w| format!(" for {w:?}")).unwrap_or_default())),
                     Some(line) => {
-                        self.say(format!("{name}.log: {}", strip_prefix(&line)));
+                        self.say_log(&name.clone(), &line);
                         return Err(fail(format!("`{}`: the log has a line it must not have: {line}", step.text)));
                     }
                 }
@@ -445,11 +451,6 @@ fn human(n: u64) -> String {
     } else {
         format!("{n}B")
     }
-}
-
-/// A log line without the daemon's own timestamp prefix (the sanitizers would blank it anyway).
-fn strip_prefix(line: &str) -> String {
-    sanitize(line, &[])
 }
 
 /// Copies a file or a directory tree, keeping modes.

@@ -10,6 +10,15 @@ pub fn path(lab: &Lab, scenario: &str) -> PathBuf {
     lab.dir.join("snapshots").join(format!("{scenario}.snap"))
 }
 
+/// Call at the start of `main`, before any thread starts: our own message carries the diff, so
+/// insta's console output (and its "run `cargo insta test`" advice) is turned off unless the
+/// user asked for it with INSTA_OUTPUT.
+pub fn quiet_insta() {
+    if std::env::var_os("INSTA_OUTPUT").is_none() {
+        std::env::set_var("INSTA_OUTPUT", "none");
+    }
+}
+
 /// Is this a CI run (never write snapshots, never skip labs)?
 pub fn is_ci() -> bool {
     matches!(std::env::var("CI").as_deref(), Ok(v) if !v.is_empty() && v != "0" && v != "false")

@@ -48,31 +48,44 @@ pub fn sanitize(text: &str, extra: &[Sanitizer]) -> String {
         .join("\n")
 }
 
-/// A scenario's transcript, built step by step.
+/// A scenario's transcript, built step by step. Every line is sanitized exactly once, as it is
+/// added (a log line before its `service.log: ` prefix, so sanitizers may anchor on `^`).
 #[derive(Debug, Default)]
 pub struct Transcript {
     lines: Vec<String>,
+    sanitizers: Vec<Sanitizer>,
 }
 
 impl Transcript {
-    pub fn push(&mut self, line: impl Into<String>) {
-        self.lines.push(line.into());
+    pub fn new(lab_sanitizers: &[Sanitizer]) -> Self {
+        Transcript { lines: Vec::new(), sanitizers: lab_sanitizers.to_vec() }
     }
 
-    /// Command output, indented under the line that produced it.
+    /// Adds a line (sanitized) and returns it as recorded.
+    pub fn push(&mut self, line: &str) -> &str {
+        let l = sanitize(line, &self.sanitizers);
+        self.lines.push(l);
+        self.lines.last().unwrap()
+    }
+
+    /// Adds `prefix` + a sanitized daemon log line (the prefix itself is not sanitized).
+    pub fn push_log(&mut self, prefix: &str, line: &str) -> &str {
+        let l = format!("{prefix}{}", sanitize(line, &self.sanitizers));
+        self.lines.push(l);
+        self.lines.last().unwrap()
+    }
+
+    /// Command output, sanitized line by line and indented under the line that produced it.
     pub fn push_block(&mut self, text: &str) {
         for l in text.lines() {
-            self.lines.push(format!("    {l}"));
+            let l = sanitize(l, &self.sanitizers);
+            self.lines.push(format!("    {l}").trim_end().to_string());
         }
     }
 
-    pub fn last(&self) -> Option<&str> {
-        self.lines.last().map(String::as_str)
-    }
-
-    /// The sanitized text that is compared with the snapshot.
-    pub fn render(&self, extra: &[Sanitizer]) -> String {
-        let mut s = sanitize(&self.lines.join("\n"), extra);
+    /// The text that is compared with the snapshot.
+    pub fn render(&self) -> String {
+        let mut s = self.lines.join("\n");
         s.push('\n');
         s
     }
@@ -111,6 +124,14 @@ mod tests {
         let mut t = Transcript::default();
         t.push("a  ");
         t.push_block("x\ny");
-        assert_eq!(t.render(&[]), "a\n    x\n    y\n");
+        assert_eq!(t.render(), "a\n    x\n    y\n");
+    }
+
+    #[test]
+    fn log_lines_are_sanitized_before_their_prefix_and_only_once() {
+        let extra = vec![Sanitizer { re: Regex::new(r"^us=\d+ ").unwrap(), with: String::new() }, Sanitizer { re: Regex::new(r"N").unwrap(), with: "NN".into() }];
+        let mut t = Transcript::new(&extra);
+        assert_eq!(t.push_log("server.log: ", "2026-12-01 23:10:00 us=123 MULTI: N"), "server.log: MULTI: NN");
+        assert_eq!(t.render(), "server.log: MULTI: NN\n");
     }
 }

@@ -264,6 +264,14 @@ impl Lab {
     }
 }
 
+/// The daemon a service command line really runs: `setpriv ... openvpn ...` -> `openvpn`
+/// (the first word naming a known daemon, else the program itself).
+pub fn daemon_program(argv: &[String]) -> String {
+    const DAEMONS: [&str; 8] = ["openvpn", "pppd", "pluto", "ipsec", "sshd", "ssh", "tcpdump", "python3"];
+    let base = |s: &str| Path::new(s).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    argv.iter().map(|a| base(a)).find(|b| DAEMONS.contains(&b.as_str())).unwrap_or_else(|| base(&argv[0]))
+}
+
 /// The program a shell command line starts with (skipping `VAR=x` assignments and `sudo`).
 fn first_program(cmd: &str) -> Option<String> {
     cmd.split_whitespace()
@@ -859,6 +867,15 @@ steps = ["b: ping 10.0.0.1", "log srv /Initialization/"]
     fn no_scenarios_or_nodes() {
         assert!(lab_err("[lab]\ntitle='t'\n[nodes.a]\n").msg.contains("no scenarios"));
         assert!(lab_err("[lab]\ntitle='t'\n").msg.contains("no nodes"));
+    }
+
+    #[test]
+    fn daemon_program_skips_wrappers() {
+        let v = |s: &str| split_words(s).unwrap();
+        assert_eq!(daemon_program(&v("openvpn --config x")), "openvpn");
+        assert_eq!(daemon_program(&v("setpriv --securebits +keep_caps_locked -- /usr/sbin/openvpn --config x")), "openvpn");
+        assert_eq!(daemon_program(&v("setpriv --securebits +keep_caps_locked openvpn --config x")), "openvpn");
+        assert_eq!(daemon_program(&v("env A=1 pluto --nofork")), "pluto");
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub struct LinePattern {
 
 #[derive(Debug, Clone)]
 pub enum Action {
-    Ping { node: usize, src: Option<IpAddr>, dest: IpAddr, count: u32, expect: PingExpect },
+    /// `src`: `-I` with a source address or an interface name.
+    Ping { node: usize, src: Option<String>, dest: IpAddr, count: u32, expect: PingExpect },
     RouteAdd { node: usize, route: Route },
     RouteDel { node: usize, route: Route },
     RuleAdd { node: usize, rule: Rule },
@@ -141,8 +142,10 @@ fn pattern(rest: &str, base: usize) -> Result<(LinePattern, &str, usize), Syntax
 }
 
 pub fn parse_step(text: &str, names: &dyn Names) -> Result<Action, SyntaxError> {
-    // The expectation, after the last " -> ".
-    let (body, expect) = match text.rfind("->") {
+    // The expectation, after the last " -> " (log patterns may contain "->" themselves).
+    let first_word = text.split_whitespace().next().unwrap_or("");
+    let takes_expectation = !matches!(first_word, "log" | "nolog");
+    let (body, expect) = match text.rfind("->").filter(|_| takes_expectation) {
         Some(i) if !text[..i].ends_with('-') => (&text[..i], Some((i + 2, text[i + 2..].trim()))),
         _ => (text, None),
     };
@@ -191,8 +194,12 @@ fn node_action(
                 let (o, a) = args[i];
                 match a {
                     "-I" => {
-                        let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, "-I wants a source address"))?;
-                        src = Some(parse_addr(v, vo)?);
+                        let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, "-I wants a source address or an interface name"))?;
+                        let is_ifname = !v.is_empty() && v.len() <= 15 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && v.parse::<IpAddr>().is_err() && !v.chars().all(|c| c.is_ascii_digit() || c == '.');
+                        if !is_ifname {
+                            parse_addr(v, vo)?;
+                        }
+                        src = Some(v.to_string());
                         i += 1;
                     }
                     "-c" => {
@@ -459,6 +466,10 @@ mod tests {
             a => panic!("{a:?}"),
         }
         assert!(parse_step("log server /a(/", &N).unwrap_err().msg.contains("bad regex"));
+        match parse_step("log server /internal route 192.168.4.0/24 -> client1/", &N).unwrap() {
+            Action::Log { pattern, .. } => assert!(pattern.re.is_match("MULTI: internal route 192.168.4.0/24 -> client1/192.0.2.2")),
+            a => panic!("{a:?}"),
+        }
         assert!(parse_step("log server /x/ whenever", &N).unwrap_err().msg.contains("not understood"));
     }
 

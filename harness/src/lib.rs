@@ -5,8 +5,10 @@
 //! -> [`runner`] (steps) -> [`transcript`] -> [`snapshot`]. See ARCHITECTURE.md.
 
 pub mod backend;
+pub mod bench;
 pub mod env;
 pub mod error;
+pub mod impair;
 pub mod model;
 pub mod ns;
 pub mod pki;

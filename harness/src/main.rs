@@ -34,6 +34,20 @@ enum Cmd {
     },
     /// Check lab files without running anything.
     Check { labs: Vec<String> },
+    /// Measure topology build/teardown (vpnlab vs `ip -batch` vs one `ip` per operation) and
+    /// lab wall times; writes BENCHMARKS.md.
+    Bench {
+        /// Labs to time (default: openvpn/missing-return-route).
+        labs: Vec<String>,
+        /// Node counts for the chain and star topologies.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,200")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +114,13 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                     println!("    {}::{}{}", lab.id, s.name, if s.about.is_empty() { String::new() } else { format!("  - {}", s.about) });
                 }
             }
+            Ok(0)
+        }
+        Cmd::Bench { labs, sizes, reps, out } => {
+            let labs = if labs.is_empty() { vec!["openvpn/missing-return-route".to_string()] } else { labs };
+            let selected: Vec<model::Lab> = select(&labs)?.into_iter().map(|(l, _)| l).collect();
+            vpnlab::bench::run(&sizes, reps.max(1), &selected, Some(&out))?;
+            eprintln!("written to {}", out.display());
             Ok(0)
         }
         Cmd::Check { labs } => {

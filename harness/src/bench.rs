@@ -1,0 +1,244 @@
+//! `vpnlab bench`: where the time goes. Topology build/teardown for chains and stars of N
+//! nodes via vpnlab (netlink) against the same topology built the plain-shell way (`ip -batch`,
+//! and one `ip` process per operation), and each lab's wall time split into phases. Results are
+//! printed and written to BENCHMARKS.md. Nothing here is a test: no timing is ever asserted.
+
+use crate::model;
+use crate::runner::{self, Options};
+use crate::topology::Topology;
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Shape {
+    Chain,
+    Star,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Chain => "chain",
+            Shape::Star => "star",
+        }
+    }
+}
+
+/// min / median / max of a sample.
+pub fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+fn fmt3(s: (Duration, Duration, Duration)) -> String {
+    format!("{} / {} / {}", ms(s.0), ms(s.1), ms(s.2))
+}
+
+/// A lab file for a chain (n0 - n1 - ... ) or a star (all nodes on one LAN) of `n` nodes,
+/// with an address on every interface.
+pub fn topology_lab(shape: Shape, n: usize) -> String {
+    let mut s = String::from("[lab]\ntitle = \"bench\"\n");
+    for i in 0..n {
+        let _ = writeln!(s, "[nodes.n{i}]");
+    }
+    match shape {
+        Shape::Chain => {
+            for i in 0..n.saturating_sub(1) {
+                let (a, b) = addr_pair(i);
+                let _ = writeln!(s, "[[links]]\na = \"n{i}:eth1 {a}/30\"\nb = \"n{}:eth0 {b}/30\"", i + 1);
+            }
+        }
+        Shape::Star => {
+            s.push_str("[[lans]]\nname = \"lan\"\nmembers = [");
+            for i in 0..n {
+                let _ = write!(s, "\"n{i}:eth0 10.{}.{}.{}/8\",", (i + 1) / 65536, ((i + 1) / 256) % 256, (i + 1) % 256);
+            }
+            s.push_str("]\n");
+        }
+    }
+    s.push_str("[scenarios.none]\nsteps = []\n");
+    s
+}
+
+fn addr_pair(i: usize) -> (String, String) {
+    let base = i * 4;
+    let o = |x: usize| format!("10.{}.{}.{}", x / 65536, (x / 256) % 256, x % 256);
+    (o(base + 1), o(base + 2))
+}
+
+/// Builds and tears down with vpnlab; returns (build, teardown).
+fn vpnlab_once(lab: &model::Lab) -> Result<(Duration, Duration)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let t0 = Instant::now();
+    let topo = rt.block_on(Topology::build(lab))?;
+    let build = t0.elapsed();
+    let t1 = Instant::now();
+    drop(topo);
+    drop(rt);
+    Ok((build, t1.elapsed()))
+}
+
+/// The same topology with iproute2, inside a private mount namespace (so the named namespaces
+/// `ip netns add` mounts never appear on the host). `batch`: `ip -batch` for the host-level
+/// commands + one `ip -n NS -batch` per namespace; otherwise one `ip` process per operation.
+fn shell_once(shape: Shape, n: usize, batch: bool, dir: &Path) -> Result<(Duration, Duration)> {
+    let tag = format!("vb{}", std::process::id());
+    let ns = |i: usize| format!("{tag}-{i}");
+    let mut host = Vec::new();
+    let mut per_ns: Vec<Vec<String>> = vec![Vec::new(); n + 1];
+    let mut del = Vec::new();
+    for i in 0..n {
+        host.push(format!("netns add {}", ns(i)));
+        per_ns[i].push("link set lo up".into());
+        del.push(format!("netns del {}", ns(i)));
+    }
+    match shape {
+        Shape::Chain => {
+            for i in 0..n.saturating_sub(1) {
+                let (a, b) = addr_pair(i);
+                host.push(format!("link add eth1 netns {} type veth peer name eth0 netns {}", ns(i), ns(i + 1)));
+                per_ns[i].push(format!("addr add {a}/30 dev eth1"));
+                per_ns[i].push("link set eth1 up".into());
+                per_ns[i + 1].push(format!("addr add {b}/30 dev eth0"));
+                per_ns[i + 1].push("link set eth0 up".into());
+            }
+        }
+        Shape::Star => {
+            let sw = ns(n);
+            host.push(format!("netns add {sw}"));
+            del.push(format!("netns del {sw}"));
+            per_ns[n].push("link add br0 type bridge".into());
+            per_ns[n].push("link set br0 up".into());
+            for i in 0..n {
+                host.push(format!("link add p{i} netns {sw} type veth peer name eth0 netns {}", ns(i)));
+                per_ns[n].push(format!("link set p{i} master br0 up"));
+                per_ns[i].push(format!("addr add 10.{}.{}.{}/8 dev eth0", (i + 1) / 65536, ((i + 1) / 256) % 256, (i + 1) % 256));
+                per_ns[i].push("link set eth0 up".into());
+            }
+        }
+    }
+    // A shell script that prints three nanosecond timestamps: start, built, torn down.
+    let mut script = String::from("set -e\nmount -t tmpfs tmpfs /run\nt0=$(date +%s%N)\n");
+    let write = |name: &str, lines: &[String]| -> Result<String> {
+        let p = dir.join(name);
+        std::fs::write(&p, lines.join("\n") + "\n")?;
+        Ok(p.to_string_lossy().into_owned())
+    };
+    if batch {
+        let _ = writeln!(script, "ip -batch {}", write("host.batch", &host)?);
+        for (i, lines) in per_ns.iter().enumerate() {
+            if !lines.is_empty() {
+                let _ = writeln!(script, "ip -n {} -batch {}", ns(i), write(&format!("ns{i}.batch"), lines)?);
+            }
+        }
+        let _ = writeln!(script, "t1=$(date +%s%N)\nip -batch {}", write("del.batch", &del)?);
+    } else {
+        for l in &host {
+            let _ = writeln!(script, "ip {l}");
+        }
+        for (i, lines) in per_ns.iter().enumerate() {
+            for l in lines {
+                let _ = writeln!(script, "ip -n {} {l}", ns(i));
+            }
+        }
+        script.push_str("t1=$(date +%s%N)\n");
+        for l in &del {
+            let _ = writeln!(script, "ip {l}");
+        }
+    }
+    script.push_str("t2=$(date +%s%N)\necho $t0 $t1 $t2\n");
+    let out = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().context("unshare")?;
+    if !out.status.success() {
+        bail!("shell topology failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let t: Vec<u64> = String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    if t.len() != 3 {
+        bail!("bad timestamps from the shell run: {:?}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok((Duration::from_nanos(t[1] - t[0]), Duration::from_nanos(t[2] - t[1])))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores ({cpu}), kernel {}", kernel.trim())
+}
+
+/// Runs the benchmarks (`reps` repetitions each) and writes the report to `out`.
+pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], out: Option<&Path>) -> Result<String> {
+    crate::env::require_root()?;
+    let tmp = tempfile::tempdir()?;
+    let mut md = String::new();
+    let _ = writeln!(md, "# vpnlab benchmarks\n\nMeasured by `vpnlab bench` on {} ({}), {reps} repetitions, min / median / max in ms.\n", machine(), time_now());
+    let _ = writeln!(md, "## Topology build and teardown\n\nEvery node gets its namespace, loopback up, interfaces with an address, links up. `ip -batch` = one `ip -batch` for namespaces and veths plus one `ip -n NS -batch` per namespace; `ip per op` = one `ip` process per operation (a plain shell script). The shell variants run in a private mount namespace so their named namespaces never reach the host.\n");
+    let _ = writeln!(md, "| shape | N | vpnlab build | ip -batch build | ip per op build | vpnlab / ip -batch | vpnlab teardown | ip -batch teardown |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for shape in [Shape::Chain, Shape::Star] {
+        for &n in sizes {
+            let src = topology_lab(shape, n);
+            let lab = model::parse(&tmp.path().join("lab.toml"), &src).map_err(anyhow::Error::from)?;
+            let (mut vb, mut vt, mut bb, mut bt, mut pb) = (vec![], vec![], vec![], vec![], vec![]);
+            for _ in 0..reps {
+                let (b, t) = vpnlab_once(&lab)?;
+                vb.push(b);
+                vt.push(t);
+                let (b, t) = shell_once(shape, n, true, tmp.path())?;
+                bb.push(b);
+                bt.push(t);
+                if n <= 50 {
+                    pb.push(shell_once(shape, n, false, tmp.path())?.0);
+                }
+            }
+            let (v, b) = (stats(vb.clone()), stats(bb.clone()));
+            let ratio = v.1.as_secs_f64() / b.1.as_secs_f64();
+            let per_op = if pb.is_empty() { "(skipped)".to_string() } else { fmt3(stats(pb)) };
+            let line = format!("| {} | {n} | {} | {} | {per_op} | {ratio:.2}x | {} | {} |", shape.name(), fmt3(v), fmt3(b), fmt3(stats(vt)), fmt3(stats(bt)));
+            eprintln!("{line}");
+            let _ = writeln!(md, "{line}");
+        }
+    }
+    if !labs.is_empty() {
+        let _ = writeln!(md, "\n## Labs (native backend)\n\nWall time of one scenario: build (namespaces, topology, files, PKI, firewall), daemons (start until ready), steps, teardown.\n");
+        let _ = writeln!(md, "| scenario | total | build | daemons | steps | teardown |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for lab in labs {
+            for sc in &lab.scenarios {
+                let mut tot = vec![];
+                let mut ph: [Vec<Duration>; 4] = Default::default();
+                for _ in 0..reps {
+                    let t = Instant::now();
+                    let r = runner::run(lab, &sc.name, &Options::default())?;
+                    tot.push(t.elapsed());
+                    if let Some(f) = &r.failure {
+                        bail!("{}::{} failed during the benchmark: {f}", lab.id, sc.name);
+                    }
+                    for (i, d) in [r.timings.build, r.timings.daemons, r.timings.steps, r.timings.teardown].into_iter().enumerate() {
+                        ph[i].push(d);
+                    }
+                }
+                let [b, d, s, t] = ph;
+                let line = format!("| {}::{} | {} | {} | {} | {} | {} |", lab.id, sc.name, fmt3(stats(tot)), ms(stats(b).1), ms(stats(d).1), ms(stats(s).1), ms(stats(t).1));
+                eprintln!("{line}");
+                let _ = writeln!(md, "{line}");
+            }
+        }
+        let _ = writeln!(md, "\n(phase columns are medians)");
+    }
+    if let Some(p) = out {
+        std::fs::write(p, &md)?;
+    }
+    Ok(md)
+}
+
+fn time_now() -> String {
+    let out = Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}

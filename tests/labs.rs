@@ -11,6 +11,7 @@ use vpnlab::{env, model, runner, snapshot, suite};
 
 fn main() {
     snapshot::quiet_insta();
+    vpnlab::ns::install_signal_cleanup();
     let args = Arguments::from_args();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("labs");
     vpnlab::workdir::sweep();

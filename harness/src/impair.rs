@@ -430,7 +430,8 @@ fn open_sockets(ifname: &str, queue: u16, duplicate: bool) -> Result<Sockets> {
             if ty == NLMSG_ERROR && seq == 1 {
                 match nl_errno(body) {
                     0 => break 'ack,
-                    libc::EBUSY => bail!("NFQUEUE queue {queue} is already in use in this node (give each impairment of a node its own queue number)"),
+                    // EPERM: another socket is bound to this queue number (we are root).
+                    libc::EPERM | libc::EBUSY => bail!("NFQUEUE queue {queue} is already in use in this node (give each impairment of a node its own queue number)"),
                     e => bail!("NFQUEUE: binding queue {queue}: {}", std::io::Error::from_raw_os_error(e)),
                 }
             }
@@ -1044,6 +1045,8 @@ b = "r:eth0 10.0.1.1/24"
 [[links]]
 a = "r:eth1 10.0.2.1/24"
 b = "b:eth0 10.0.2.2/24"
+[scenarios.s]
+steps = ["a: ping 10.0.2.2"]
 "#;
 
     const MARKER: u32 = u32::MAX;
@@ -1232,6 +1235,62 @@ b = "b:eth0 10.0.2.2/24"
         let expected: Vec<u32> = (1..=20).flat_map(|s| if s % 5 == 0 { vec![s, s] } else { vec![s] }).collect();
         assert_eq!(got, expected);
         assert_eq!(st, Stats { seen: 20, duplicated: 4, ..Stats::default() });
+
+        // Behind a MASQUERADE the copies get the same mapping as the originals (conntrack).
+        net.run(net.r(), &["iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "eth1", "-j", "MASQUERADE"]);
+        let imp = net.impair(Impairment::Duplicate { every: 2 }, Some(Proto::Udp), 4);
+        send(&tx, 1..=4);
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            let (len, from) = rx.recv_from(&mut buf).unwrap();
+            got.push((u32::from_be_bytes(buf[..len].try_into().unwrap()), from.ip().to_string()));
+        }
+        imp.check().unwrap();
+        net.stop(imp);
+        let r = "10.0.2.1".to_string();
+        assert_eq!(got, [(1, r.clone()), (2, r.clone()), (2, r.clone()), (3, r.clone()), (4, r.clone()), (4, r.clone())]);
+    }
+
+    /// Sends `bytes` over TCP from a to b; returns what b received.
+    fn tcp_transfer(net: &Net, bytes: usize) -> usize {
+        use std::io::{Read, Write};
+        let l = net.b().run(|| std::net::TcpListener::bind("10.0.2.2:7001")).unwrap().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut n = 0;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return n,
+                    Ok(k) => n += k,
+                    Err(e) => panic!("server read after {n} bytes: {e}"),
+                }
+            }
+        });
+        let mut c = net.a().run(|| std::net::TcpStream::connect("10.0.2.2:7001")).unwrap().unwrap();
+        c.write_all(&vec![7u8; bytes]).unwrap();
+        drop(c);
+        server.join().unwrap()
+    }
+
+    #[test]
+    fn impair_tcp_survives_every_impairment() {
+        let Some(net) = Net::build() else { return };
+        for imp in [
+            Impairment::DropEvery(20),
+            Impairment::Reorder { every: 7, hold: 3 },
+            Impairment::Duplicate { every: 9 },
+            Impairment::Delay(Duration::from_millis(20)),
+        ] {
+            let i = net.impair(imp.clone(), Some(Proto::Tcp), 2);
+            assert_eq!(tcp_transfer(&net, 4 << 20), 4 << 20, "{imp}");
+            i.check().unwrap();
+            let st = net.stop(i);
+            assert!(st.seen > 100, "{imp}: {st:?}");
+            assert!(st.dropped + st.reordered + st.duplicated + st.delayed > 0, "{imp}: {st:?}");
+        }
     }
 
     #[test]

@@ -52,6 +52,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     vpnlab::snapshot::quiet_insta();
+    vpnlab::ns::install_signal_cleanup();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),

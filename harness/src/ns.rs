@@ -77,6 +77,7 @@ impl PidNs {
             cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
             unsafe {
                 cmd.pre_exec(|| {
+                    unblock_all_signals();
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -89,6 +90,7 @@ impl PidNs {
             setns(orig.as_fd(), CloneFlags::CLONE_NEWPID).context("setns back to the original PID namespace")?;
             let holder = spawned.context("starting the lab's PID-namespace holder (`sleep infinity`)")?;
             let fd = File::open(format!("/proc/{}/ns/pid", holder.id())).context("open the holder's PID namespace")?;
+            live_holders().lock().unwrap_or_else(|p| p.into_inner()).push(holder.id());
             Ok(PidNs { holder, fd: fd.into() })
         })?
     }
@@ -116,6 +118,7 @@ impl PidNs {
     pub fn kill_all(&mut self) {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
+        live_holders().lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != self.holder.id());
     }
 
     /// Is the holder still alive (can processes still be started)?
@@ -127,6 +130,59 @@ impl PidNs {
 impl Drop for PidNs {
     fn drop(&mut self) {
         self.kill_all();
+    }
+}
+
+/// PIDs of the holders of labs running in this process (for the signal handler).
+fn live_holders() -> &'static Mutex<Vec<u32>> {
+    static H: OnceLock<Mutex<Vec<u32>>> = OnceLock::new();
+    H.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// SIGKILLs the holder of every lab of this process: the kernel then kills all their daemons.
+pub fn kill_all_labs() {
+    let pids = live_holders().lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for p in pids {
+        unsafe {
+            libc::kill(p as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
+/// In a child before exec: start with no blocked signals whatever the parent blocked.
+pub fn unblock_all_signals() {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// SIGINT / SIGTERM / SIGHUP end the process cleanly: every lab's processes are killed, every
+/// work dir removed (failed runs' kept dirs stay), then exit 130/143/129. Call at the very
+/// start of `main`, before any other thread exists (the signals are blocked in all threads and
+/// taken by one waiting thread).
+pub fn install_signal_cleanup() {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let set_copy = set;
+        std::thread::Builder::new()
+            .name("vpnlab-signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                if libc::sigwait(&set_copy, &mut sig) == 0 {
+                    eprintln!("vpnlab: signal {sig}: stopping every lab and cleaning up");
+                    kill_all_labs();
+                    crate::workdir::remove_all_live();
+                    libc::_exit(128 + sig);
+                }
+            })
+            .expect("signal thread");
     }
 }
 

@@ -41,6 +41,7 @@ pub fn command(netns: &NetNs, argv: &[String], cwd: &Path, out: Stdio, err: Stdi
     unsafe {
         cmd.pre_exec(move || {
             let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+            crate::ns::unblock_all_signals();
             check(libc::setns(fd, libc::CLONE_NEWNET))?;
             check(libc::unshare(libc::CLONE_NEWNS))?;
             check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;

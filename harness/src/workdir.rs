@@ -18,6 +18,31 @@ pub struct WorkDir {
     _lock: File,
 }
 
+/// Work dirs of this process that are still in use (for the signal handler).
+fn live() -> &'static std::sync::Mutex<Vec<PathBuf>> {
+    static L: std::sync::OnceLock<std::sync::Mutex<Vec<PathBuf>>> = std::sync::OnceLock::new();
+    L.get_or_init(|| std::sync::Mutex::new(Vec::new()))
+}
+
+/// Removes every live work dir of this process (after its labs were killed).
+pub fn remove_all_live() {
+    for p in live().lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+fn unregister(p: &Path) {
+    live().lock().unwrap_or_else(|p| p.into_inner()).retain(|x| x != p);
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir {
+            unregister(d.path());
+        }
+    }
+}
+
 fn base() -> PathBuf {
     std::env::var_os("VPNLAB_WORK_ROOT").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
 }
@@ -36,6 +61,7 @@ impl WorkDir {
             std::fs::create_dir(dir.path().join(sub))?;
             std::fs::set_permissions(dir.path().join(sub), std::fs::Permissions::from_mode(0o755))?;
         }
+        live().lock().unwrap_or_else(|p| p.into_inner()).push(dir.path().to_path_buf());
         Ok(WorkDir { dir: Some(dir), _lock: lock })
     }
 
@@ -54,6 +80,7 @@ impl WorkDir {
     /// Keeps the directory after the run (for debugging) and returns its path.
     pub fn keep(mut self) -> PathBuf {
         let dir = self.dir.take().expect("work dir");
+        unregister(dir.path());
         let _ = std::fs::write(dir.path().join(KEPT), "kept for debugging; delete when done\n");
         let _ = std::fs::remove_file(dir.path().join(LOCK));
         dir.keep()

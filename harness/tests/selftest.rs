@@ -133,22 +133,42 @@ fn a_passing_run_leaves_nothing() {
     assert_eq!(leftover, Vec::<PathBuf>::new(), "the work dir is removed");
 }
 
-#[test]
-fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
-    work_root();
-    let root = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+/// Starts `vpnlab run LAB` with its own work root and waits until both daemons are up.
+fn start_half_way(root: &Path) -> (std::process::Child, Vec<(u32, String)>, HashSet<String>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
         .args(["run", "-q", &labs().join(LAB).to_string_lossy()])
-        .env("VPNLAB_WORK_ROOT", root.path())
+        .env("VPNLAB_WORK_ROOT", root)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Half-way: both daemons up (the client's tunnel is complete).
-    wait_for("both openvpn daemons", Duration::from_secs(20), || procs_under(root.path()).iter().filter(|(_, c)| c == "openvpn").count() == 2);
-    let daemons: Vec<(u32, String)> = procs_under(root.path());
+    wait_for("both openvpn daemons", Duration::from_secs(20), || procs_under(root).iter().filter(|(_, c)| c == "openvpn").count() == 2);
+    let daemons = procs_under(root);
     let spaces: HashSet<String> = daemons.iter().filter_map(|(p, _)| netns_of(*p)).collect();
     assert!(!spaces.is_empty());
+    (child, daemons, spaces)
+}
+
+#[test]
+fn sigterm_and_sigint_leave_nothing_at_all() {
+    work_root();
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let root = tempfile::tempdir().unwrap();
+        let (mut child, daemons, spaces) = start_half_way(root.path());
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let st = child.wait().unwrap();
+        assert_eq!(st.code(), Some(code), "vpnlab exits 128+signal after cleaning up");
+        wait_for("the lab's processes to die", Duration::from_secs(5), || daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists()));
+        wait_for("the lab's namespaces to go", Duration::from_secs(5), || live_netns().is_disjoint(&spaces));
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "no work dir left, without any sweep");
+    }
+}
+
+#[test]
+fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
+    work_root();
+    let root = tempfile::tempdir().unwrap();
+    let (mut child, daemons, spaces) = start_half_way(root.path());
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     wait_for("the lab's processes to die with vpnlab", Duration::from_secs(5), || daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists()));

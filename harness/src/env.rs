@@ -84,6 +84,28 @@ fn probe_esp() -> bool {
     crate::process::run_capture(&ns[0], &pid, &argv, Path::new("/"), std::time::Duration::from_secs(5)).map(|o| o.success()).unwrap_or(false)
 }
 
+/// Can this lab run here? A service whose daemon is not installed is reported at its `run`
+/// line in the lab file; other missing programs and kernel features as an environment error.
+pub fn check_runnable(lab: &Lab) -> Result<(), anyhow::Error> {
+    for s in &lab.services {
+        let prog = &s.argv[0];
+        if which(prog).is_none() {
+            return Err(crate::error::InputError {
+                file: lab.file.clone(),
+                line: s.loc.0,
+                col: s.loc.1,
+                msg: format!("service `{}` runs `{prog}`, which is not installed", s.name),
+                hint: format!("install {} (`sudo ci/setup` installs every package the labs use), or fix the path", package_of(prog)),
+            }
+            .into());
+        }
+    }
+    if let Some(why) = unmet(lab) {
+        return Err(EnvError { msg: format!("{} cannot run here: {why}", lab.id), hint: "run `sudo ci/setup` to install what the labs need".into() }.into());
+    }
+    Ok(())
+}
+
 /// Why a lab cannot run here, if it cannot: missing binaries or kernel features.
 pub fn unmet(lab: &Lab) -> Option<String> {
     let missing = missing_programs(lab);

@@ -1288,6 +1288,7 @@ steps = ["a: ping 10.0.2.2"]
             assert_eq!(tcp_transfer(&net, 4 << 20), 4 << 20, "{imp}");
             i.check().unwrap();
             let st = net.stop(i);
+            eprintln!("{imp}: {st:?}");
             assert!(st.seen > 100, "{imp}: {st:?}");
             assert!(st.dropped + st.reordered + st.duplicated + st.delayed > 0, "{imp}: {st:?}");
         }

@@ -134,9 +134,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             let selected = select(&labs)?;
             env::require_root()?;
             for (lab, _) in &selected {
-                if let Some(why) = env::unmet(lab) {
-                    return Err(EnvError { msg: format!("{} cannot run here: {why}", lab.id), hint: "run `sudo ci/setup` to install what the labs need".into() }.into());
-                }
+                env::check_runnable(lab)?;
             }
             let opts = runner::Options { keep, progress: !quiet };
             let (mut passed, mut failed) = (0, 0);

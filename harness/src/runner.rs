@@ -41,6 +41,9 @@ pub struct Run {
     pub failure: Option<String>,
     pub workdir: Option<PathBuf>,
     pub timings: Timings,
+    /// A daemon that exited before it was ready when the lab started: its config is broken
+    /// (reported as bad input, exit code 2, pointing at the service in the lab file).
+    pub bad_service: Option<crate::error::InputError>,
     work: Option<WorkDir>,
 }
 
@@ -82,6 +85,7 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let label = format!("{}::{scenario}", lab.id);
     let t0 = Instant::now();
     let mut failure = None;
+    let mut bad_service = None;
     let mut transcript = String::new();
 
     let built = rt.block_on(async {
@@ -116,7 +120,19 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
                 let td = Instant::now();
                 for (i, s) in lab.services.iter().enumerate() {
                     if s.autostart {
-                        l.start(i)?;
+                        if let Err(e) = l.start(i) {
+                            if let Some(d) = l.daemons[i].as_mut().filter(|d| d.exited.is_some()) {
+                                let st = d.exited.map(|s| s.to_string()).unwrap_or_default();
+                                bad_service = Some(crate::error::InputError {
+                                    file: lab.file.clone(),
+                                    line: s.loc.0,
+                                    col: s.loc.1,
+                                    msg: format!("service `{}` exits as soon as it starts ({st}); its last lines:\n{}", s.name, d.tail(15)),
+                                    hint: "fix the daemon's command line or its config file (its log is above), then run again".into(),
+                                });
+                            }
+                            return Err(e);
+                        }
                     }
                 }
                 timings.daemons = td.elapsed();
@@ -143,7 +159,7 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         }
     }
     drop(rt);
-    Ok(Run { transcript, failure, workdir: None, timings, work: Some(work) })
+    Ok(Run { transcript, failure, workdir: None, timings, bad_service, work: Some(work) })
 }
 
 impl Lab_<'_> {
@@ -209,13 +225,14 @@ impl Lab_<'_> {
     }
 
     fn exec(&self, node: usize, argv: &[String]) -> Result<crate::process::Output> {
-        run_capture(&self.topo.nodes[node].ns, &self.pid, argv, &self.node_dir(node), Duration::from_secs(10))
+        run_capture(&self.topo.nodes[node].ns, &self.pid, argv, &self.node_dir(node), self.lab.step_timeout)
     }
 
     fn exec_ok(&self, node: usize, argv: &[String]) -> Result<()> {
         let out = self.exec(node, argv)?;
         if !out.success() {
-            bail!("`{}` in node `{}`: {}\n{}", argv.join(" "), self.lab.nodes[node].name, out.describe_status(), out.text.trim_end());
+            let hint = if out.timed_out { format!(" (cut at the step timeout of {:?})", self.lab.step_timeout) } else { String::new() };
+            bail!("`{}` in node `{}`: {}{hint}\n{}", argv.join(" "), self.lab.nodes[node].name, out.describe_status(), out.text.trim_end());
         }
         Ok(())
     }

@@ -67,6 +67,10 @@ pub struct Outcome {
 /// snapshot instead of comparing (never under CI).
 pub fn run_checked(lab: &Lab, scenario: &str, opts: &Options, accept: bool) -> Result<Outcome> {
     let mut run = runner::run(lab, scenario, opts)?;
+    if let Some(e) = run.bad_service.take() {
+        // Bad input leaves nothing behind: the message carries the daemon's last log lines.
+        return Err(e.into());
+    }
     let id = format!("{}::{scenario}", lab.id);
     let (passed, mut report) = if let Some(f) = &run.failure {
         let diff = match snapshot::compare(snapshot::stored(&snapshot::path(lab, scenario)).ok().flatten().as_deref(), &run.transcript) {

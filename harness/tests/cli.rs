@@ -56,7 +56,8 @@ fn a_missing_daemon_binary_exits_2_naming_the_package() {
     lab_dir(labs.path(), "t/nobin", &toml);
     let o = vpnlab(&["run", "t/nobin"], labs.path(), work.path());
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("missing programs: `/usr/sbin/no-such-vpnd`"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("service `d` runs `/usr/sbin/no-such-vpnd`, which is not installed"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("lab.toml:10:8: error:"), "{}", stderr(&o));
     assert!(stderr(&o).contains("ci/setup"), "{}", stderr(&o));
 }
 
@@ -92,4 +93,31 @@ fn not_root_exits_2_with_the_fix() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("needs root") && stderr(&o).contains("sudo"), "{}", stderr(&o));
+}
+
+/// The corpus of broken labs under tests/bad-labs: each case's `expected` holds `LINE:COL` and
+/// a piece of the message. Every one exits 2 with exactly one error at that spot, leaving no
+/// work dir behind.
+#[test]
+fn the_bad_input_corpus_gets_one_located_error_each() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bad-labs");
+    let mut cases: Vec<_> = std::fs::read_dir(&corpus).unwrap().flatten().map(|e| e.path()).collect();
+    cases.sort();
+    assert!(cases.len() >= 12, "the corpus is there");
+    for case in cases {
+        let expected = std::fs::read_to_string(case.join("expected")).unwrap();
+        let mut lines = expected.lines();
+        let at = lines.next().unwrap();
+        let msg = lines.next().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let o = vpnlab(&["run", "-q", &case.to_string_lossy()], &corpus, work.path());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{}: {err}", case.display());
+        let file = case.join("lab.toml");
+        assert!(err.contains(&format!("{}:{at}: error: ", file.display())), "{}: wants {at}: {err}", case.display());
+        assert!(err.contains(msg), "{}: wants {msg:?}: {err}", case.display());
+        assert!(err.contains("help: "), "{}: says what to do: {err}", case.display());
+        assert_eq!(err.matches(&format!("{}:", file.display())).count(), 1, "{}: one error: {err}", case.display());
+        assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "{}: nothing left behind", case.display());
+    }
 }

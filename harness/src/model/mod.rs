@@ -54,6 +54,9 @@ struct RawMeta {
     /// Overall deadline for one scenario (default 60s).
     #[serde(default)]
     deadline: Option<Spanned<String>>,
+    /// Deadline of a command step (`sh`, `show`) and of setup commands (default 10s).
+    #[serde(default)]
+    step_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,6 +173,8 @@ pub struct Node {
 #[derive(Debug, Clone)]
 pub struct Service {
     pub name: String,
+    /// Line and column of its `run` in the lab file (for errors about the daemon).
+    pub loc: (usize, usize),
     pub node: usize,
     pub argv: Vec<String>,
     pub ready: Option<Regex>,
@@ -217,6 +222,7 @@ pub struct Lab {
     pub source: String,
     pub kernel: Vec<KernelFeature>,
     pub deadline: Duration,
+    pub step_timeout: Duration,
     pub pki: Option<PkiSpec>,
     pub nodes: Vec<Node>,
     pub links: Vec<Link>,
@@ -461,6 +467,10 @@ impl Validator<'_> {
             Some(d) => parse_duration(d.get_ref()).ok_or_else(|| self.err(self.inner(d), format!("`{}` is not a duration", d.get_ref()), "write it like 60s or 2m"))?,
             None => Duration::from_secs(60),
         };
+        let step_timeout = match &raw.lab.step_timeout {
+            Some(d) => parse_duration(d.get_ref()).ok_or_else(|| self.err(self.inner(d), format!("`{}` is not a duration", d.get_ref()), "write it like 10s or 500ms"))?,
+            None => Duration::from_secs(10),
+        };
 
         // Links and LANs: endpoints, interface names unique per node, addresses unique.
         let mut ifnames: HashMap<(usize, String), usize> = HashMap::new();
@@ -571,7 +581,8 @@ impl Validator<'_> {
                 Some(t) => parse_duration(t.get_ref()).ok_or_else(|| self.err(self.inner(t), format!("`{}` is not a duration", t.get_ref()), "write it like 5s or 500ms"))?,
                 None => Duration::from_secs(10),
             };
-            services.push(Service { name: name.clone(), node, argv, ready, timeout, autostart: svc.autostart, may_exit: svc.may_exit });
+            let loc = crate::error::line_col(self.src, self.inner(&svc.run));
+            services.push(Service { name: name.clone(), loc, node, argv, ready, timeout, autostart: svc.autostart, may_exit: svc.may_exit });
         }
 
         let mut sanitizers = Vec::new();
@@ -595,7 +606,9 @@ impl Validator<'_> {
         for (name, sc) in &raw.scenarios {
             check_long_name(name).map_err(|m| self.err(self.key_offset("scenarios", name, sc.span().start), m, "use letters, digits and '-'"))?;
             let sc = sc.get_ref();
-            scenarios.push(Scenario { name: name.clone(), about: sc.about.clone(), steps: steps(&sc.steps)? });
+            let sc_steps = steps(&sc.steps)?;
+            self.check_order(&services, prelude.iter().chain(sc_steps.iter()))?;
+            scenarios.push(Scenario { name: name.clone(), about: sc.about.clone(), steps: sc_steps });
         }
         if scenarios.is_empty() {
             return Err(self.err(self.src.len(), "the lab has no scenarios", "add `[scenarios.NAME]` with `steps = [...]`"));
@@ -610,6 +623,7 @@ impl Validator<'_> {
             source: raw.lab.source,
             kernel,
             deadline,
+            step_timeout,
             pki: raw.pki,
             nodes,
             links,
@@ -629,6 +643,41 @@ impl Validator<'_> {
         } else {
             v.join(", ")
         }
+    }
+
+    /// Services must be running for the steps that need them: replays start/stop through the
+    /// prelude and a scenario's steps and rejects an impossible order.
+    fn check_order<'s>(&self, services: &[Service], steps: impl Iterator<Item = &'s Step>) -> Result<(), InputError> {
+        use step::ServiceOp;
+        let mut running: Vec<bool> = services.iter().map(|s| s.autostart).collect();
+        let mut ever: Vec<bool> = running.clone();
+        for st in steps {
+            let (svc, needs_running, becomes) = match &st.action {
+                Action::Service { op: ServiceOp::Start, service } => (*service, Some(false), Some(true)),
+                Action::Service { op: ServiceOp::Stop, service } => (*service, Some(true), Some(false)),
+                Action::Service { op: ServiceOp::Restart, service } => (*service, Some(true), Some(true)),
+                Action::Log { service, .. } | Action::NoLog { service, .. } => (*service, None, None),
+                _ => continue,
+            };
+            let name = &services[svc].name;
+            match needs_running {
+                Some(true) if !running[svc] => {
+                    return Err(self.err(st.offset, format!("service `{name}` is not running at this step"), format!("start it first (`start {name}`), or drop `autostart = false`")))
+                }
+                Some(false) if running[svc] => {
+                    return Err(self.err(st.offset, format!("service `{name}` is already running at this step"), format!("use `restart {name}`, or set `autostart = false` on it")))
+                }
+                None if !ever[svc] => {
+                    return Err(self.err(st.offset, format!("service `{name}` has not been started before this step, so it has no log"), format!("add `start {name}` before it")))
+                }
+                _ => {}
+            }
+            if let Some(b) = becomes {
+                running[svc] = b;
+                ever[svc] |= b;
+            }
+        }
+        Ok(())
     }
 
     /// Checks a step against the model beyond its syntax (interfaces of route steps exist).
@@ -867,6 +916,22 @@ steps = ["b: ping 10.0.0.1", "log srv /Initialization/"]
     fn no_scenarios_or_nodes() {
         assert!(lab_err("[lab]\ntitle='t'\n[nodes.a]\n").msg.contains("no scenarios"));
         assert!(lab_err("[lab]\ntitle='t'\n").msg.contains("no nodes"));
+    }
+
+    #[test]
+    fn impossible_service_order_is_rejected() {
+        let src = BASE.replace("steps = [\"b: ping 10.0.0.1\", \"log srv /Initialization/\"]", "steps = [\"stop srv\", \"restart srv\"]");
+        let e = lab_err(&src);
+        assert_eq!((e.line, e.col), pos(&src, "restart srv"), "{e}");
+        assert!(e.msg.contains("not running"), "{e}");
+        let src = BASE.replace("steps = [\"b: ping 10.0.0.1\", \"log srv /Initialization/\"]", "steps = [\"start srv\"]");
+        assert!(lab_err(&src).msg.contains("already running"));
+        let src = BASE.replace("ready = \"Init", "autostart = false\nready = \"Init");
+        let e = lab_err(&src);
+        assert!(e.msg.contains("has not been started"), "{e}");
+        let ok = src.replace("steps = [\"b: ping", "steps = [\"start srv\", \"b: ping");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(parse(&dir.path().join("lab.toml"), &ok).is_ok());
     }
 
     #[test]

@@ -271,6 +271,7 @@ const NFQA_CFG_CMD: u16 = 1;
 const NFQA_CFG_PARAMS: u16 = 2;
 const NFQA_CFG_QUEUE_MAXLEN: u16 = 3;
 const NFQNL_CFG_CMD_BIND: u8 = 1;
+const NFQNL_CFG_CMD_UNBIND: u8 = 2;
 const NFQNL_COPY_PACKET: u8 = 2;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
@@ -377,6 +378,33 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) > 0 }
 }
 
+/// Sends a config message (sequence number `seq`, NLM_F_ACK set) and waits up to 5s for its
+/// ack, ignoring other messages; returns the errno (0 = done).
+fn config(fd: RawFd, msg: &[u8], seq: u32) -> Result<i32> {
+    nl_send(fd, msg).map_err(|e| anyhow!("NFQUEUE config: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !wait_readable(fd, left) {
+            bail!("NFQUEUE: no answer from the kernel to a config request");
+        }
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ENOBUFS)) {
+                continue;
+            }
+            bail!("NFQUEUE: reading the answer to a config request: {e}");
+        }
+        for (ty, s, body) in messages(&buf[..n as usize]) {
+            if ty == NLMSG_ERROR && s == seq {
+                return Ok(nl_errno(body));
+            }
+        }
+    }
+}
+
 /// The sockets of an impairer, opened on a thread inside the node's namespace.
 struct Sockets {
     nl: OwnedFd,
@@ -410,32 +438,11 @@ fn open_sockets(ifname: &str, queue: u16, duplicate: bool) -> Result<Sockets> {
     let maxlen = QUEUE_MAXLEN.to_be_bytes();
     let mut msg = Vec::new();
     push_msg(&mut msg, NFQNL_MSG_CONFIG, NLM_F_ACK, 1, queue, &[(NFQA_CFG_CMD, &cmd), (NFQA_CFG_PARAMS, &params), (NFQA_CFG_QUEUE_MAXLEN, &maxlen)]);
-    nl_send(fd, &msg).map_err(|e| anyhow!("NFQUEUE config: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut buf = vec![0u8; 8192];
-    'ack: loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || !wait_readable(fd, left) {
-            bail!("NFQUEUE: no answer from the kernel to binding queue {queue}");
-        }
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
-                continue;
-            }
-            bail!("NFQUEUE: reading the answer to binding queue {queue}: {e}");
-        }
-        for (ty, seq, body) in messages(&buf[..n as usize]) {
-            if ty == NLMSG_ERROR && seq == 1 {
-                match nl_errno(body) {
-                    0 => break 'ack,
-                    // EPERM: another socket is bound to this queue number (we are root).
-                    libc::EPERM | libc::EBUSY => bail!("NFQUEUE queue {queue} is already in use in this node (give each impairment of a node its own queue number)"),
-                    e => bail!("NFQUEUE: binding queue {queue}: {}", std::io::Error::from_raw_os_error(e)),
-                }
-            }
-        }
+    match config(fd, &msg, 1)? {
+        0 => {}
+        // EPERM: another socket is bound to this queue number (we are root).
+        libc::EPERM | libc::EBUSY => bail!("NFQUEUE queue {queue} is already in use in this node (give each impairment of a node its own queue number)"),
+        e => bail!("NFQUEUE: binding queue {queue}: {}", std::io::Error::from_raw_os_error(e)),
     }
     let raw = if duplicate {
         let r = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
@@ -725,7 +732,8 @@ impl Engine {
                     self.release_all();
                     self.flush()?;
                     while self.read_some(&mut buf, usize::MAX, true)? {}
-                    return self.flush();
+                    self.flush()?;
+                    return self.unbind();
                 }
                 if fds[0].revents != 0 {
                     self.read_some(&mut buf, 256, false)?;
@@ -736,6 +744,20 @@ impl Engine {
             self.shared.note(format!("the impairment stopped: {e:#}"));
             self.release_all();
             let _ = self.flush();
+            let _ = self.unbind();
+        }
+    }
+
+    /// Unbinds the queue explicitly: closing the socket would too, but only once every copy of
+    /// the fd is closed, and a child forked by another thread holds one until it execs; the
+    /// queue number must be free for the next impairment when `stop` returns.
+    fn unbind(&mut self) -> Result<()> {
+        let cmd = [NFQNL_CFG_CMD_UNBIND, 0, 0, libc::AF_INET as u8];
+        let mut msg = Vec::new();
+        push_msg(&mut msg, NFQNL_MSG_CONFIG, NLM_F_ACK, 2, self.queue, &[(NFQA_CFG_CMD, &cmd)]);
+        match config(self.nl.as_raw_fd(), &msg, 2)? {
+            0 => Ok(()),
+            e => bail!("unbinding queue {}: {}", self.queue, std::io::Error::from_raw_os_error(e)),
         }
     }
 }
@@ -1089,10 +1111,10 @@ steps = ["a: ping 10.0.2.2"]
             &self.topo.nodes[2].ns
         }
         fn impair(&self, imp: Impairment, proto: Option<Proto>, queue: u16) -> Impairer {
-            Impairer::start(self.r(), &self.pid, self.dir.path(), "eth1", imp, proto, queue).unwrap()
+            Impairer::start(self.r(), &self.pid, self.dir.path(), "eth1", imp, proto, queue).unwrap_or_else(|e| panic!("{e:#}"))
         }
         fn stop(&self, imp: Impairer) -> Stats {
-            imp.stop(self.r(), &self.pid).unwrap()
+            imp.stop(self.r(), &self.pid).unwrap_or_else(|e| panic!("{e:#}"))
         }
         fn run(&self, ns: &NetNs, argv: &[&str]) -> String {
             let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
@@ -1115,7 +1137,7 @@ steps = ["a: ping 10.0.2.2"]
                     p.received = nums[1];
                 }
                 if let Some(rest) = line.strip_prefix("rtt min/avg/max/mdev = ") {
-                    let v: Vec<f64> = rest.trim_end_matches(" ms").split('/').map(|x| x.parse().unwrap()).collect();
+                    let v: Vec<f64> = rest.split(" ms").next().unwrap().split('/').map(|x| x.parse().unwrap()).collect();
                     p.rtt_min = v[0];
                     p.rtt_max = v[2];
                 }

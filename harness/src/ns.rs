@@ -108,7 +108,15 @@ impl PidNs {
             let orig = File::open("/proc/thread-self/ns/pid_for_children")?;
             let target = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             setns(target, CloneFlags::CLONE_NEWPID).context("setns into the lab's PID namespace")?;
-            let r = cmd.spawn();
+            // The child's mount-namespace set-up (see process::command) has been seen to fail
+            // with a transient ENOENT while other tools change the host's mount table; retry.
+            let mut r = cmd.spawn();
+            for _ in 0..3 {
+                match &r {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && crate::env::which(&cmd.get_program().to_string_lossy()).is_some() => r = cmd.spawn(),
+                    _ => break,
+                }
+            }
             setns(orig.as_fd(), CloneFlags::CLONE_NEWPID).context("setns back")?;
             Ok(r?)
         })?

@@ -71,7 +71,8 @@ struct Lab_<'a> {
     stopped: Vec<bool>,
     t: Transcript,
     label: String,
-    /// Log sizes at the start of the current step (for `log ... after`).
+    /// Log sizes at the start of the previous step (for `log ... after`: lines logged since the
+    /// previous step began, i.e. caused by it).
     marks: Vec<u64>,
 }
 
@@ -317,8 +318,8 @@ impl Lab_<'_> {
 
     fn step(&mut self, step: &Step, rt: &tokio::runtime::Runtime) -> Result<(), StepFailed> {
         let lab = self.lab;
-        let prev_marks = std::mem::replace(&mut self.marks, lab.services.iter().map(|s| std::fs::metadata(self.work.log(&s.name)).map(|m| m.len()).unwrap_or(0)).collect());
-        let _ = prev_marks;
+        let now: Vec<u64> = lab.services.iter().map(|s| std::fs::metadata(self.work.log(&s.name)).map(|m| m.len()).unwrap_or(0)).collect();
+        let prev_marks = std::mem::replace(&mut self.marks, now);
         let fail = |m: String| StepFailed(m);
         match &step.action {
             Action::Ping { node, src, dest, count, expect } => {
@@ -403,7 +404,7 @@ impl Lab_<'_> {
             Action::Log { service, pattern, within, after } => {
                 let name = &self.service(*service).name;
                 let log = self.work.log(name);
-                let from = if *after { prev_or(&self.marks, *service) } else { self.daemons[*service].as_ref().map(|d| d.log_start).unwrap_or(0) };
+                let from = if *after { prev_or(&prev_marks, *service) } else { self.daemons[*service].as_ref().map(|d| d.log_start).unwrap_or(0) };
                 let found = wait_until(Instant::now() + *within, || read_from(&log, from).lines().find(|l| pattern.re.is_match(l)).map(str::to_string));
                 match found {
                     Some(line) => self.say_log(&name.clone(), &line),

@@ -124,7 +124,7 @@ impl NsHandle {
     }
 
     pub async fn rule(&self, rule: &Rule, add: bool) -> Result<()> {
-        let mut req = self.nl.rule().add().v4().table_id(rule.table);
+        let mut req = self.nl.rule().add().v4().table_id(rule.table).action(rtnetlink::packet_route::rule::RuleAction::ToTable);
         if let Some(p) = rule.priority {
             req = req.priority(p);
         }

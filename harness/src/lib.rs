@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod diagram;
 pub mod env;
 pub mod error;
 pub mod impair;

@@ -32,6 +32,12 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Print a lab's topology (nodes, links, addresses, services) as a diagram.
+    Show {
+        lab: String,
+        #[arg(long, default_value = "text", value_parser = ["text", "dot", "mermaid"])]
+        format: String,
+    },
     /// Check lab files without running anything.
     Check { labs: Vec<String> },
     /// Measure topology build/teardown (vpnlab vs `ip -batch` vs one `ip` per operation) and
@@ -122,6 +128,16 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             let selected: Vec<model::Lab> = select(&labs)?.into_iter().map(|(l, _)| l).collect();
             vpnlab::bench::run(&sizes, reps.max(1), &selected, Some(&out))?;
             eprintln!("written to {}", out.display());
+            Ok(0)
+        }
+        Cmd::Show { lab, format } => {
+            let (lab, _) = select(&[lab])?.remove(0);
+            let out = match format.as_str() {
+                "dot" => vpnlab::diagram::dot(&lab),
+                "mermaid" => vpnlab::diagram::mermaid(&lab),
+                _ => vpnlab::diagram::text(&lab),
+            };
+            print!("{out}");
             Ok(0)
         }
         Cmd::Check { labs } => {

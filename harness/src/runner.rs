@@ -61,6 +61,9 @@ impl Run {
 struct StepFailed(String);
 
 struct Lab_<'a> {
+    /// Active impairments by (node, interface), with their NFQUEUE numbers. Declared before
+    /// `pid` so that they are stopped before the lab's processes are killed.
+    impairers: Vec<((usize, String), crate::impair::Impairer)>,
     lab: &'a Lab,
     opts: &'a Options,
     work: &'a WorkDir,
@@ -98,6 +101,7 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         Err(e) => failure = Some(format!("building the lab failed: {e:#}")),
         Ok((pid, topo)) => {
             let mut l = Lab_ {
+                impairers: Vec::new(),
                 lab,
                 opts,
                 work: &work,
@@ -144,6 +148,7 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
                     }
                     l.step(step, &rt)?;
                     l.check_daemons()?;
+                    l.check_impairers()?;
                 }
                 timings.steps = ts.elapsed();
                 Ok(())
@@ -300,6 +305,35 @@ impl Lab_<'_> {
         Ok(())
     }
 
+    fn check_impairers(&self) -> Result<(), StepFailed> {
+        for ((node, ifname), imp) in &self.impairers {
+            imp.check().map_err(|e| StepFailed(format!("the impairment of {}:{ifname} failed: {e:#}", self.lab.nodes[*node].name)))?;
+        }
+        Ok(())
+    }
+
+    fn impair(&mut self, node: usize, ifname: &str, spec: &Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>) -> Result<(), StepFailed> {
+        let name = self.lab.nodes[node].name.clone();
+        let key = (node, ifname.to_string());
+        if let Some(i) = self.impairers.iter().position(|(k, _)| *k == key) {
+            let (_, old) = self.impairers.remove(i);
+            old.stop(&self.topo.nodes[node].ns, &self.pid).map_err(|e| StepFailed(format!("stopping the impairment of {name}:{ifname}: {e:#}")))?;
+        }
+        match spec {
+            None => self.say(format!("{name}# impair {ifname} off")),
+            Some((imp, proto)) => {
+                let proto_txt = proto.as_ref().map(|p| format!(" {p}")).unwrap_or_default();
+                self.say(format!("{name}# impair {ifname} {imp}{proto_txt}   (NFQUEUE, harness-native)"));
+                let used: Vec<u16> = self.impairers.iter().filter(|((n, _), _)| *n == node).map(|(_, i)| i.queue()).collect();
+                let queue = (0..u16::MAX).find(|q| !used.contains(q)).unwrap_or(0);
+                let imp = crate::impair::Impairer::start(&self.topo.nodes[node].ns, &self.pid, &self.node_dir(node), ifname, imp.clone(), *proto, queue)
+                    .map_err(|e| StepFailed(format!("impair {name}:{ifname}: {e:#}")))?;
+                self.impairers.push((key, imp));
+            }
+        }
+        Ok(())
+    }
+
     /// A daemon that died on its own fails the lab (unless it may exit).
     fn check_daemons(&mut self) -> Result<(), StepFailed> {
         for i in 0..self.daemons.len() {
@@ -393,6 +427,7 @@ impl Lab_<'_> {
                     return Err(fail(format!("`{}` expected {expect:?}, got {}", step.text, out.describe())));
                 }
             }
+            Action::Impair { node, ifname, spec } => self.impair(*node, ifname, spec)?,
             Action::Service { op, service } => match op {
                 ServiceOp::Start => self.start(*service)?,
                 ServiceOp::Stop => self.stop(*service)?,
@@ -440,6 +475,9 @@ impl Lab_<'_> {
 
     /// Stops daemons in reverse order, then kills everything left in the PID namespace.
     fn teardown(&mut self) {
+        for ((node, _), imp) in std::mem::take(&mut self.impairers) {
+            let _ = imp.stop(&self.topo.nodes[node].ns, &self.pid);
+        }
         for i in (0..self.daemons.len()).rev() {
             if let Some(d) = self.daemons[i].as_mut() {
                 let _ = d.stop(Duration::from_secs(2));

@@ -260,6 +260,7 @@ impl Lab {
         for step in self.prelude.iter().chain(self.scenarios.iter().flat_map(|s| s.steps.iter())) {
             match &step.action {
                 Action::Ping { .. } => out.push("ping".into()),
+                Action::Impair { .. } => out.push("iptables".into()),
                 Action::Sh { cmd, .. } | Action::Show { cmd, .. } => out.extend(first_program(cmd)),
                 _ => {}
             }
@@ -682,6 +683,15 @@ impl Validator<'_> {
 
     /// Checks a step against the model beyond its syntax (interfaces of route steps exist).
     fn check_step(&self, action: &Action, at: usize, nodes: &[Node], _services: &[Service], ifnames: &HashMap<(usize, String), usize>) -> Result<(), InputError> {
+        if let Action::Impair { node, ifname, .. } = action {
+            if !ifnames.contains_key(&(*node, ifname.clone())) && !ifname.starts_with("tun") && !ifname.starts_with("ppp") {
+                return Err(self.err(
+                    at,
+                    format!("node `{}` has no interface `{ifname}`", nodes[*node].name),
+                    format!("interfaces of `{}`: {}", nodes[*node].name, self.ifaces_of(*node, ifnames)),
+                ));
+            }
+        }
         if let Action::RouteAdd { node, route } | Action::RouteDel { node, route } = action {
             for dev in route.devs() {
                 if !ifnames.contains_key(&(*node, dev.to_string())) && !dev.starts_with("tun") && !dev.starts_with("ppp") {

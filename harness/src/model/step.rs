@@ -49,6 +49,8 @@ pub enum Action {
     Sysctl { node: usize, key: String, value: String },
     Show { node: usize, cmd: String },
     Tcp { node: usize, dest: SocketAddr, send: Option<u64>, within: Duration, expect: TcpExpect },
+    /// NFQUEUE impairment of packets leaving `ifname`; `None` = `off`.
+    Impair { node: usize, ifname: String, spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)> },
     Service { op: ServiceOp, service: usize },
     Log { service: usize, pattern: LinePattern, within: Duration, after: bool },
     NoLog { service: usize, pattern: LinePattern, watch: Option<Duration> },
@@ -221,13 +223,14 @@ fn node_action(
                 Some((_, "reachable")) => PingExpect::Reachable,
                 Some((_, "unreachable")) => PingExpect::Unreachable,
                 Some((o, e)) => {
-                    let range = e.strip_prefix("loss").map(str::trim).and_then(|r| {
-                        let (a, b) = r.split_once("..")?;
-                        Some((a.trim_end_matches('%').parse().ok()?, b.trim_end_matches('%').parse().ok()?))
+                    let pct = |x: &str| x.trim().trim_end_matches('%').parse::<u32>().ok();
+                    let range = e.strip_prefix("loss").map(str::trim).and_then(|r| match r.split_once("..") {
+                        Some((a, b)) => Some((pct(a)?, pct(b)?)),
+                        None => pct(r).map(|v| (v, v)),
                     });
                     match range {
                         Some((a, b)) if a <= b && b <= 100 => PingExpect::Loss(a, b),
-                        _ => return Err(err(o, format!("`{e}`: expected `reachable`, `unreachable` or `loss A%..B%`"))),
+                        _ => return Err(err(o, format!("`{e}`: expected `reachable`, `unreachable`, `loss N%` or `loss A%..B%`"))),
                     }
                 }
             };
@@ -314,7 +317,20 @@ fn node_action(
             };
             Ok(Action::Tcp { node, dest, send, within, expect })
         }
-        _ => Err(err(verb_at, format!("unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp)"))),
+        "impair" => {
+            no_expect("impair")?;
+            let (io, ifname) = *args.first().ok_or_else(|| err(verb_at, "impair IFNAME SPEC|off (e.g. `impair eth0 reorder every 10 hold 3 udp`)"))?;
+            let spec_at = io + ifname.len();
+            let spec_text = &rest[spec_at - rest_at..];
+            let lead = spec_text.len() - spec_text.trim_start().len();
+            let spec = if spec_text.trim() == "off" {
+                None
+            } else {
+                Some(crate::impair::parse(spec_text.trim_start()).map_err(|(o, m)| err(spec_at + lead + o, m))?)
+            };
+            Ok(Action::Impair { node, ifname: ifname.to_string(), spec })
+        }
+        _ => Err(err(verb_at, format!("unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, impair)"))),
     }
 }
 
@@ -482,6 +498,17 @@ mod tests {
         assert!(matches!(parse_step("client: sh false -> fails", &N).unwrap(), Action::Sh { expect_fail: true, .. }));
         assert!(matches!(parse_step("client: tcp 10.0.0.1:5001 send 100KB within 3s -> stalls", &N).unwrap(), Action::Tcp { send: Some(100_000), expect: TcpExpect::Stalls, .. }));
         assert!(parse_step("client: frobnicate", &N).unwrap_err().msg.contains("unknown step"));
+    }
+
+    #[test]
+    fn impair_steps() {
+        match parse_step("gateway: impair eth0 reorder every 10 hold 3 udp", &N).unwrap() {
+            Action::Impair { node: 1, ifname, spec: Some((crate::impair::Impairment::Reorder { every: 10, hold: 3 }, Some(crate::impair::Proto::Udp))) } => assert_eq!(ifname, "eth0"),
+            a => panic!("{a:?}"),
+        }
+        assert!(matches!(parse_step("gateway: impair eth0 off", &N).unwrap(), Action::Impair { spec: None, .. }));
+        let e = parse_step("gateway: impair eth0 drop every 1", &N).unwrap_err();
+        assert!(e.offset > 20, "{e:?}");
     }
 
     #[test]

@@ -375,7 +375,8 @@ impl Lab_<'_> {
                         let loss = r.loss_pct();
                         self.progress(&format!("{cmd}: {loss}% loss ({} of {} received)", r.received, r.transmitted));
                         let ok = loss >= *a && loss <= *b;
-                        (ok, if ok { format!("loss within {a}%..{b}%") } else { format!("loss {loss}% (expected {a}%..{b}%)") })
+                        let want = if a == b { format!("{a}%") } else { format!("{a}%..{b}%") };
+                        (ok, if ok { format!("loss within {want}") } else { format!("loss {loss}% (expected {want})") })
                     }
                 };
                 self.say(format!("{cmd}  -> {outcome}"));
@@ -451,10 +452,10 @@ impl Lab_<'_> {
                     }
                 }
             }
-            Action::NoLog { service, pattern, watch } => {
+            Action::NoLog { service, pattern, watch, after } => {
                 let name = &self.service(*service).name;
                 let log = self.work.log(name);
-                let from = self.daemons[*service].as_ref().map(|d| d.log_start).unwrap_or(0);
+                let from = if *after { prev_or(&prev_marks, *service) } else { self.daemons[*service].as_ref().map(|d| d.log_start).unwrap_or(0) };
                 let find = || read_from(&log, from).lines().find(|l| pattern.re.is_match(l)).map(str::to_string);
                 let found = match watch {
                     Some(w) => wait_until(Instant::now() + *w, find),

@@ -53,7 +53,7 @@ pub enum Action {
     Impair { node: usize, ifname: String, spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)> },
     Service { op: ServiceOp, service: usize },
     Log { service: usize, pattern: LinePattern, within: Duration, after: bool },
-    NoLog { service: usize, pattern: LinePattern, watch: Option<Duration> },
+    NoLog { service: usize, pattern: LinePattern, watch: Option<Duration>, after: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -396,9 +396,9 @@ fn service_action(
                         }
                         i += 1;
                     }
-                    ("log", "after") => after_flag = true,
+                    (_, "after") => after_flag = true,
                     _ => {
-                        let known = if verb == "log" { "within DURATION, after" } else { "for DURATION" };
+                        let known = if verb == "log" { "within DURATION, after" } else { "for DURATION, after" };
                         return Err(err(o, format!("`{word}` is not understood here ({known})")));
                     }
                 }
@@ -407,7 +407,7 @@ fn service_action(
             Ok(if verb == "log" {
                 Action::Log { service: svc, pattern, within, after: after_flag }
             } else {
-                Action::NoLog { service: svc, pattern, watch }
+                Action::NoLog { service: svc, pattern, watch, after: after_flag }
             })
         }
         _ => Err(err(

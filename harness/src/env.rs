@@ -113,12 +113,5 @@ pub fn unmet(lab: &Lab) -> Option<String> {
         let list: Vec<String> = missing.iter().map(|(p, pkg)| format!("`{p}` (install {pkg})")).collect();
         return Some(format!("missing programs: {}; `ci/setup` installs all of them", list.join(", ")));
     }
-    let lacking: Vec<&str> = lab.kernel.iter().filter(|f| !kernel_has(**f)).map(|f| f.name()).collect();
-    if !lacking.is_empty() && !crate::backend::uml_usable() {
-        return Some(format!(
-            "the kernel lacks {} and no user-mode-linux backend is available (install user-mode-linux and kmod)",
-            lacking.join(", ")
-        ));
-    }
-    None
+    crate::backend::choose(lab).err()
 }

@@ -57,6 +57,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    vpnlab::backend::guest_main_if_requested();
     vpnlab::snapshot::quiet_insta();
     vpnlab::ns::install_signal_cleanup();
     let cli = Cli::parse();
@@ -157,7 +158,8 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             let t0 = Instant::now();
             for (lab, scenarios) in &selected {
                 for s in scenarios {
-                    eprintln!("== {}::{s} (native backend)", lab.id);
+                    let backend = vpnlab::backend::choose(lab).map(|b| b.name()).unwrap_or("?");
+                    eprintln!("== {}::{s} ({backend} backend)", lab.id);
                     let t = Instant::now();
                     let out = suite::run_checked(lab, s, &opts, accept)?;
                     let verdict = if out.passed { "ok" } else { "FAILED" };

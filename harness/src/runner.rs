@@ -48,6 +48,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// A result produced elsewhere (a user-mode-linux guest), with the host's work dir.
+    pub(crate) fn from_parts(transcript: String, failure: Option<String>, timings: Timings, bad_service: Option<crate::error::InputError>, work: WorkDir) -> Run {
+        Run { transcript, failure, workdir: None, timings, bad_service, work: Some(work) }
+    }
+
     /// Keeps the work dir (on failure, or with --keep) and returns its path.
     pub fn keep_workdir(&mut self) -> Option<PathBuf> {
         if let Some(w) = self.work.take() {
@@ -66,7 +71,7 @@ struct Lab_<'a> {
     impairers: Vec<((usize, String), crate::impair::Impairer)>,
     lab: &'a Lab,
     opts: &'a Options,
-    work: &'a WorkDir,
+    work: std::sync::Arc<WorkDir>,
     pid: PidNs,
     topo: Topology,
     daemons: Vec<Option<Daemon>>,
@@ -82,90 +87,189 @@ struct Lab_<'a> {
 /// Runs `scenario` of `lab`. Errors are problems of the environment (cannot create a
 /// namespace...); a lab that runs and fails returns `Ok` with `failure` set.
 pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
-    let sc = lab.scenario(scenario).ok_or_else(|| anyhow!("{} has no scenario `{scenario}`", lab.id))?;
-    let work = WorkDir::new(&format!("{}-{scenario}", lab.id))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut timings = Timings::default();
-    let label = format!("{}::{scenario}", lab.id);
-    let t0 = Instant::now();
-    let mut failure = None;
-    let mut bad_service = None;
-    let mut transcript = String::new();
+    let mut live = Live::start(lab, scenario, opts)?;
+    while live.step().is_some() {}
+    Ok(live.finish())
+}
 
-    let built = rt.block_on(async {
-        let pid = PidNs::create()?;
-        let topo = Topology::build(lab).await?;
-        Ok::<_, anyhow::Error>((pid, topo))
-    });
-    match built {
-        Err(e) => failure = Some(format!("building the lab failed: {e:#}")),
-        Ok((pid, topo)) => {
-            let mut l = Lab_ {
-                impairers: Vec::new(),
-                lab,
-                opts,
-                work: &work,
-                pid,
-                topo,
-                daemons: lab.services.iter().map(|_| None).collect(),
-                stopped: vec![false; lab.services.len()],
-                t: Transcript::new(&lab.sanitizers),
-                label: label.clone(),
-                marks: vec![0; lab.services.len()],
-            };
-            l.t.push(&format!("# {label}"));
-            if !sc.about.is_empty() {
-                l.t.push(&format!("# {}", sc.about));
+/// A lab being run step by step (`vpnlab up` keeps one alive between commands; `run` drives
+/// one to the end).
+pub struct Live<'a> {
+    l: Option<Lab_<'a>>,
+    rt: tokio::runtime::Runtime,
+    work: std::sync::Arc<WorkDir>,
+    steps: Vec<&'a Step>,
+    next: usize,
+    failure: Option<String>,
+    bad_service: Option<crate::error::InputError>,
+    timings: Timings,
+    deadline: Instant,
+    steps_started: Option<Instant>,
+    /// The transcript when the lab could not even be built.
+    early: String,
+}
+
+impl<'a> Live<'a> {
+    /// Builds the lab and starts its autostart services. A failure on the way is recorded (see
+    /// [`Live::failure`]); only environment problems are errors.
+    pub fn start(lab: &'a Lab, scenario: &str, opts: &'a Options) -> Result<Live<'a>> {
+        let sc = lab.scenario(scenario).ok_or_else(|| anyhow!("{} has no scenario `{scenario}`", lab.id))?;
+        let work = std::sync::Arc::new(WorkDir::new(&format!("{}-{scenario}", lab.id))?);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let label = format!("{}::{scenario}", lab.id);
+        let t0 = Instant::now();
+        let mut live = Live {
+            l: None,
+            rt,
+            work: work.clone(),
+            steps: lab.prelude.iter().chain(sc.steps.iter()).collect(),
+            next: 0,
+            failure: None,
+            bad_service: None,
+            timings: Timings::default(),
+            deadline: t0 + lab.deadline,
+            steps_started: None,
+            early: String::new(),
+        };
+        let built = live.rt.block_on(async {
+            let pid = PidNs::create()?;
+            let topo = Topology::build(lab).await?;
+            Ok::<_, anyhow::Error>((pid, topo))
+        });
+        let (pid, topo) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("building the lab failed: {e:#}");
+                live.early = format!("# {label}\n!! {msg}\n");
+                live.failure = Some(msg);
+                return Ok(live);
             }
-            let _g = rt.enter();
-            let deadline = t0 + lab.deadline;
-            let r = (|| -> Result<(), StepFailed> {
-                l.prepare().map_err(|e| StepFailed(format!("preparing the nodes failed: {e:#}")))?;
-                timings.build = t0.elapsed();
-                let td = Instant::now();
-                for (i, s) in lab.services.iter().enumerate() {
-                    if s.autostart {
-                        if let Err(e) = l.start(i) {
-                            if let Some(d) = l.daemons[i].as_mut().filter(|d| d.exited.is_some()) {
-                                let st = d.exited.map(|s| s.to_string()).unwrap_or_default();
-                                bad_service = Some(crate::error::InputError {
-                                    file: lab.file.clone(),
-                                    line: s.loc.0,
-                                    col: s.loc.1,
-                                    msg: format!("service `{}` exits as soon as it starts ({st}); its last lines:\n{}", s.name, d.tail(15)),
-                                    hint: "fix the daemon's command line or its config file (its log is above), then run again".into(),
-                                });
-                            }
-                            return Err(e);
+        };
+        let mut l = Lab_ {
+            impairers: Vec::new(),
+            lab,
+            opts,
+            work,
+            pid,
+            topo,
+            daemons: lab.services.iter().map(|_| None).collect(),
+            stopped: vec![false; lab.services.len()],
+            t: Transcript::new(&lab.sanitizers),
+            label: label.clone(),
+            marks: vec![0; lab.services.len()],
+        };
+        l.t.push(&format!("# {label}"));
+        if !sc.about.is_empty() {
+            l.t.push(&format!("# {}", sc.about));
+        }
+        let _g = live.rt.enter();
+        let mut bad_service = None;
+        let mut timings = Timings::default();
+        let r = (|| -> Result<(), StepFailed> {
+            l.prepare().map_err(|e| StepFailed(format!("preparing the nodes failed: {e:#}")))?;
+            timings.build = t0.elapsed();
+            let td = Instant::now();
+            for (i, s) in lab.services.iter().enumerate() {
+                if s.autostart {
+                    if let Err(e) = l.start(i) {
+                        if let Some(d) = l.daemons[i].as_mut().filter(|d| d.exited.is_some()) {
+                            let st = d.exited.map(|s| s.to_string()).unwrap_or_default();
+                            bad_service = Some(crate::error::InputError {
+                                file: lab.file.clone(),
+                                line: s.loc.0,
+                                col: s.loc.1,
+                                msg: format!("service `{}` exits as soon as it starts ({st}); its last lines:\n{}", s.name, d.tail(15)),
+                                hint: "fix the daemon's command line or its config file (its log is above), then run again".into(),
+                            });
                         }
+                        return Err(e);
                     }
                 }
-                timings.daemons = td.elapsed();
-                let ts = Instant::now();
-                for step in lab.prelude.iter().chain(sc.steps.iter()) {
-                    if Instant::now() > deadline {
-                        return Err(StepFailed(format!("the scenario passed its deadline of {:?} before `{}`", lab.deadline, step.text)));
-                    }
-                    l.step(step, &rt)?;
-                    l.check_daemons()?;
-                    l.check_impairers()?;
-                }
-                timings.steps = ts.elapsed();
-                Ok(())
-            })();
-            if let Err(StepFailed(msg)) = r {
-                l.t.push(&format!("!! {msg}"));
-                failure = Some(msg);
             }
-            transcript = l.t.render();
-            let tt = Instant::now();
-            l.teardown();
-            drop(l);
-            timings.teardown = tt.elapsed();
+            timings.daemons = td.elapsed();
+            Ok(())
+        })();
+        drop(_g);
+        if let Err(StepFailed(msg)) = r {
+            l.t.push(&format!("!! {msg}"));
+            live.failure = Some(msg);
+        }
+        live.bad_service = bad_service;
+        live.timings = timings;
+        live.l = Some(l);
+        Ok(live)
+    }
+
+    /// Why the lab failed so far, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Steps not run yet.
+    pub fn remaining(&self) -> &[&'a Step] {
+        &self.steps[self.next.min(self.steps.len())..]
+    }
+
+    /// Runs the next step and returns the transcript lines it added; `None` when there is no
+    /// step left or the lab has failed.
+    pub fn step(&mut self) -> Option<Vec<String>> {
+        if self.failure.is_some() || self.next >= self.steps.len() {
+            return None;
+        }
+        let l = self.l.as_mut()?;
+        let started = *self.steps_started.get_or_insert_with(Instant::now);
+        let step = self.steps[self.next];
+        self.next += 1;
+        let before = l.t.len();
+        let _g = self.rt.enter();
+        let r = if Instant::now() > self.deadline {
+            Err(StepFailed(format!("the scenario passed its deadline of {:?} before `{}`", l.lab.deadline, step.text)))
+        } else {
+            l.step(step, &self.rt).and_then(|()| l.check_daemons()).and_then(|()| l.check_impairers())
+        };
+        if let Err(StepFailed(msg)) = r {
+            l.t.push(&format!("!! {msg}"));
+            self.failure = Some(msg);
+        }
+        self.timings.steps = started.elapsed();
+        Some(l.t.lines_from(before))
+    }
+
+    /// Network namespaces of the nodes, in lab order (for naming them under /run/netns).
+    pub fn node_netns(&self) -> Vec<&crate::ns::NetNs> {
+        self.l.as_ref().map(|l| l.topo.nodes.iter().map(|h| &h.ns).collect()).unwrap_or_default()
+    }
+
+    /// PID of the lab's PID-namespace init.
+    pub fn holder_pid(&self) -> Option<u32> {
+        self.l.as_ref().map(|l| l.pid.holder_pid())
+    }
+
+    pub fn work_path(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// The transcript so far.
+    pub fn transcript(&self) -> String {
+        match &self.l {
+            Some(l) => l.t.render(),
+            None => self.early.clone(),
         }
     }
-    drop(rt);
-    Ok(Run { transcript, failure, workdir: None, timings, bad_service, work: Some(work) })
+
+    /// Tears the lab down and returns the result.
+    pub fn finish(mut self) -> Run {
+        let transcript = self.transcript();
+        let tt = Instant::now();
+        if let Some(mut l) = self.l.take() {
+            let _g = self.rt.enter();
+            l.teardown();
+            drop(l);
+        }
+        self.timings.teardown = tt.elapsed();
+        let work = std::sync::Arc::try_unwrap(self.work).ok();
+        Run { transcript, failure: self.failure, workdir: None, timings: self.timings, bad_service: self.bad_service, work }
+    }
 }
 
 impl Lab_<'_> {

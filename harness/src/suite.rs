@@ -2,7 +2,7 @@
 //! share (steps met + transcript equal to the snapshot).
 
 use crate::model::{self, Lab};
-use crate::runner::{self, Options, Timings};
+use crate::runner::{Options, Timings};
 use crate::snapshot;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -61,12 +61,14 @@ pub struct Outcome {
     pub report: String,
     pub workdir: Option<PathBuf>,
     pub timings: Timings,
+    pub backend: crate::backend::Backend,
 }
 
 /// Runs a scenario and compares its transcript with the snapshot. `accept` writes the
 /// snapshot instead of comparing (never under CI).
 pub fn run_checked(lab: &Lab, scenario: &str, opts: &Options, accept: bool) -> Result<Outcome> {
-    let mut run = runner::run(lab, scenario, opts)?;
+    let backend = crate::backend::choose(lab).map_err(|why| crate::error::EnvError { msg: format!("{} cannot run here: {why}", lab.id), hint: "run `sudo ci/setup`".into() })?;
+    let mut run = crate::backend::run(lab, scenario, opts, backend)?;
     if let Some(e) = run.bad_service.take() {
         // Bad input leaves nothing behind: the message carries the daemon's last log lines.
         return Err(e.into());
@@ -95,5 +97,5 @@ pub fn run_checked(lab: &Lab, scenario: &str, opts: &Options, accept: bool) -> R
             report.push_str(&format!("\nwork dir (daemon logs, node files) kept at {}", w.display()));
         }
     }
-    Ok(Outcome { passed, report, workdir: run.workdir.clone(), timings: run.timings.clone() })
+    Ok(Outcome { passed, report, workdir: run.workdir.clone(), timings: run.timings.clone(), backend })
 }

@@ -83,6 +83,19 @@ impl Transcript {
         }
     }
 
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Lines added since `n` lines were there.
+    pub fn lines_from(&self, n: usize) -> Vec<String> {
+        self.lines[n.min(self.lines.len())..].to_vec()
+    }
+
     /// The text that is compared with the snapshot.
     pub fn render(&self) -> String {
         let mut s = self.lines.join("\n");

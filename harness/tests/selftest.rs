@@ -180,3 +180,24 @@ fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
     assert!(st.status.success(), "{st:?}");
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "the next command swept the dead run's work dir");
 }
+
+/// The same lab through user-mode-linux gives the same transcript as natively (same snapshot).
+#[test]
+fn the_uml_backend_matches_the_native_snapshot() {
+    work_root();
+    if let Err(why) = vpnlab::backend::uml::available() {
+        panic!("user-mode-linux is not usable here ({why}); `ci/setup` installs it");
+    }
+    let root = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .args(["run", &format!("{}::fix-gateway-route", labs().join(LAB).display())])
+        .env("VPNLAB_BACKEND", "uml")
+        .env("VPNLAB_WORK_ROOT", root.path())
+        .env("CI", "true")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("(uml backend)"), "{err}");
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "nothing left");
+}

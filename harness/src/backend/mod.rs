@@ -1,8 +1,187 @@
-//! Backends: where a lab runs. `native` = this kernel; `uml` = a user-mode-linux guest that
-//! mounts the host's `/` read-only and runs the same vpnlab binary inside (for kernels without
-//! PPP or ESP).
+//! Backends: where a lab runs. `native` = the host's kernel; `uml` = a user-mode-linux guest
+//! (a Linux kernel as a normal process) that mounts the host's `/` read-only through hostfs and
+//! runs the *same* binary inside, for labs needing kernel features the host lacks (PPP, ESP).
+//!
+//! The guest protocol: the host writes `job.toml` into a shared dir (its own work dir for the
+//! run), boots the guest with `VPNLAB_GUEST_JOB` pointing at it, the guest's copy of this
+//! binary runs the scenario natively inside the guest kernel (its work dir inside the shared
+//! dir) and writes `result.toml`; the host then judges it exactly like a native run, so the
+//! snapshot is the same whichever backend ran it.
+
+pub mod uml;
+
+use crate::model::Lab;
+use crate::runner::{self, Options, Run, Timings};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Native,
+    Uml,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Uml => "uml",
+        }
+    }
+}
 
 /// Is the user-mode-linux backend usable on this machine?
 pub fn uml_usable() -> bool {
-    false
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| uml::available().is_ok())
+}
+
+/// Which backend runs `lab`: `VPNLAB_BACKEND=native|uml` forces one; otherwise native when the
+/// host kernel has every feature the lab declares, else UML. `Err` says why it cannot run.
+pub fn choose(lab: &Lab) -> Result<Backend, String> {
+    let lacking: Vec<&str> = lab.kernel.iter().filter(|f| !crate::env::kernel_has(**f)).map(|f| f.name()).collect();
+    match std::env::var("VPNLAB_BACKEND").as_deref() {
+        Ok("native") => return Ok(Backend::Native),
+        Ok("uml") => {
+            return uml::available().map(|()| Backend::Uml).map_err(|e| format!("VPNLAB_BACKEND=uml but user-mode-linux is not usable: {e}"));
+        }
+        Ok("") | Err(_) => {}
+        Ok(other) => return Err(format!("VPNLAB_BACKEND={other}: use `native` or `uml`")),
+    }
+    if lacking.is_empty() {
+        return Ok(Backend::Native);
+    }
+    match uml::available() {
+        Ok(()) => Ok(Backend::Uml),
+        Err(e) => Err(format!("the kernel lacks {} and the user-mode-linux backend is not usable: {e}", lacking.join(", "))),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Job {
+    lab_dir: PathBuf,
+    scenario: String,
+    progress: bool,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct GuestResult {
+    transcript: String,
+    failure: Option<String>,
+    /// file, line, col, msg, hint of a daemon that exited at start.
+    bad_service: Option<(PathBuf, usize, usize, String, String)>,
+    build_ms: f64,
+    daemons_ms: f64,
+    steps_ms: f64,
+    teardown_ms: f64,
+}
+
+const JOB_ENV: &str = "VPNLAB_GUEST_JOB";
+
+/// Call first thing in `main` of every binary that runs labs (the CLI and the test harness):
+/// inside a UML guest it runs the job and exits; elsewhere it returns at once.
+pub fn guest_main_if_requested() {
+    let Some(job) = std::env::var_os(JOB_ENV) else { return };
+    let code = match guest_run(Path::new(&job)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vpnlab guest: {e:#}");
+            3
+        }
+    };
+    std::process::exit(code);
+}
+
+fn guest_run(job_path: &Path) -> Result<()> {
+    let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
+    let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
+    let opts = Options { keep: true, progress: job.progress };
+    let run = runner::run(&lab, &job.scenario, &opts)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let r = GuestResult {
+        transcript: run.transcript.clone(),
+        failure: run.failure.clone(),
+        bad_service: run.bad_service.as_ref().map(|e| (e.file.clone(), e.line, e.col, e.msg.clone(), e.hint.clone())),
+        build_ms: ms(run.timings.build),
+        daemons_ms: ms(run.timings.daemons),
+        steps_ms: ms(run.timings.steps),
+        teardown_ms: ms(run.timings.teardown),
+    };
+    let mut run = run;
+    run.keep_workdir();
+    std::fs::write(job_path.with_file_name("result.toml"), toml::to_string(&r)?)?;
+    Ok(())
+}
+
+/// Kernel modules the guest loads for a lab.
+fn modules_for(lab: &Lab) -> Vec<String> {
+    let mut m: Vec<String> = ["tun", "veth", "bridge"].iter().map(|s| s.to_string()).collect();
+    for f in &lab.kernel {
+        match f {
+            crate::model::KernelFeature::Ppp => m.extend(["ppp_generic", "ppp_async", "ppp_deflate", "bsd_comp"].map(String::from)),
+            crate::model::KernelFeature::Esp => m.extend(["esp4", "xfrm_user", "xfrm4_tunnel", "tunnel4", "ip_vti"].map(String::from)),
+        }
+    }
+    m
+}
+
+/// Runs a scenario on `backend`.
+pub fn run(lab: &Lab, scenario: &str, opts: &Options, backend: Backend) -> Result<Run> {
+    match backend {
+        Backend::Native => runner::run(lab, scenario, opts),
+        Backend::Uml => run_uml(lab, scenario, opts),
+    }
+}
+
+fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
+    let work = crate::workdir::WorkDir::new(&format!("{}-{scenario}-uml", lab.id))?;
+    let shared = work.path().to_path_buf();
+    let lab_dir = std::fs::canonicalize(&lab.dir).with_context(|| format!("lab folder {}", lab.dir.display()))?;
+    let job = Job { lab_dir, scenario: scenario.to_string(), progress: opts.progress };
+    let job_path = shared.join("job.toml");
+    std::fs::write(&job_path, toml::to_string(&job)?)?;
+    // Debian's UML kernel has no nft NAT (nft_chain_nat), only the legacy iptables tables: in the
+    // guest, `iptables*` resolve to iptables-legacy (same commands, same output).
+    let bin = shared.join("guest-bin");
+    std::fs::create_dir_all(&bin)?;
+    for name in ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"] {
+        if Path::new("/usr/sbin/xtables-legacy-multi").exists() {
+            std::os::unix::fs::symlink("/usr/sbin/xtables-legacy-multi", bin.join(name))?;
+        }
+    }
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    let mut uj = uml::UmlJob::new(vec![exe], &shared);
+    uj.env = vec![
+        (JOB_ENV.to_string(), job_path.to_string_lossy().into_owned()),
+        ("VPNLAB_WORK_ROOT".to_string(), shared.to_string_lossy().into_owned()),
+        ("VPNLAB_BACKEND".to_string(), "native".to_string()),
+        ("PATH".to_string(), format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bin.display())),
+    ];
+    uj.modules = modules_for(lab);
+    uj.timeout = lab.deadline + Duration::from_secs(30);
+    let out = uml::run(&uj).context("running the lab in user-mode-linux")?;
+    if opts.progress {
+        for l in out.console.lines().filter(|l| l.contains(&format!("[{}::{scenario}]", lab.id))) {
+            eprintln!("{l}");
+        }
+        eprintln!("  (user-mode-linux: boot {:.0} ms, total {:.0} ms)", out.boot.as_secs_f64() * 1e3, out.total.as_secs_f64() * 1e3);
+    }
+    let res_path = shared.join("result.toml");
+    let res: GuestResult = match std::fs::read_to_string(&res_path) {
+        Ok(t) => toml::from_str(&t)?,
+        Err(_) => {
+            let tail: Vec<&str> = out.console.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("the user-mode-linux guest wrote no result (exit {}); its console ended with:\n{}", out.exit_code, tail.join("\n"));
+        }
+    };
+    let d = |ms: f64| Duration::from_secs_f64(ms / 1e3);
+    Ok(runner::Run::from_parts(
+        res.transcript,
+        res.failure,
+        Timings { build: d(res.build_ms), daemons: d(res.daemons_ms), steps: d(res.steps_ms), teardown: d(res.teardown_ms) },
+        res.bad_service.map(|(file, line, col, msg, hint)| crate::error::InputError { file, line, col, msg, hint }),
+        work,
+    ))
 }

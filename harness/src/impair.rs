@@ -81,6 +81,9 @@ pub enum Proto {
     Udp,
     Tcp,
     Icmp,
+    /// Only non-first IPv4 fragments (iptables `-f`), e.g. the tails of a fragmented tunnel
+    /// packet. Seen only where nothing in the node uses conntrack (which reassembles).
+    Fragments,
 }
 
 impl Proto {
@@ -89,6 +92,7 @@ impl Proto {
             Proto::Udp => "udp",
             Proto::Tcp => "tcp",
             Proto::Icmp => "icmp",
+            Proto::Fragments => "fragments",
         }
     }
 }
@@ -204,6 +208,11 @@ pub fn parse(s: &str) -> Result<(Impairment, Option<Proto>), (usize, String)> {
             None => Err((end, format!("expected a number of packets after `{after}`"))),
         }
     };
+    // `fragments` may also come first: `impair eth0 fragments reorder every 10 hold 3`.
+    let leading_fragments = matches!(w.first(), Some((_, "fragments")));
+    if leading_fragments {
+        i += 1;
+    }
     let (o0, kind) = next(&mut i).ok_or((end, USAGE.to_string()))?;
     let imp = match kind {
         "drop" => {
@@ -236,6 +245,7 @@ pub fn parse(s: &str) -> Result<(Impairment, Option<Proto>), (usize, String)> {
             "udp" => Ok(Proto::Udp),
             "tcp" => Ok(Proto::Tcp),
             "icmp" => Ok(Proto::Icmp),
+            "fragments" => Ok(Proto::Fragments),
             _ => Err((o, format!("unknown protocol `{word}`: udp, tcp or icmp"))),
         }
     };
@@ -245,13 +255,13 @@ pub fn parse(s: &str) -> Result<(Impairment, Option<Proto>), (usize, String)> {
             let (o, word) = next(&mut i).ok_or((end, "expected a protocol after `proto`: udp, tcp or icmp".to_string()))?;
             Some(proto_of(o, word)?)
         }
-        Some((o, word @ ("udp" | "tcp" | "icmp"))) => Some(proto_of(o, word)?),
+        Some((o, word @ ("udp" | "tcp" | "icmp" | "fragments"))) if !leading_fragments => Some(proto_of(o, word)?),
         Some((o, word)) => return Err((o, format!("unexpected `{word}`: only a protocol (`udp`, `tcp`, `icmp` or `proto udp`) may follow `{imp}`"))),
     };
     if let Some((o, word)) = next(&mut i) {
         return Err((o, format!("unexpected `{word}` after the protocol")));
     }
-    Ok((imp, proto))
+    Ok((imp, if leading_fragments { Some(Proto::Fragments) } else { proto }))
 }
 
 // ---------------------------------------------------------------- netlink (NFQUEUE)
@@ -784,8 +794,10 @@ pub struct Impairer {
 /// The iptables command line of the rule, with `op` = `-I` or `-D`.
 fn rule_argv(op: &str, ifname: &str, proto: Option<Proto>, queue: u16) -> Vec<String> {
     let mut v: Vec<String> = ["iptables", "-w", "5", "-t", "mangle", op, "POSTROUTING", "-o", ifname].iter().map(|s| s.to_string()).collect();
-    if let Some(p) = proto {
-        v.extend(["-p".to_string(), p.name().to_string()]);
+    match proto {
+        Some(Proto::Fragments) => v.push("-f".to_string()),
+        Some(p) => v.extend(["-p".to_string(), p.name().to_string()]),
+        None => {}
     }
     v.extend(["-m", "mark", "!", "--mark"].iter().map(|s| s.to_string()));
     v.push(format!("0x{:x}/0x{:x}", dup_mark(queue) & MARK_MASK, MARK_MASK));
@@ -986,6 +998,9 @@ mod tests {
         assert_eq!(parse("duplicate every 5 udp"), Ok((Impairment::Duplicate { every: 5 }, Some(Proto::Udp))));
         assert_eq!(parse("  delay 50ms proto tcp "), Ok((Impairment::Delay(Duration::from_millis(50)), Some(Proto::Tcp))));
         assert_eq!(parse("delay 1.5s icmp"), Ok((Impairment::Delay(Duration::from_millis(1500)), Some(Proto::Icmp))));
+        assert_eq!(parse("fragments reorder every 10 hold 3"), Ok((Impairment::Reorder { every: 10, hold: 3 }, Some(Proto::Fragments))));
+        assert_eq!(parse("reorder every 10 hold 3 fragments"), Ok((Impairment::Reorder { every: 10, hold: 3 }, Some(Proto::Fragments))));
+        assert_eq!(rule_argv("-I", "eth0", Some(Proto::Fragments), 1)[9], "-f");
         assert_eq!(parse("duplicate every 1"), Ok((Impairment::Duplicate { every: 1 }, None)));
     }
 

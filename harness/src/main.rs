@@ -40,6 +40,41 @@ enum Cmd {
     },
     /// Check lab files without running anything.
     Check { labs: Vec<String> },
+    /// Build a lab, run its steps up to a point, and keep it running (named namespaces).
+    Up {
+        lab: String,
+        /// The scenario (default: the first).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Stop after this step: a number (steps of prelude + scenario) or text the step contains.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Run a command in a node of a lab that is up: `vpnlab exec LAB NODE -- CMD...`.
+    Exec {
+        lab: String,
+        node: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// An interactive shell in a node of a lab that is up.
+    Shell { lab: String, node: String },
+    /// Print the daemon logs of a lab that is up.
+    Logs {
+        lab: String,
+        service: Option<String>,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run the next step of a lab that is up and print its transcript line.
+    Step { lab: String },
+    /// Tear a lab that is up down completely.
+    Down { lab: String },
+    /// The labs that are up.
+    Status,
+    #[command(name = "__serve", hide = true)]
+    Serve { lab_dir: std::path::PathBuf, scenario: String, until: String },
     /// Measure topology build/teardown (vpnlab vs `ip -batch` vs one `ip` per operation) and
     /// lab wall times; writes BENCHMARKS.md.
     Bench {
@@ -59,8 +94,12 @@ enum Cmd {
 fn main() -> ExitCode {
     vpnlab::backend::guest_main_if_requested();
     vpnlab::snapshot::quiet_insta();
-    vpnlab::ns::install_signal_cleanup();
     let cli = Cli::parse();
+    // Commands that own labs clean up on SIGINT/SIGTERM; `exec`/`shell` leave signals to the
+    // program they run (Ctrl-C belongs to the shell).
+    if !matches!(cli.cmd, Cmd::Exec { .. } | Cmd::Shell { .. } | Cmd::Logs { .. }) {
+        vpnlab::ns::install_signal_cleanup();
+    }
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -139,6 +178,71 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 _ => vpnlab::diagram::text(&lab),
             };
             print!("{out}");
+            Ok(0)
+        }
+        Cmd::Up { lab, scenario, until } => {
+            env::require_root()?;
+            let (lab, _) = select(&[lab])?.remove(0);
+            env::check_runnable(&lab)?;
+            if vpnlab::backend::choose(&lab) != Ok(vpnlab::backend::Backend::Native) {
+                return Err(EnvError { msg: format!("{} needs the user-mode-linux backend; `vpnlab up` keeps native labs only", lab.id), hint: "run it with `vpnlab run` instead".into() }.into());
+            }
+            let sc = scenario.unwrap_or_else(|| lab.scenarios[0].name.clone());
+            if lab.scenario(&sc).is_none() {
+                let known: Vec<&str> = lab.scenarios.iter().map(|s| s.name.as_str()).collect();
+                return Err(EnvError { msg: format!("{} has no scenario `{sc}`", lab.id), hint: format!("scenarios: {}", known.join(", ")) }.into());
+            }
+            let st = vpnlab::session::up(&lab, &sc, until.as_deref())?;
+            print!("{}", vpnlab::session::describe(&st));
+            Ok(if st.failure.is_some() { 1 } else { 0 })
+        }
+        Cmd::Exec { lab, node, cmd } => {
+            env::require_root()?;
+            let code = vpnlab::session::exec(&vpnlab::session::key_for(&lab), &node, &cmd, false)?;
+            Ok(code.clamp(0, 255) as u8)
+        }
+        Cmd::Shell { lab, node } => {
+            env::require_root()?;
+            let code = vpnlab::session::exec(&vpnlab::session::key_for(&lab), &node, &vpnlab::session::shell_argv(), true)?;
+            Ok(code.clamp(0, 255) as u8)
+        }
+        Cmd::Logs { lab, service, follow } => {
+            vpnlab::session::logs(&vpnlab::session::key_for(&lab), service.as_deref(), follow, &mut std::io::stdout())?;
+            Ok(0)
+        }
+        Cmd::Step { lab } => {
+            println!("{}", vpnlab::session::step(&vpnlab::session::key_for(&lab))?.trim_end());
+            Ok(0)
+        }
+        Cmd::Down { lab } => {
+            env::require_root()?;
+            let key = vpnlab::session::key_for(&lab);
+            vpnlab::session::down(&key)?;
+            println!("{key} is down");
+            Ok(0)
+        }
+        Cmd::Status => {
+            let labs = vpnlab::session::status()?;
+            if labs.is_empty() {
+                println!("no labs are up");
+            }
+            for (key, st, up) in labs {
+                let names: Vec<String> = st.nodes.iter().map(|(n, name)| format!("{n}={name}")).collect();
+                println!(
+                    "{key}: {}::{} {} ({} of {} steps{}) namespaces: {}",
+                    st.lab_id,
+                    st.scenario,
+                    if up { "up" } else { "DEAD (run `vpnlab down` to clean up)" },
+                    st.steps_done,
+                    st.steps_total,
+                    st.failure.as_ref().map(|f| format!(", failed: {f}")).unwrap_or_default(),
+                    names.join(" ")
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Serve { lab_dir, scenario, until } => {
+            vpnlab::session::serve(&lab_dir, &scenario, &until)?;
             Ok(0)
         }
         Cmd::Check { labs } => {

@@ -10,6 +10,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sched::{setns, unshare, CloneFlags};
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
@@ -186,6 +187,7 @@ pub fn install_signal_cleanup() {
                 if libc::sigwait(&set_copy, &mut sig) == 0 {
                     eprintln!("vpnlab: signal {sig}: stopping every lab and cleaning up");
                     kill_all_labs();
+                    unname_all();
                     crate::workdir::remove_all_live();
                     libc::_exit(128 + sig);
                 }
@@ -221,4 +223,66 @@ pub fn spawner<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Res
         Ok(v) => Ok(v),
         Err(_) => bail!("spawner job panicked"),
     }
+}
+
+impl NetNs {
+    /// Opens a namespace by path (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub fn open(path: &std::path::Path, name: &str) -> Result<NetNs> {
+        let f = File::open(path).with_context(|| format!("open network namespace {}", path.display()))?;
+        Ok(NetNs { fd: f.into(), name: name.to_string() })
+    }
+
+    /// Gives the namespace a name under /run/netns (like `ip netns attach`), so that `ip netns
+    /// exec NAME` works. The name is unmounted by [`unname`] (and by the signal handler).
+    pub fn name_it(&self, name: &str) -> Result<PathBuf> {
+        let dir = Path::new("/run/netns");
+        std::fs::create_dir_all(dir)?;
+        let target = dir.join(name);
+        if target.exists() {
+            bail!("{} already exists (a lab with that name is up: `vpnlab status`)", target.display());
+        }
+        File::create(&target)?;
+        let src = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        if let Err(e) = nix::mount::mount(Some(src.as_str()), &target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>) {
+            let _ = std::fs::remove_file(&target);
+            bail!("bind-mounting the namespace on {}: {e}", target.display());
+        }
+        named().lock().unwrap_or_else(|p| p.into_inner()).push(target.clone());
+        Ok(target)
+    }
+}
+
+fn named() -> &'static Mutex<Vec<PathBuf>> {
+    static N: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
+    N.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Removes a namespace name made by [`NetNs::name_it`] (or left by a dead `vpnlab up`).
+pub fn unname(target: &Path) {
+    let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(target);
+    named().lock().unwrap_or_else(|p| p.into_inner()).retain(|p| p != target);
+}
+
+fn unname_all() {
+    let all = named().lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for p in all {
+        unname(&p);
+    }
+}
+
+/// Spawns `cmd` into the PID namespace of a running lab whose init is `holder` (for
+/// `vpnlab exec/shell` against a lab that `vpnlab up` keeps).
+pub fn spawn_in_lab_of(holder: u32, cmd: Command) -> Result<Child> {
+    let f = File::open(format!("/proc/{holder}/ns/pid")).with_context(|| format!("the lab's PID namespace (holder {holder}) is gone"))?;
+    let fd = f.as_raw_fd();
+    spawner(move || -> Result<Child> {
+        let _keep = f;
+        let mut cmd = cmd;
+        let orig = File::open("/proc/thread-self/ns/pid_for_children")?;
+        setns(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, CloneFlags::CLONE_NEWPID)?;
+        let r = cmd.spawn();
+        setns(orig.as_fd(), CloneFlags::CLONE_NEWPID)?;
+        Ok(r?)
+    })?
 }

@@ -66,7 +66,8 @@ pub fn parse_ping(out: &str) -> PingResult {
 /// an expected-unreachable check sends `count` probes 10 ms apart and waits 200 ms for a late
 /// reply (replies inside a lab take well under a millisecond; 200x that is the margin), so a
 /// negative check costs ~0.2 s, not ping's default seconds. Loss checks send exactly `count`.
-pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<&str>, dest: IpAddr, count: u32, expect: &PingExpect) -> Result<PingResult> {
+#[allow(clippy::too_many_arguments)]
+pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<&str>, dest: IpAddr, count: u32, size: Option<u32>, expect: &PingExpect) -> Result<PingResult> {
     let mut argv: Vec<String> = vec!["ping".into(), "-n".into(), "-c".into(), count.to_string()];
     match expect {
         PingExpect::Reachable => argv.extend(["-i", "0.01", "-w", "5"].map(String::from)),
@@ -75,6 +76,9 @@ pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<&str>, dest: IpA
     }
     if let Some(s) = src {
         argv.extend(["-I".to_string(), s.to_string()]);
+    }
+    if let Some(n) = size {
+        argv.extend(["-s".to_string(), n.to_string()]);
     }
     argv.push(dest.to_string());
     let out = run_capture(netns, pid, &argv, cwd, Duration::from_secs(30))?;
@@ -95,6 +99,8 @@ pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<&str>, dest: IpA
 pub enum TcpOutcome {
     Open,
     Refused,
+    /// An ICMP error ended the attempt (no route to host, host/net unreachable, prohibited).
+    Unreachable,
     TimedOut,
     Complete,
     Stalled,
@@ -105,6 +111,7 @@ impl TcpOutcome {
         match self {
             TcpOutcome::Open => "open",
             TcpOutcome::Refused => "closed (connection refused)",
+            TcpOutcome::Unreachable => "closed (no route to host)",
             TcpOutcome::TimedOut => "closed (timed out)",
             TcpOutcome::Complete => "complete",
             TcpOutcome::Stalled => "stalls",
@@ -114,9 +121,9 @@ impl TcpOutcome {
         matches!(
             (self, e),
             (TcpOutcome::Open, TcpExpect::Open)
-                | (TcpOutcome::Refused | TcpOutcome::TimedOut, TcpExpect::Closed)
+                | (TcpOutcome::Refused | TcpOutcome::Unreachable | TcpOutcome::TimedOut, TcpExpect::Closed)
                 | (TcpOutcome::Complete, TcpExpect::Complete)
-                | (TcpOutcome::Stalled | TcpOutcome::Refused | TcpOutcome::TimedOut, TcpExpect::Stalls)
+                | (TcpOutcome::Stalled | TcpOutcome::Refused | TcpOutcome::Unreachable | TcpOutcome::TimedOut, TcpExpect::Stalls)
         )
     }
 }
@@ -169,6 +176,7 @@ pub fn tcp(from: &NetNs, server: Option<&NetNs>, dest: SocketAddr, send: Option<
             let mut c = match TcpStream::connect_timeout(&dest, left) {
                 Ok(c) => c,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return TcpOutcome::Refused,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES | libc::EPERM)) => return TcpOutcome::Unreachable,
                 Err(_) => return TcpOutcome::TimedOut,
             };
             let Some(n) = send else { return TcpOutcome::Open };

@@ -24,8 +24,15 @@ pub struct BindMount {
 /// Builds the command for `argv` in a node. `out` receives stdout and stderr (one file, so the
 /// order of lines is the order they were written).
 pub fn command(netns: &NetNs, argv: &[String], cwd: &Path, out: Stdio, err: Stdio, mounts: &[BindMount]) -> Result<Command> {
+    command_opts(netns, argv, cwd, Stdio::null(), out, err, mounts, true)
+}
+
+/// Like [`command`], with stdin chosen and, for interactive use (`vpnlab shell`), without a
+/// new session so the terminal stays the process's controlling terminal.
+#[allow(clippy::too_many_arguments)]
+pub fn command_opts(netns: &NetNs, argv: &[String], cwd: &Path, stdin: Stdio, out: Stdio, err: Stdio, mounts: &[BindMount], new_session: bool) -> Result<Command> {
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).current_dir(cwd).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.args(&argv[1..]).current_dir(cwd).stdin(stdin).stdout(out).stderr(err);
     cmd.env("VPNLAB_NODE", &netns.name);
     let fd: RawFd = netns.raw_fd();
     let c = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL in path"));
@@ -51,7 +58,9 @@ pub fn command(netns: &NetNs, argv: &[String], cwd: &Path, out: Stdio, err: Stdi
             for (src, dst) in &binds {
                 check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
             }
-            libc::setsid();
+            if new_session {
+                libc::setsid();
+            }
             Ok(())
         });
     }

@@ -460,10 +460,14 @@ impl Lab_<'_> {
         let prev_marks = std::mem::replace(&mut self.marks, now);
         let fail = |m: String| StepFailed(m);
         match &step.action {
-            Action::Ping { node, src, dest, count, expect } => {
+            Action::Ping { node, src, dest, count, size, expect } => {
                 let n = &lab.nodes[*node].name;
-                let cmd = format!("{n}$ ping -c{count}{} {dest}", src.as_ref().map(|s| format!(" -I {s}")).unwrap_or_default());
-                let r = crate::probe::ping(&self.topo.nodes[*node].ns, &self.pid, &self.node_dir(*node), src.as_deref(), *dest, *count, expect).map_err(|e| fail(format!("{cmd}: {e:#}")))?;
+                let cmd = format!(
+                    "{n}$ ping -c{count}{}{} {dest}",
+                    size.map(|s| format!(" -s {s}")).unwrap_or_default(),
+                    src.as_ref().map(|s| format!(" -I {s}")).unwrap_or_default()
+                );
+                let r = crate::probe::ping(&self.topo.nodes[*node].ns, &self.pid, &self.node_dir(*node), src.as_deref(), *dest, *count, *size, expect).map_err(|e| fail(format!("{cmd}: {e:#}")))?;
                 let notes = if r.notes.is_empty() { String::new() } else { format!("; {}", r.notes.join("; ")) };
                 let (ok, outcome) = match expect {
                     PingExpect::Reachable | PingExpect::Unreachable => {

@@ -16,6 +16,8 @@ pub fn builtin() -> &'static [Sanitizer] {
             // OpenVPN's and pluto's line prefix: `2026-12-01 23:10:00 ` / `Dec  1 23:10:00.123 `.
             s(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?(?: [+-]\d{4})? ", ""),
             s(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} ", ""),
+            // OpenVPN at verb >= 4: microseconds after the timestamp.
+            s(r"^us=\d+ ", ""),
             s(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?", "TIMESTAMP"),
             s(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d \d{4}\b", "TIMESTAMP"),
             // ping timings.

@@ -2,6 +2,7 @@
 //! the rest of the harness trusts. Every problem becomes one [`InputError`] that names
 //! `file:line:column` and the fix; nothing is built from an invalid lab.
 
+mod ppp;
 pub mod route;
 pub mod step;
 
@@ -33,6 +34,9 @@ struct RawLab {
     links: Vec<Spanned<RawLink>>,
     #[serde(default)]
     lans: Vec<Spanned<RawLan>>,
+    /// PPP-over-SSH links, expanded into services and setup commands (ppp.rs).
+    #[serde(default)]
+    ppp: Vec<Spanned<ppp::RawPpp>>,
     #[serde(default)]
     services: IndexMap<String, Spanned<RawService>>,
     #[serde(default)]
@@ -445,7 +449,8 @@ impl Validator<'_> {
         fallback
     }
 
-    fn lab(&self, raw: RawLab) -> Result<Lab, InputError> {
+    fn lab(&self, mut raw: RawLab) -> Result<Lab, InputError> {
+        ppp::expand(self, &mut raw)?;
         let node_names: Vec<String> = raw.nodes.keys().cloned().collect();
         for (name, node) in &raw.nodes {
             check_name(name).map_err(|m| self.err(self.key_offset("nodes", name, node.span().start), m, "use letters, digits and '-' (at most 15 characters)"))?;

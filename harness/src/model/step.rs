@@ -39,7 +39,8 @@ pub struct LinePattern {
 #[derive(Debug, Clone)]
 pub enum Action {
     /// `src`: `-I` with a source address or an interface name.
-    Ping { node: usize, src: Option<String>, dest: IpAddr, count: u32, expect: PingExpect },
+    /// `size`: `-s` payload bytes.
+    Ping { node: usize, src: Option<String>, dest: IpAddr, count: u32, size: Option<u32>, expect: PingExpect },
     RouteAdd { node: usize, route: Route },
     RouteDel { node: usize, route: Route },
     RuleAdd { node: usize, rule: Rule },
@@ -189,6 +190,7 @@ fn node_action(
     match verb {
         "ping" => {
             let mut src = None;
+            let mut size = None;
             let mut count = 2;
             let mut dest = None;
             let mut i = 0;
@@ -204,6 +206,11 @@ fn node_action(
                         src = Some(v.to_string());
                         i += 1;
                     }
+                    "-s" => {
+                        let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, "-s wants a payload size in bytes"))?;
+                        size = Some(v.parse().ok().filter(|n: &u32| *n <= 65507).ok_or_else(|| err(vo, "-s wants a payload size 0..65507"))?);
+                        i += 1;
+                    }
                     "-c" => {
                         let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, "-c wants a count"))?;
                         count = v.parse().ok().filter(|c| *c > 0 && *c <= 1000).ok_or_else(|| err(vo, "-c wants a count 1..1000"))?;
@@ -213,7 +220,7 @@ fn node_action(
                         count = a[2..].parse().ok().filter(|c| *c > 0 && *c <= 1000).ok_or_else(|| err(o, "-c wants a count 1..1000"))?;
                     }
                     _ if dest.is_none() => dest = Some(parse_addr(a, o)?),
-                    _ => return Err(err(o, format!("`{a}` is not understood (ping [-c N] [-I SRC] DEST)"))),
+                    _ => return Err(err(o, format!("`{a}` is not understood (ping [-c N] [-s SIZE] [-I SRC|IF] DEST)"))),
                 }
                 i += 1;
             }
@@ -234,7 +241,7 @@ fn node_action(
                     }
                 }
             };
-            Ok(Action::Ping { node, src, dest, count, expect })
+            Ok(Action::Ping { node, src, dest, count, size, expect })
         }
         "ip" => {
             let (o, obj) = *args.first().ok_or_else(|| err(verb_at, "`ip` wants `route` or `rule`"))?;
@@ -440,7 +447,7 @@ mod tests {
     #[test]
     fn ping_steps() {
         match parse_step("client: ping 10.198.0.1 -> unreachable", &N).unwrap() {
-            Action::Ping { node: 0, dest, count: 2, expect: PingExpect::Unreachable, src: None } => assert_eq!(dest.to_string(), "10.198.0.1"),
+            Action::Ping { node: 0, dest, count: 2, expect: PingExpect::Unreachable, src: None, size: None } => assert_eq!(dest.to_string(), "10.198.0.1"),
             a => panic!("{a:?}"),
         }
         match parse_step("client: ping -c 50 -I 10.198.0.10 10.200.0.1 -> loss 5%..20%", &N).unwrap() {

@@ -3,10 +3,11 @@
 //! [`trace`] loads, in every node (with the real `nft`, run inside the node), a table
 //! `inet vpnlab_trace` whose base chains sit first (priority -500) and last (priority 500) on
 //! each of the five IP hooks. Their only rules add the probe's ICMP packets to dynamic sets with
-//! per-element counters, keyed by `ttl . interface . saddr . daddr` (ICMP errors: `ttl .
-//! interface . daddr . icmp type . icmp code`):
-//! echo requests to `dest`, echo replies from `dest`, and ICMP errors whose quoted packet is one
-//! of those. No rule has a verdict, and nothing needs conntrack, so the lab behaves as before.
+//! per-element counters: echo requests to `dest` and echo replies from `dest` keyed by
+//! `ttl . interface . saddr . daddr`, and ICMP errors whose quoted packet is one of those keyed by
+//! `ttl . interface . icmp type . icmp code` (nft 1.0.6 mishandles `typeof` concatenations of more
+//! than four fields). No rule has a verdict and nothing needs conntrack, so the lab behaves as
+//! before; the table is deleted again before `trace` returns (also on error).
 //!
 //! The TTL in the key orders the hops (every router decrements it before its forward hook; a
 //! tunnel through a userspace VPN daemon leaves it alone) and tells apart passes of a looping
@@ -20,6 +21,7 @@
 //! the probe put there (background traffic can only add to them).
 //!
 //! The lines carry no packet counts, so they do not depend on how many probes the closure sent.
+//! `VPNLAB_TRACE_DEBUG=1` prints the ruleset, the raw sets and the SNMP deltas to stderr.
 
 use crate::ns::{NetNs, PidNs};
 use crate::process::run_capture;
@@ -83,13 +85,8 @@ pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest
     }
     let after = par(nodes, |n| snmp(n.netns))?;
     if std::env::var_os("VPNLAB_TRACE_DEBUG").is_some() {
-        for (i, n) in nodes.iter().enumerate() {
-            let mut d: Vec<String> = after[i].iter().filter_map(|(k, v)| (*v != before[i].get(k).copied().unwrap_or(0)).then(|| format!("{k}+{}", v - before[i].get(k).copied().unwrap_or(0)))).collect();
-            d.sort();
-            eprintln!("snmp {}: {}", n.name, d.join(" "));
-        }
+        debug_dump(nodes, &ruleset, &texts, &before, &after);
     }
-    if std::env::var_os("VPNLAB_TRACE_DEBUG").is_some() { for t in &texts { eprintln!("{t}"); } eprintln!("{ruleset}"); }
     let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect();
     installed.remove()?;
     probed.context("the probe of the trace failed")?;
@@ -97,6 +94,17 @@ pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest
     let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new() };
     w.explain(src_node);
     Ok(Trace { lines: w.lines })
+}
+
+/// `VPNLAB_TRACE_DEBUG=1`: the ruleset, every node's sets and its SNMP deltas, on stderr.
+fn debug_dump(nodes: &[TraceNode], ruleset: &str, texts: &[String], before: &[Counters], after: &[Counters]) {
+    eprintln!("{ruleset}");
+    for (i, n) in nodes.iter().enumerate() {
+        let delta = |k: &String, v: &i64| v - before[i].get(k).copied().unwrap_or(0);
+        let mut d: Vec<String> = after[i].iter().filter(|(k, v)| delta(k, v) != 0).map(|(k, v)| format!("{k}+{}", delta(k, v))).collect();
+        d.sort();
+        eprintln!("--- node {}\n{}\nsnmp: {}", n.name, texts[i], d.join(" "));
+    }
 }
 
 // ---------------------------------------------------------------- observation points
@@ -458,10 +466,10 @@ enum End {
     Delivered { node: usize, e: Elem },
     /// Dropped at `node`; `why` completes "its reply to X ..." / "it ...".
     Dropped { node: usize, why: String },
-    /// Left `node` via `dev` and arrived nowhere.
-    Lost { node: usize, dev: String, why: String },
-    /// Went round between nodes until its TTL ran out.
-    Loop { path: Vec<usize> },
+    /// Left `node` and arrived nowhere.
+    Lost { node: usize, why: String },
+    /// Went round between nodes (`path`) until its TTL ran out at `end`.
+    Loop { path: Vec<usize>, end: Option<usize> },
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -733,7 +741,7 @@ impl Walker<'_, '_> {
             let why = self.lost_why(node, dev, pl[0].saddr, pl[0].daddr);
             text.push_str(&format!(" -> {why}"));
             self.line(dir, node, &text);
-            return vec![End::Lost { node, dev: dev.to_string(), why }];
+            return vec![End::Lost { node, why }];
         }
         self.line(dir, node, &text);
         let mut ends = Vec::new();
@@ -791,7 +799,7 @@ impl Walker<'_, '_> {
         if let Some((t, n)) = low {
             self.line(dir, n, &format!("in with TTL {t} -> TTL exceeded, dropped at {}", self.name(n)));
         }
-        End::Loop { path: cycle }
+        End::Loop { path: cycle, end: low.map(|(_, n)| n) }
     }
 
     /// A packet seen at prerouting's first chain of `node`.
@@ -911,14 +919,14 @@ impl Walker<'_, '_> {
                     Some(End::Delivered { node: r, .. }) => format!("{head} was delivered to {} instead of {}", self.name(*r), self.name(src)),
                     Some(End::Dropped { node: r, why }) => format!("{head} {}", self.dropped(&once(why), *r)),
                     Some(End::Lost { node: r, why, .. }) => format!("{head} {}", self.lost(why, *r)),
-                    Some(End::Loop { path }) => format!("{head} looped ({}) until its TTL ran out", self.names(path)),
+                    Some(End::Loop { path, end }) => format!("{head} looped ({}) until its TTL ran out{}", self.names(path), self.at_node(*end)),
                     None => format!("{head}: nothing seen"),
                 }
             }
             End::Dropped { node, why } if *node == src => format!("echo request to {dest} {} -> never left {}", strip_evidence(why), self.name(src)),
             End::Dropped { node, why } => format!("echo request to {dest} reached {}; it {}", self.name(*node), self.dropped(&strip_evidence(why), *node)),
             End::Lost { node, why, .. } => format!("echo request to {dest} {}", self.lost(why, *node)),
-            End::Loop { path } => format!("echo request to {dest} looped ({}) until its TTL ran out", self.names(path)),
+            End::Loop { path, end } => format!("echo request to {dest} looped ({}) until its TTL ran out{}", self.names(path), self.at_node(*end)),
         }
     }
 
@@ -935,6 +943,10 @@ impl Walker<'_, '_> {
         } else {
             format!("{why} (at {n})")
         }
+    }
+
+    fn at_node(&self, n: Option<usize>) -> String {
+        n.map(|n| format!(" at {}", self.name(n))).unwrap_or_default()
     }
 
     fn names(&self, path: &[usize]) -> String {
@@ -1219,10 +1231,10 @@ steps = []
         let nodes: Vec<TraceNode> = lab.nodes.iter().zip(&topo.nodes).map(|(n, h)| TraceNode { name: &n.name, netns: &h.ns }).collect();
         let client = idx("client");
         let cwd = work.node_dir("client");
-        let go = |dest: &str| -> Vec<String> {
-            let t = trace(&nodes, &pid, &cwd, client, dest.parse().unwrap(), || {
+        let go_from = |src: usize, dest: &str| -> Vec<String> {
+            let t = trace(&nodes, &pid, &cwd, src, dest.parse().unwrap(), || {
                 let argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3", dest].iter().map(|s| s.to_string()).collect();
-                run_capture(&topo.nodes[client].ns, &pid, &argv, &cwd, Duration::from_secs(10))?;
+                run_capture(&topo.nodes[src].ns, &pid, &argv, &cwd, Duration::from_secs(10))?;
                 Ok(())
             })
             .unwrap_or_else(|e| panic!("{e:#}"));
@@ -1231,7 +1243,10 @@ steps = []
             }
             t.lines
         };
+        let go = |dest: &str| go_from(client, dest);
         let gw = go("10.198.0.1");
+        // An address of the VPN subnet that no client has: the server's OpenVPN drops it.
+        let nobody = go_from(idx("server"), "10.200.0.77");
         let lanhost = go("10.198.1.12");
         let out = run_capture(&topo.nodes[idx("server")].ns, &pid, &["iptables".into(), "-t".into(), "nat".into(), "-A".into(), "POSTROUTING".into(), "-o".into(), "eth1".into(), "-j".into(), "MASQUERADE".into()], &cwd, Duration::from_secs(10)).unwrap();
         assert!(out.success(), "{}", out.text);
@@ -1260,6 +1275,13 @@ steps = []
                 "error   gateway: ICMP destination-unreachable (net-unreachable) about the reply, out eth0",
                 "error   lanhost: in eth0 -> delivered",
                 "=> echo request reached lanhost (10.198.1.12); its reply to 10.200.0.2 found no route (Network is unreachable) -> dropped at gateway",
+            ]
+        );
+        assert_eq!(
+            nobody,
+            [
+                "request server: out tun0 (10.200.0.1 -> 10.200.0.77) -> entered tun0 (a tunnel served by a userspace daemon) and came out at no node: the VPN daemon did not deliver it to 10.200.0.77",
+                "=> echo request to 10.200.0.77 entered tun0 at server (a tunnel served by a userspace daemon) and came out at no node: the VPN daemon did not deliver it to 10.200.0.77",
             ]
         );
         assert_eq!(
@@ -1323,7 +1345,7 @@ steps = []
                 "error   b: ICMP time-exceeded about the request, out eth0",
                 "error   r: in eth1 -> forwarded out eth0",
                 "error   a: in eth0 -> delivered",
-                "=> echo request to 10.7.0.1 looped (r -> b -> r) until its TTL ran out",
+                "=> echo request to 10.7.0.1 looped (r -> b -> r) until its TTL ran out at b",
             ]
         );
     }

@@ -73,6 +73,18 @@ enum Cmd {
     Down { lab: String },
     /// The labs that are up.
     Status,
+    /// Write a lab skeleton from a customer's OpenVPN configs (builds and connects).
+    New {
+        /// `NAME` (-> custom/NAME) or `family/recipe`.
+        name: String,
+        #[arg(long)]
+        server: std::path::PathBuf,
+        #[arg(long)]
+        client: std::path::PathBuf,
+        /// The labs folder to write into.
+        #[arg(long, default_value = "labs")]
+        dir: std::path::PathBuf,
+    },
     #[command(name = "__serve", hide = true)]
     Serve { lab_dir: std::path::PathBuf, scenario: String, until: String },
     /// Measure topology build/teardown (vpnlab vs `ip -batch` vs one `ip` per operation) and
@@ -97,7 +109,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Commands that own labs clean up on SIGINT/SIGTERM; `exec`/`shell` leave signals to the
     // program they run (Ctrl-C belongs to the shell).
-    if !matches!(cli.cmd, Cmd::Exec { .. } | Cmd::Shell { .. } | Cmd::Logs { .. }) {
+    if !matches!(cli.cmd, Cmd::Exec { .. } | Cmd::Shell { .. } | Cmd::Logs { .. } | Cmd::New { .. } | Cmd::Show { .. } | Cmd::List | Cmd::Check { .. }) {
         vpnlab::ns::install_signal_cleanup();
     }
     match real_main(cli) {
@@ -239,6 +251,18 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                     names.join(" ")
                 );
             }
+            Ok(0)
+        }
+        Cmd::New { name, server, client, dir } => {
+            let made = vpnlab::newlab::create_with_report(&vpnlab::newlab::NewLab { name, server_conf: server, client_conf: client, dir })?;
+            println!("wrote {} ({})", made.dir.display(), made.id);
+            for c in &made.changes {
+                println!("  changed: {c}");
+            }
+            for w in &made.warnings {
+                println!("  warning: {w}");
+            }
+            println!("next: `vpnlab run {}` checks that it connects and records the first snapshot; then add the symptom's steps", made.dir.display());
             Ok(0)
         }
         Cmd::Serve { lab_dir, scenario, until } => {

@@ -1349,4 +1349,20 @@ steps = []
             ]
         );
     }
+
+    /// b's input hook drops echo requests (a rule, not the policy).
+    #[test]
+    fn trace_input_firewall() {
+        let b = format!("{B_ROUTE}\nnft = \"\"\"\ntable inet f {{\n  chain i {{ type filter hook input priority 0; icmp type echo-request drop; }}\n}}\n\"\"\"");
+        let Some(lines) = run(&chain(FORWARDING, &b, ""), "10.0.2.2", &[]) else { return };
+        assert_eq!(
+            lines,
+            [
+                "request a: out eth0 (10.0.1.2 -> 10.0.2.2)",
+                "request r: in eth0 -> forwarded out eth1",
+                "request b: in eth0 -> was dropped in input at b (firewall: inet f i, policy accept)",
+                "=> echo request to 10.0.2.2 reached b; it was dropped in input at b (firewall: inet f i, policy accept)",
+            ]
+        );
+    }
 }

@@ -85,6 +85,123 @@ fn vpnlab_once(lab: &model::Lab) -> Result<(Duration, Duration)> {
     Ok((build, t1.elapsed()))
 }
 
+/// The floor: the same netlink operations sent raw, one socket per namespace (opened inside
+/// it), everything for a namespace in one batched `send` (interface indices chosen up front,
+/// links created up), then all acks read. Phase 1 creates the veths/bridges, phase 2 adds
+/// addresses and brings loopbacks up.
+fn raw_once(shape: Shape, n: usize) -> Result<(Duration, Duration)> {
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+    use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket};
+    use rtnetlink::{AddressMessageBuilder, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
+    use std::net::Ipv4Addr;
+
+    let t0 = Instant::now();
+    let extra = matches!(shape, Shape::Star) as usize;
+    let names: Vec<String> = (0..n + extra).map(|i| format!("raw{i}")).collect();
+    let spaces = crate::ns::NetNs::create_many(&names)?;
+    // Per namespace: phase-1 and phase-2 messages.
+    let mut p1: Vec<Vec<RouteNetlinkMessage>> = (0..spaces.len()).map(|_| Vec::new()).collect();
+    let mut p2: Vec<Vec<RouteNetlinkMessage>> = (0..spaces.len()).map(|_| Vec::new()).collect();
+    let mut next_index = vec![2u32; spaces.len()]; // 1 is lo
+    let v4 = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
+    let veth = |p1: &mut Vec<Vec<RouteNetlinkMessage>>, a: usize, a_if: &str, b: usize, b_if: &str, next: &mut Vec<u32>| -> (u32, u32) {
+        let (ia, ib) = (next[a], next[b]);
+        next[a] += 1;
+        next[b] += 1;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new().name(b_if.to_string()).index(ib).up().append_extra_attribute(LinkAttribute::NetNsFd(spaces[b].raw_fd())).build();
+        let msg = LinkVeth::new(a_if, b_if).index(ia).up().set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
+        p1[a].push(RouteNetlinkMessage::NewLink(msg));
+        (ia, ib)
+    };
+    for (i, m) in p2.iter_mut().enumerate().take(n) {
+        let _ = i;
+        m.push(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(1).up().build()));
+    }
+    match shape {
+        Shape::Chain => {
+            for i in 0..n.saturating_sub(1) {
+                let (a, b) = addr_pair(i);
+                let (ia, ib) = veth(&mut p1, i, "eth1", i + 1, "eth0", &mut next_index);
+                p2[i].push(RouteNetlinkMessage::NewAddress(AddressMessageBuilder::<Ipv4Addr>::new().index(ia).address(v4(&a), 30).build()));
+                p2[i + 1].push(RouteNetlinkMessage::NewAddress(AddressMessageBuilder::<Ipv4Addr>::new().index(ib).address(v4(&b), 30).build()));
+            }
+        }
+        Shape::Star => {
+            let sw = n;
+            let br = next_index[sw];
+            next_index[sw] += 1;
+            p1[sw].push(RouteNetlinkMessage::NewLink(LinkBridge::new("br0").index(br).up().build()));
+            for i in 0..n {
+                let (ip, ie) = veth(&mut p1, sw, &format!("p{i}"), i, "eth0", &mut next_index);
+                p2[sw].push(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(ip).controller(br).build()));
+                let a = format!("10.{}.{}.{}", (i + 1) / 65536, ((i + 1) / 256) % 256, (i + 1) % 256);
+                p2[i].push(RouteNetlinkMessage::NewAddress(AddressMessageBuilder::<Ipv4Addr>::new().index(ie).address(v4(&a), 8).build()));
+            }
+        }
+    }
+    // One socket per namespace, opened on a thread inside it.
+    let socks: Vec<Socket> = spaces
+        .iter()
+        .map(|ns| -> Result<Socket> {
+            let mut s = ns.run(|| Socket::new(NETLINK_ROUTE))??;
+            s.bind_auto()?;
+            s.connect(&rtnetlink::sys::SocketAddr::new(0, 0))?;
+            Ok(s)
+        })
+        .collect::<Result<_>>()?;
+    let send_batch = |sock: &Socket, msgs: Vec<RouteNetlinkMessage>| -> Result<()> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        let count = msgs.len();
+        for (seq, m) in msgs.into_iter().enumerate() {
+            let create = !matches!(m, RouteNetlinkMessage::SetLink(_));
+            let mut nl = NetlinkMessage::from(m);
+            nl.header.flags = NLM_F_REQUEST | NLM_F_ACK | if create { NLM_F_CREATE | NLM_F_EXCL } else { 0 };
+            nl.header.sequence_number = seq as u32 + 1;
+            nl.finalize();
+            let start = buf.len();
+            buf.resize(start + nl.buffer_len(), 0);
+            nl.serialize(&mut buf[start..]);
+        }
+        sock.send(&buf, 0)?;
+        let mut acked = 0;
+        let mut rbuf = vec![0u8; 1 << 16];
+        while acked < count {
+            let len = sock.recv(&mut &mut rbuf[..], 0)?;
+            let mut off = 0;
+            while off < len {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rbuf[off..len]).map_err(|e| anyhow::anyhow!("{e}"))?;
+                off += msg.header.length as usize;
+                if let NetlinkPayload::Error(e) = msg.payload {
+                    if let Some(code) = e.code {
+                        bail!("raw netlink op {} failed: {}", msg.header.sequence_number, std::io::Error::from_raw_os_error(-code.get()));
+                    }
+                    acked += 1;
+                }
+                if msg.header.length == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    };
+    for (sock, msgs) in socks.iter().zip(p1) {
+        send_batch(sock, msgs)?;
+    }
+    for (sock, msgs) in socks.iter().zip(p2) {
+        send_batch(sock, msgs)?;
+    }
+    let build = t0.elapsed();
+    let t1 = Instant::now();
+    drop(socks);
+    drop(spaces);
+    Ok((build, t1.elapsed()))
+}
+
 /// The same topology with iproute2, inside a private mount namespace (so the named namespaces
 /// `ip netns add` mounts never appear on the host). `batch`: `ip -batch` for the host-level
 /// commands + one `ip -n NS -batch` per namespace; otherwise one `ip` process per operation.
@@ -179,14 +296,16 @@ pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], out: Option<&Path>
     let mut md = String::new();
     let _ = writeln!(md, "# vpnlab benchmarks\n\nMeasured by `vpnlab bench` on {} ({}), {reps} repetitions, min / median / max in ms.\n", machine(), time_now());
     let _ = writeln!(md, "## Topology build and teardown\n\nEvery node gets its namespace, loopback up, interfaces with an address, links up. `ip -batch` = one `ip -batch` for namespaces and veths plus one `ip -n NS -batch` per namespace; `ip per op` = one `ip` process per operation (a plain shell script). The shell variants run in a private mount namespace so their named namespaces never reach the host.\n");
-    let _ = writeln!(md, "| shape | N | vpnlab build | ip -batch build | ip per op build | vpnlab / ip -batch | vpnlab teardown | ip -batch teardown |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "`raw floor` = the same netlink operations sent raw: one socket per namespace, all of a namespace's operations in one batched send (indices chosen up front), two phases (links, then addresses). Teardown is the time until the last fd is closed; the kernel frees namespaces asynchronously after that, for all variants alike.\n");
+    let _ = writeln!(md, "| shape | N | vpnlab build | raw floor build | ip -batch build | ip per op build | vpnlab / ip -batch | vpnlab / floor | vpnlab teardown | ip -batch teardown |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for shape in [Shape::Chain, Shape::Star] {
         for &n in sizes {
             let src = topology_lab(shape, n);
             let lab = model::parse(&tmp.path().join("lab.toml"), &src).map_err(anyhow::Error::from)?;
-            let (mut vb, mut vt, mut bb, mut bt, mut pb) = (vec![], vec![], vec![], vec![], vec![]);
+            let (mut vb, mut vt, mut bb, mut bt, mut pb, mut rb) = (vec![], vec![], vec![], vec![], vec![], vec![]);
             for _ in 0..reps {
+                rb.push(raw_once(shape, n)?.0);
                 let (b, t) = vpnlab_once(&lab)?;
                 vb.push(b);
                 vt.push(t);
@@ -197,10 +316,11 @@ pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], out: Option<&Path>
                     pb.push(shell_once(shape, n, false, tmp.path())?.0);
                 }
             }
-            let (v, b) = (stats(vb.clone()), stats(bb.clone()));
+            let (v, b, r) = (stats(vb.clone()), stats(bb.clone()), stats(rb));
             let ratio = v.1.as_secs_f64() / b.1.as_secs_f64();
+            let floor = v.1.as_secs_f64() / r.1.as_secs_f64();
             let per_op = if pb.is_empty() { "(skipped)".to_string() } else { fmt3(stats(pb)) };
-            let line = format!("| {} | {n} | {} | {} | {per_op} | {ratio:.2}x | {} | {} |", shape.name(), fmt3(v), fmt3(b), fmt3(stats(vt)), fmt3(stats(bt)));
+            let line = format!("| {} | {n} | {} | {} | {} | {per_op} | {ratio:.2}x | {floor:.2}x | {} | {} |", shape.name(), fmt3(v), fmt3(r), fmt3(b), fmt3(stats(vt)), fmt3(stats(bt)));
             eprintln!("{line}");
             let _ = writeln!(md, "{line}");
         }

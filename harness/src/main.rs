@@ -67,6 +67,8 @@ enum Cmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Where does a ping from NODE to DEST die? Hop by hop, from the kernel's view (lab up).
+    Trace { lab: String, node: String, dest: std::net::IpAddr },
     /// Run the next step of a lab that is up and print its transcript line.
     Step { lab: String },
     /// Tear a lab that is up down completely.
@@ -220,6 +222,13 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Logs { lab, service, follow } => {
             vpnlab::session::logs(&vpnlab::session::key_for(&lab), service.as_deref(), follow, &mut std::io::stdout())?;
+            Ok(0)
+        }
+        Cmd::Trace { lab, node, dest } => {
+            env::require_root()?;
+            for l in vpnlab::session::trace(&vpnlab::session::key_for(&lab), &node, dest)? {
+                println!("{l}");
+            }
             Ok(0)
         }
         Cmd::Step { lab } => {

@@ -64,7 +64,9 @@ impl NetNs {
 /// PR_SET_PDEATHSIG=SIGKILL from the process-wide spawner thread, so it dies with vpnlab.
 #[derive(Debug)]
 pub struct PidNs {
-    holder: Child,
+    /// `None` for a handle on another process's lab (`PidNs::attach`): never killed by us.
+    holder: Option<Child>,
+    holder_pid: u32,
     fd: OwnedFd,
 }
 
@@ -92,12 +94,19 @@ impl PidNs {
             let holder = spawned.context("starting the lab's PID-namespace holder (`sleep infinity`)")?;
             let fd = File::open(format!("/proc/{}/ns/pid", holder.id())).context("open the holder's PID namespace")?;
             live_holders().lock().unwrap_or_else(|p| p.into_inner()).push(holder.id());
-            Ok(PidNs { holder, fd: fd.into() })
+            Ok(PidNs { holder_pid: holder.id(), holder: Some(holder), fd: fd.into() })
         })?
     }
 
     pub fn holder_pid(&self) -> u32 {
-        self.holder.id()
+        self.holder_pid
+    }
+
+    /// A handle on the PID namespace of a lab another process keeps up (`vpnlab up`); dropping
+    /// it leaves that lab alone.
+    pub fn attach(holder_pid: u32) -> Result<PidNs> {
+        let fd = File::open(format!("/proc/{holder_pid}/ns/pid")).with_context(|| format!("the lab's PID namespace (holder {holder_pid}) is gone"))?;
+        Ok(PidNs { holder: None, holder_pid, fd: fd.into() })
     }
 
     /// Spawns `cmd` inside this PID namespace (from the spawner thread, so that PDEATHSIG set
@@ -125,14 +134,19 @@ impl PidNs {
 
     /// Kills every process of the lab: SIGKILL to the holder makes the kernel kill the rest.
     pub fn kill_all(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-        live_holders().lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != self.holder.id());
+        if let Some(h) = self.holder.as_mut() {
+            let _ = h.kill();
+            let _ = h.wait();
+            live_holders().lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != self.holder_pid);
+        }
     }
 
     /// Is the holder still alive (can processes still be started)?
     pub fn alive(&mut self) -> bool {
-        matches!(self.holder.try_wait(), Ok(None))
+        match self.holder.as_mut() {
+            Some(h) => matches!(h.try_wait(), Ok(None)),
+            None => Path::new(&format!("/proc/{}", self.holder_pid)).exists(),
+        }
     }
 }
 
@@ -271,18 +285,4 @@ fn unname_all() {
     }
 }
 
-/// Spawns `cmd` into the PID namespace of a running lab whose init is `holder` (for
-/// `vpnlab exec/shell` against a lab that `vpnlab up` keeps).
-pub fn spawn_in_lab_of(holder: u32, cmd: Command) -> Result<Child> {
-    let f = File::open(format!("/proc/{holder}/ns/pid")).with_context(|| format!("the lab's PID namespace (holder {holder}) is gone"))?;
-    let fd = f.as_raw_fd();
-    spawner(move || -> Result<Child> {
-        let _keep = f;
-        let mut cmd = cmd;
-        let orig = File::open("/proc/thread-self/ns/pid_for_children")?;
-        setns(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, CloneFlags::CLONE_NEWPID)?;
-        let r = cmd.spawn();
-        setns(orig.as_fd(), CloneFlags::CLONE_NEWPID)?;
-        Ok(r?)
-    })?
-}
+

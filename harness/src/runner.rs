@@ -409,6 +409,11 @@ impl Lab_<'_> {
         Ok(())
     }
 
+    fn trace_lines(&self, node: usize, dest: std::net::IpAddr) -> Result<Vec<String>> {
+        let refs: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
+        crate::trace::run_ping_trace_refs(&refs, &self.pid, &self.node_dir(node), node, dest)
+    }
+
     fn check_impairers(&self) -> Result<(), StepFailed> {
         for ((node, ifname), imp) in &self.impairers {
             imp.check().map_err(|e| StepFailed(format!("the impairment of {}:{ifname} failed: {e:#}", self.lab.nodes[*node].name)))?;
@@ -489,6 +494,13 @@ impl Lab_<'_> {
                 };
                 self.say(format!("{cmd}  -> {outcome}"));
                 if !ok {
+                    // Where did it die? A failed reachability check says hop by hop.
+                    if *expect == PingExpect::Reachable && r.received == 0 {
+                        if let Ok(lines) = self.trace_lines(*node, *dest) {
+                            self.t.push("    where the probe went (vpnlab trace):");
+                            self.t.push_block(&lines.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"));
+                        }
+                    }
                     return Err(fail(format!("`{}` expected {}, got {outcome}", step.text, describe_ping(expect))));
                 }
             }
@@ -537,6 +549,11 @@ impl Lab_<'_> {
                 }
             }
             Action::Impair { node, ifname, spec } => self.impair(*node, ifname, spec)?,
+            Action::Trace { node, dest } => {
+                self.say(format!("{}$ vpnlab trace {dest}", lab.nodes[*node].name));
+                let lines = self.trace_lines(*node, *dest).map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
+                self.t.push_block(&lines.join("\n"));
+            }
             Action::Service { op, service } => match op {
                 ServiceOp::Start => self.start(*service)?,
                 ServiceOp::Stop => self.stop(*service)?,

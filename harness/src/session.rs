@@ -231,9 +231,19 @@ pub fn exec(key: &str, node: &str, argv: &[String], interactive: bool) -> Result
     if interactive {
         cmd.env("PS1", format!("[vpnlab {} {node}] \\w# ", key));
     }
-    let mut child = ns::spawn_in_lab_of(st.holder_pid, cmd).with_context(|| format!("cannot run `{}` in {node}", argv.join(" ")))?;
+    let mut child = ns::PidNs::attach(st.holder_pid)?.spawn(cmd).with_context(|| format!("cannot run `{}` in {node}", argv.join(" ")))?;
     let status = child.wait()?;
     Ok(status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+}
+
+/// `vpnlab trace LAB NODE DEST`: where a ping from NODE to DEST goes, hop by hop.
+pub fn trace(key: &str, node: &str, dest: std::net::IpAddr) -> Result<Vec<String>> {
+    let st = read_state(key)?;
+    let spaces: Vec<NetNs> = st.nodes.iter().map(|(n, _)| node_netns(&st, n)).collect::<Result<_>>()?;
+    let src = st.nodes.iter().position(|(n, _)| n == node).ok_or_else(|| anyhow!("{} has no node `{node}`", st.lab_id))?;
+    let pid = ns::PidNs::attach(st.holder_pid)?;
+    let cwd = st.work.join("nodes").join(node);
+    crate::trace::run_ping_trace(&spaces, &pid, &cwd, src, dest)
 }
 
 /// The shell `vpnlab shell` starts.

@@ -426,9 +426,7 @@ type Counters = HashMap<String, i64>;
 /// The node's IP/ICMP counters (`IpExt.InNoRoutes`, `TcpExt.IPReversePathFilter`, `Ip6InNoRoutes`),
 /// read on a thread inside the node (/proc/thread-self/net follows the thread's namespace).
 fn snmp(ns: &NetNs) -> Result<Counters> {
-    let texts = ns.run(|| {
-        ["snmp", "netstat", "snmp6"].map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default())
-    })?;
+    let texts = ns.run(|| ["snmp", "netstat", "snmp6"].map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()))?;
     let mut m = Counters::new();
     for t in &texts[..2] {
         let lines: Vec<&str> = t.lines().collect();
@@ -763,7 +761,10 @@ impl Walker<'_, '_> {
         let tunnel = ["tun type tun", "tun type tap", "wireguard", "link/ppp", "xfrm", "vti", "gre", "ipip"].iter().find(|t| link.contains(*t));
         if let Some(t) = tunnel {
             if t.starts_with("tun") || *t == "link/ppp" {
-                return format!("entered {dev} (a tunnel served by a userspace daemon) and came out at no node: the VPN daemon did not deliver it{}", daddr.map(|d| format!(" to {d}")).unwrap_or_default());
+                return format!(
+                    "entered {dev} (a tunnel served by a userspace daemon) and came out at no node: the VPN daemon did not deliver it{}",
+                    daddr.map(|d| format!(" to {d}")).unwrap_or_default()
+                );
             }
             return format!("entered tunnel {dev} and came out at no node");
         }
@@ -894,7 +895,11 @@ impl Walker<'_, '_> {
                 if route.starts_with("local ") {
                     return "was for this node but never reached input".into();
                 }
-                let frag = self.elems(node, Hook::Out, Pos::First, Kind::ErrReq).iter().chain(self.elems(node, Hook::Out, Pos::First, Kind::ErrRep)).any(|x| x.code == "frag-needed" || x.itype == "packet-too-big");
+                let frag = self
+                    .elems(node, Hook::Out, Pos::First, Kind::ErrReq)
+                    .iter()
+                    .chain(self.elems(node, Hook::Out, Pos::First, Kind::ErrRep))
+                    .any(|x| x.code == "frag-needed" || x.itype == "packet-too-big");
                 if frag {
                     return "was too big for the next link with DF set (ICMP fragmentation needed sent)".into();
                 }
@@ -1248,7 +1253,14 @@ steps = []
         // An address of the VPN subnet that no client has: the server's OpenVPN drops it.
         let nobody = go_from(idx("server"), "10.200.0.77");
         let lanhost = go("10.198.1.12");
-        let out = run_capture(&topo.nodes[idx("server")].ns, &pid, &["iptables".into(), "-t".into(), "nat".into(), "-A".into(), "POSTROUTING".into(), "-o".into(), "eth1".into(), "-j".into(), "MASQUERADE".into()], &cwd, Duration::from_secs(10)).unwrap();
+        let out = run_capture(
+            &topo.nodes[idx("server")].ns,
+            &pid,
+            &["iptables".into(), "-t".into(), "nat".into(), "-A".into(), "POSTROUTING".into(), "-o".into(), "eth1".into(), "-j".into(), "MASQUERADE".into()],
+            &cwd,
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert!(out.success(), "{}", out.text);
         let fixed = go("10.198.0.1");
         for d in &mut daemons {
@@ -1365,4 +1377,20 @@ steps = []
             ]
         );
     }
+}
+
+/// Traces a short real ping (`ping -c 2 -i 0.05 -W 0.3`) from `spaces[src]` to `dest`: the
+/// runner's `trace` step, its automatic trace of a failed reachability check, and `vpnlab trace`.
+pub fn run_ping_trace(spaces: &[NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
+    run_ping_trace_refs(&spaces.iter().collect::<Vec<_>>(), pid, cwd, src, dest)
+}
+
+pub fn run_ping_trace_refs(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
+    let nodes: Vec<TraceNode> = spaces.iter().map(|ns| TraceNode { name: &ns.name, netns: ns }).collect();
+    let argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).chain([dest.to_string()]).collect();
+    let t = trace(&nodes, pid, cwd, src, dest, || {
+        crate::process::run_capture(&spaces[src], pid, &argv, cwd, std::time::Duration::from_secs(10))?;
+        Ok(())
+    })?;
+    Ok(t.lines)
 }

@@ -161,13 +161,7 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
         // and sshd (with their packages) before anything is built.
         let setup = vec![
             format!(
-                "ssh-keygen -q -t ed25519 -N '' -C {name}-host -f {d}/ssh_host_ed25519_key && \
-                 ssh-keygen -q -t ed25519 -N '' -C {name}-client -f {cd}/id_ed25519 && \
-                 cp {cd}/id_ed25519.pub {d}/authorized_keys && \
-                 echo \"{ssh_to} $(cut -d' ' -f1,2 {d}/ssh_host_ed25519_key.pub)\" > {cd}/known_hosts"
-            ),
-            format!(
-                "pppd --version > /dev/null 2>&1 && mkdir -p {d}/etc-ppp {cd}/etc-ppp && \
+                "pppd --version > /dev/null 2>&1; mkdir -p {d}/etc-ppp {cd}/etc-ppp && \
                  printf '%s\\n' {options} > {d}/etc-ppp/options && cp {d}/etc-ppp/options {cd}/etc-ppp/options && \
                  cat > {d}/sshd_config <<EOF && cat > {cd}/ssh_config <<EOF2\n\
                  # sshd of [[ppp]] {name}, written by vpnlab\n\
@@ -183,7 +177,13 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
                  UserKnownHostsFile $PWD/{cd}/known_hosts\nGlobalKnownHostsFile /dev/null\n\
                  StrictHostKeyChecking yes\nBatchMode yes\nEOF2"
             ),
-            format!("sshd -V 2> /dev/null && ssh -G -F {cd}/ssh_config root@{ssh_to} > /dev/null"),
+            format!(
+                "ssh-keygen -q -t ed25519 -N '' -C {name}-host -f {d}/ssh_host_ed25519_key && \
+                 ssh-keygen -q -t ed25519 -N '' -C {name}-client -f {cd}/id_ed25519 && \
+                 cp {cd}/id_ed25519.pub {d}/authorized_keys && \
+                 echo \"{ssh_to} $(cut -d' ' -f1,2 {d}/ssh_host_ed25519_key.pub)\" > {cd}/known_hosts"
+            ),
+            format!("sshd -V 2> /dev/null; ssh -G -F {cd}/ssh_config root@{ssh_to} > /dev/null"),
         ];
         let at = p.server.span();
         raw.nodes.get_mut(&server).expect("checked above").get_mut().setup.extend(setup.into_iter().map(|c| Spanned::new(at.clone(), c)));

@@ -49,6 +49,8 @@ pub enum Action {
     Chmod { node: usize, mode: u32, path: String },
     Sysctl { node: usize, key: String, value: String },
     Show { node: usize, cmd: String },
+    /// Where a short ping from the node to `dest` goes, hop by hop (nft sets in every node).
+    Trace { node: usize, dest: IpAddr },
     Tcp { node: usize, dest: SocketAddr, send: Option<u64>, within: Duration, expect: TcpExpect },
     /// NFQUEUE impairment of packets leaving `ifname`; `None` = `off`.
     Impair { node: usize, ifname: String, spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)> },
@@ -324,6 +326,14 @@ fn node_action(
             };
             Ok(Action::Tcp { node, dest, send, within, expect })
         }
+        "trace" => {
+            no_expect("trace")?;
+            let (o, d) = *args.first().ok_or_else(|| err(verb_at, "trace DEST"))?;
+            if let Some((o2, _)) = args.get(1) {
+                return Err(err(*o2, "trace DEST takes nothing more"));
+            }
+            Ok(Action::Trace { node, dest: parse_addr(d, o)? })
+        }
         "impair" => {
             no_expect("impair")?;
             let (io, ifname) = *args.first().ok_or_else(|| err(verb_at, "impair IFNAME SPEC|off (e.g. `impair eth0 reorder every 10 hold 3 udp`)"))?;
@@ -337,7 +347,7 @@ fn node_action(
             };
             Ok(Action::Impair { node, ifname: ifname.to_string(), spec })
         }
-        _ => Err(err(verb_at, format!("unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, impair)"))),
+        _ => Err(err(verb_at, format!("unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, trace, impair)"))),
     }
 }
 

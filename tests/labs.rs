@@ -45,7 +45,8 @@ fn run_one(lab: &model::Lab, scenario: &str) -> Result<Completion, Failed> {
         }
         return Ok(Completion::ignored_with(why));
     }
-    let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some() };
+    // VPNLAB_PROGRESS=1 prints every step; VPNLAB_PCAP=1 records every link (kept with failed runs).
+    let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some(), pcap: std::env::var_os("VPNLAB_PCAP").is_some() };
     let out = suite::run_checked(lab, scenario, &opts, false).map_err(|e| Failed::from(format!("{e:#}")))?;
     if out.passed {
         if !out.report.is_empty() {

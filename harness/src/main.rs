@@ -31,6 +31,9 @@ enum Cmd {
         /// Print only the verdicts, not every step.
         #[arg(long, short)]
         quiet: bool,
+        /// Record every link to pcap files in the work dir (kept on failure; with --keep always).
+        #[arg(long)]
+        pcap: bool,
     },
     /// Print a lab's topology (nodes, links, addresses, services) as a diagram.
     Show {
@@ -284,13 +287,13 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Cmd::Run { labs, keep, accept, quiet } => {
+        Cmd::Run { labs, keep, accept, quiet, pcap } => {
             let selected = select(&labs)?;
             env::require_root()?;
             for (lab, _) in &selected {
                 env::check_runnable(lab)?;
             }
-            let opts = runner::Options { keep, progress: !quiet };
+            let opts = runner::Options { keep, progress: !quiet, pcap };
             let (mut passed, mut failed) = (0, 0);
             let t0 = Instant::now();
             for (lab, scenarios) in &selected {

@@ -22,6 +22,9 @@ pub struct Options {
     pub keep: bool,
     /// Print each step as it runs (to stderr).
     pub progress: bool,
+    /// Record every link of the lab to `pcap/<node>-<if>.pcap` (and LANs to `pcap/lan-<name>.pcap`)
+    /// in the work dir with tcpdump; the files stay with the work dir of a failed run.
+    pub pcap: bool,
 }
 
 /// Wall time of the phases of a run.
@@ -75,6 +78,8 @@ struct Lab_<'a> {
     pid: PidNs,
     topo: Topology,
     daemons: Vec<Option<Daemon>>,
+    /// tcpdump captures (`--pcap`), stopped after the daemons at teardown.
+    captures: Vec<Daemon>,
     /// Services stopped on purpose (their exit is not a failure).
     stopped: Vec<bool>,
     t: Transcript,
@@ -153,6 +158,7 @@ impl<'a> Live<'a> {
             pid,
             topo,
             daemons: lab.services.iter().map(|_| None).collect(),
+            captures: Vec::new(),
             stopped: vec![false; lab.services.len()],
             t: Transcript::new(&lab.sanitizers),
             label: label.clone(),
@@ -167,6 +173,9 @@ impl<'a> Live<'a> {
         let mut timings = Timings::default();
         let r = (|| -> Result<(), StepFailed> {
             l.prepare().map_err(|e| StepFailed(format!("preparing the nodes failed: {e:#}")))?;
+            if opts.pcap {
+                l.start_captures().map_err(|e| StepFailed(format!("starting the packet captures failed: {e:#}")))?;
+            }
             timings.build = t0.elapsed();
             let td = Instant::now();
             for (i, s) in lab.services.iter().enumerate() {
@@ -330,6 +339,39 @@ impl Lab_<'_> {
             for cmd in &node.setup {
                 self.exec_ok(i, &["/bin/sh".into(), "-c".into(), cmd.clone()]).with_context(|| format!("setup of node `{}`: {cmd}", node.name))?;
             }
+        }
+        Ok(())
+    }
+
+    /// One tcpdump per link (on its `a` end) and per LAN (on its bridge), ready when it says
+    /// it is listening.
+    fn start_captures(&mut self) -> Result<()> {
+        let dir = self.work.path().join("pcap");
+        std::fs::create_dir_all(&dir)?;
+        let mut targets: Vec<(&crate::ns::NetNs, String, String)> = Vec::new();
+        for l in &self.lab.links {
+            let n = &self.lab.nodes[l.a.node].name;
+            targets.push((&self.topo.nodes[l.a.node].ns, l.a.ifname.clone(), format!("{n}-{}", l.a.ifname)));
+        }
+        for (i, lan) in self.lab.lans.iter().enumerate() {
+            targets.push((&self.topo.lans[i].ns, "br0".into(), format!("lan-{}", lan.name)));
+        }
+        for (ns, ifname, file) in targets {
+            let pcap = dir.join(format!("{file}.pcap"));
+            let argv: Vec<String> = ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0", "-i", &ifname, "-w", &pcap.to_string_lossy()].iter().map(|s| s.to_string()).collect();
+            let log = dir.join(format!("{file}.log"));
+            let mut d = Daemon::start(&format!("tcpdump-{file}"), ns, &self.pid, &argv, &dir, &log, &[])?;
+            let ready = wait_until(Instant::now() + Duration::from_secs(5), || {
+                if read_from(&log, 0).contains("listening on") {
+                    return Some(Ok(()));
+                }
+                d.poll_exit().map(|st| Err(anyhow!("tcpdump on {file} exited ({st}): {}", read_from(&log, 0).trim())))
+            });
+            match ready {
+                Some(r) => r?,
+                None => bail!("tcpdump on {file} did not start listening within 5s"),
+            }
+            self.captures.push(d);
         }
         Ok(())
     }
@@ -608,6 +650,10 @@ impl Lab_<'_> {
             if let Some(d) = self.daemons[i].as_mut() {
                 let _ = d.stop(Duration::from_secs(2));
             }
+        }
+        // SIGTERM makes tcpdump flush and close its file.
+        for c in self.captures.iter_mut() {
+            let _ = c.stop(Duration::from_secs(2));
         }
         self.pid.kill_all();
     }

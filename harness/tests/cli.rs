@@ -121,3 +121,26 @@ fn the_bad_input_corpus_gets_one_located_error_each() {
         assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "{}: nothing left behind", case.display());
     }
 }
+
+#[test]
+fn pcap_records_every_link_readable_by_tcpdump() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let d = lab_dir(labs.path(), "t/pcap", GOOD);
+    let o = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .args(["run", "--accept", "--pcap", "--keep", &d.to_string_lossy()])
+        .env("VPNLAB_WORK_ROOT", work.path())
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let kept: Vec<_> = std::fs::read_dir(work.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(kept.len(), 1, "--keep keeps the work dir");
+    let pcap = kept[0].join("pcap/a-eth0.pcap");
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert!(bytes.len() > 24 && (bytes[..4] == [0xd4, 0xc3, 0xb2, 0xa1] || bytes[..4] == [0xa1, 0xb2, 0xc3, 0xd4]), "a pcap file with packets");
+    let r = Command::new("tcpdump").args(["-n", "-r"]).arg(&pcap).output().unwrap();
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains("10.9.0.1 > 10.9.0.2: ICMP echo request"), "{text}");
+    assert!(text.contains("10.9.0.2 > 10.9.0.1: ICMP echo reply"), "{text}");
+}

@@ -64,6 +64,8 @@ struct Job {
     lab_dir: PathBuf,
     scenario: String,
     progress: bool,
+    #[serde(default)]
+    pcap: bool,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -97,7 +99,7 @@ pub fn guest_main_if_requested() {
 fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
-    let opts = Options { keep: true, progress: job.progress };
+    let opts = Options { keep: true, progress: job.progress, pcap: job.pcap };
     let run = runner::run(&lab, &job.scenario, &opts)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let r = GuestResult {
@@ -139,7 +141,7 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let work = crate::workdir::WorkDir::new(&format!("{}-{scenario}-uml", lab.id))?;
     let shared = work.path().to_path_buf();
     let lab_dir = std::fs::canonicalize(&lab.dir).with_context(|| format!("lab folder {}", lab.dir.display()))?;
-    let job = Job { lab_dir, scenario: scenario.to_string(), progress: opts.progress };
+    let job = Job { lab_dir, scenario: scenario.to_string(), progress: opts.progress, pcap: opts.pcap };
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;
     // Debian's UML kernel has no nft NAT (nft_chain_nat), only the legacy iptables tables: in the

@@ -58,7 +58,12 @@ impl NsHandle {
     }
 
     pub async fn route(&self, route: &Route, add: bool) -> Result<()> {
-        let msg = self.route_message(route).await?;
+        let mut msg = self.route_message(route).await?;
+        if !add {
+            // Like `ip route del`: match any protocol and scope (pppd's or the kernel's routes).
+            msg.header.protocol = rtnetlink::packet_route::route::RouteProtocol::Unspec;
+            msg.header.scope = RouteScope::NoWhere;
+        }
         let r = if add { self.nl.route().add(msg).execute().await } else { self.nl.route().del(msg).execute().await };
         r.map_err(|e| anyhow!("node `{}`: ip route {} {}: {}", self.ns.name, if add { "add" } else { "del" }, route.text, nl_err(&e)))
     }

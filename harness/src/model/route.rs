@@ -131,6 +131,16 @@ fn table_id(word: &str, offset: usize) -> Result<u32, SyntaxError> {
 /// [src A] [scope link] [onlink]`, `TYPE PREFIX` for blackhole/unreachable/prohibit, or
 /// `PREFIX nexthop via GW dev IF weight W nexthop ...`.
 pub fn parse_route(text: &str) -> Result<Route, SyntaxError> {
+    parse_route_inner(text, true)
+}
+
+/// For `ip route del`: like [`parse_route`], but `via`/`dev` may be left out (any route to the
+/// prefix matches, as with `ip route del PREFIX`).
+pub fn parse_route_del(text: &str) -> Result<Route, SyntaxError> {
+    parse_route_inner(text, false)
+}
+
+fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
     let w = words(text);
     if w.is_empty() {
         return Err(err(0, "empty route"));
@@ -225,7 +235,7 @@ pub fn parse_route(text: &str) -> Result<Route, SyntaxError> {
         i += 1;
     }
     if kind == RouteType::Unicast {
-        if hop.via.is_none() && hop.dev.is_none() {
+        if hop.via.is_none() && hop.dev.is_none() && need_hop {
             if !in_nexthop || route.hops.is_empty() {
                 return Err(err(text.len(), "a route needs `via GATEWAY` or `dev IFNAME` (or `nexthop ...`)"));
             }
@@ -309,6 +319,7 @@ mod tests {
         assert!(e.msg.contains("host bits"), "{}", e.msg);
         assert!(parse_route("10.0.0.0/8").unwrap_err().msg.contains("needs `via"));
         assert!(parse_route("blackhole 10.0.0.0/8").is_ok());
+        assert!(parse_route_del("10.0.0.0/8").is_ok());
     }
 
     #[test]

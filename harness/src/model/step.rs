@@ -1,7 +1,7 @@
 //! One-line steps (`client: ping 10.198.0.1 -> unreachable`), parsed and checked against the
 //! lab's nodes and services. Offsets in errors are byte offsets into the step's text.
 
-use super::route::{parse_addr, parse_route, parse_rule, Route, Rule, SyntaxError};
+use super::route::{parse_addr, parse_route, parse_route_del, parse_rule, Route, Rule, SyntaxError};
 use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -257,7 +257,7 @@ fn node_action(
             };
             match (obj, op) {
                 ("route", "add") => Ok(Action::RouteAdd { node, route: parse_route(spec.trim_start()).map_err(shift)? }),
-                ("route", "del" | "delete") => Ok(Action::RouteDel { node, route: parse_route(spec.trim_start()).map_err(shift)? }),
+                ("route", "del" | "delete") => Ok(Action::RouteDel { node, route: parse_route_del(spec.trim_start()).map_err(shift)? }),
                 ("rule", "add") => Ok(Action::RuleAdd { node, rule: parse_rule(spec.trim_start()).map_err(shift)? }),
                 ("rule", "del" | "delete") => Ok(Action::RuleDel { node, rule: parse_rule(spec.trim_start()).map_err(shift)? }),
                 ("route" | "rule", _) => Err(err(o2, format!("`{op}`: use `add` or `del` (for anything else use `sh ip ...`)"))),

@@ -50,7 +50,10 @@ impl std::error::Error for EnvError {}
 
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(src.len());
+    let mut offset = offset.min(src.len());
+    while !src.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &src[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
@@ -76,6 +79,11 @@ mod tests {
         assert_eq!(line_col(src, 0), (1, 1));
         assert_eq!(line_col(src, 6), (2, 1));
         assert_eq!(line_col(src, 8), (2, 3));
+    }
+
+    #[test]
+    fn offsets_inside_a_character_do_not_panic() {
+        assert_eq!(line_col("a\n\u{3000}b", 3), (2, 1));
     }
 
     #[test]

@@ -440,6 +440,19 @@ impl Validator<'_> {
         }
     }
 
+    /// The file offset of byte `off` of a spanned string's *decoded* value. Escapes (`\t`) and
+    /// the newline TOML drops after `"""` make decoded and raw offsets differ; then the error
+    /// points at the start of the string rather than somewhere wrong.
+    fn at(&self, s: &Spanned<String>, off: usize) -> usize {
+        let start = self.inner(s);
+        let raw = self.src.get(start..).unwrap_or("");
+        if raw.starts_with(s.get_ref().as_str()) {
+            start + off
+        } else {
+            start
+        }
+    }
+
     /// Locates the `[table.key]` header (or `key =`) of a map entry, for errors about a key.
     fn key_offset(&self, table: &str, key: &str, fallback: usize) -> usize {
         for pat in [format!("[{table}.{key}]"), format!("[{table}.\"{key}\"]")] {
@@ -526,7 +539,7 @@ impl Validator<'_> {
             let has_if = |ifname: &str| ifnames.contains_key(&(idx, ifname.to_string()));
             let mut routes = Vec::new();
             for r in &node.routes {
-                let route = parse_route(r.get_ref()).map_err(|e| self.err(self.inner(r) + e.offset, e.msg, "write it as for `ip route add`"))?;
+                let route = parse_route(r.get_ref()).map_err(|e| self.err(self.at(r, e.offset), e.msg, "write it as for `ip route add`"))?;
                 for dev in route.devs() {
                     if !has_if(dev) {
                         return Err(self.err(self.inner(r), format!("node `{name}` has no interface `{dev}`"), format!("interfaces of `{name}`: {}", self.ifaces_of(idx, &ifnames))));
@@ -536,7 +549,7 @@ impl Validator<'_> {
             }
             let mut rules = Vec::new();
             for r in &node.rules {
-                let rule = parse_rule(r.get_ref()).map_err(|e| self.err(self.inner(r) + e.offset, e.msg, "write it as for `ip rule add`"))?;
+                let rule = parse_rule(r.get_ref()).map_err(|e| self.err(self.at(r, e.offset), e.msg, "write it as for `ip rule add`"))?;
                 rules.push(rule);
             }
             let mut files = Vec::new();
@@ -602,7 +615,7 @@ impl Validator<'_> {
             list.iter()
                 .map(|s| {
                     let at = self.inner(s);
-                    let action = parse_step(s.get_ref(), &names).map_err(|e| self.err(at + e.offset, e.msg, "see the step table in LAB_FORMAT.md"))?;
+                    let action = parse_step(s.get_ref(), &names).map_err(|e| self.err(self.at(s, e.offset), e.msg, "see the step table in LAB_FORMAT.md"))?;
                     self.check_step(&action, at, &nodes, &services, &ifnames)?;
                     Ok(Step { action, text: s.get_ref().clone(), offset: at })
                 })
@@ -727,10 +740,10 @@ impl Validator<'_> {
         let (node_name, ifname) = head.split_once(':').ok_or_else(|| self.err(at, format!("`{head}` is not NODE:IFNAME"), "write it as \"node:ifname 10.0.0.1/24\""))?;
         let node = names.node_idx(node_name).map_err(|m| self.err(at, m.0, m.1))?;
         if ifname.is_empty() || ifname.len() > 15 || !ifname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-            return Err(self.err(at + node_name.len() + 1, format!("`{ifname}` is not a valid interface name"), "use at most 15 letters, digits, '-', '_' or '.'"));
+            return Err(self.err(self.at(s, node_name.len() + 1), format!("`{ifname}` is not a valid interface name"), "use at most 15 letters, digits, '-', '_' or '.'"));
         }
         if ifname == "lo" {
-            return Err(self.err(at + node_name.len() + 1, "`lo` is the node's loopback", "choose another interface name"));
+            return Err(self.err(self.at(s, node_name.len() + 1), "`lo` is the node's loopback", "choose another interface name"));
         }
         if ifnames.insert((node, ifname.to_string()), at).is_some() {
             return Err(self.err(at, format!("node `{node_name}` already has an interface `{ifname}`"), "give each interface of a node its own name"));
@@ -740,13 +753,13 @@ impl Validator<'_> {
         for w in words {
             let off = text[pos - at..].find(w).map(|i| pos + i).unwrap_or(pos);
             pos = off + w.len();
-            let net: IpNet = w.parse().map_err(|_| self.err(off, format!("`{w}` is not an address with a prefix length (CIDR)"), "write it like 10.198.0.10/16"))?;
+            let net: IpNet = w.parse().map_err(|_| self.err(self.at(s, off - at), format!("`{w}` is not an address with a prefix length (CIDR)"), "write it like 10.198.0.10/16"))?;
             if net.addr() == net.network() && net.prefix_len() < net.max_prefix_len() - 1 {
-                return Err(self.err(off, format!("`{w}` is the network address of its subnet, not a host address"), "pick a host address inside the subnet"));
+                return Err(self.err(self.at(s, off - at), format!("`{w}` is the network address of its subnet, not a host address"), "pick a host address inside the subnet"));
             }
-            if let Some(prev) = addrs.insert(net.addr(), off) {
+            if let Some(prev) = addrs.insert(net.addr(), self.at(s, off - at)) {
                 let (line, col) = crate::error::line_col(self.src, prev);
-                return Err(self.err(off, format!("address {} is already used at line {line}, column {col}", net.addr()), "give every interface its own address"));
+                return Err(self.err(self.at(s, off - at), format!("address {} is already used at line {line}, column {col}", net.addr()), "give every interface its own address"));
             }
             out.push(net);
         }

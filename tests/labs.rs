@@ -34,7 +34,60 @@ fn main() {
             trials.push(Trial::ignorable_test(format!("{id}::{name}"), move || run_one(&lab, &name)));
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    // The host is never touched: its network state (links, addresses, routes of all tables,
+    // rules, nft ruleset, iptables, the sysctls labs set) is the same after the suite as before.
+    let before = host_state();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let (Some(before), Some(after)) = (before, host_state()) {
+        if before != after {
+            eprintln!("the host's network state changed during the lab suite (labs must never touch the host):");
+            for d in diff_lines(&before, &after) {
+                eprintln!("{d}");
+            }
+            std::process::exit(101);
+        }
+        eprintln!("host network state unchanged by the labs (ci/host-state before == after)");
+    }
+    conclusion.exit();
+}
+
+/// `ci/host-state`, without the fallback devices a tunnel module adds to every namespace (the
+/// host's too) when it is first loaded (`tunl0`, `sit0`, ...): that is the kernel's doing, not a
+/// lab's. `None` where the script cannot run (not root).
+fn host_state() -> Option<String> {
+    if !env::is_root() || std::env::var_os("VPNLAB_SKIP_HOST_CHECK").is_some() {
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/host-state");
+    let out = std::process::Command::new("bash").arg(script).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    const FALLBACK: [&str; 9] = ["tunl0", "sit0", "gre0", "gretap0", "erspan0", "ip6tnl0", "ip6gre0", "ip_vti0", "ip6_vti0"];
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut keep = true;
+    let mut lines = Vec::new();
+    for l in text.lines() {
+        // A link block starts with "N: name..." and runs until the next one.
+        if let Some(name) = l.split(": ").nth(1).filter(|_| l.chars().next().is_some_and(|c| c.is_ascii_digit())) {
+            let name = name.split('@').next().unwrap_or(name);
+            keep = !FALLBACK.contains(&name);
+        } else if l.starts_with("==") {
+            keep = true;
+        }
+        let mentions_fallback = FALLBACK.iter().any(|f| l.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').any(|w| w == *f));
+        if keep && !mentions_fallback {
+            lines.push(l.to_string());
+        }
+    }
+    Some(lines.join("\n"))
+}
+
+fn diff_lines(a: &str, b: &str) -> Vec<String> {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    let mut out: Vec<String> = a.iter().filter(|l| !b.contains(l)).map(|l| format!("- {l}")).collect();
+    out.extend(b.iter().filter(|l| !a.contains(l)).map(|l| format!("+ {l}")));
+    out
 }
 
 fn run_one(lab: &model::Lab, scenario: &str) -> Result<Completion, Failed> {

@@ -144,3 +144,20 @@ fn pcap_records_every_link_readable_by_tcpdump() {
     assert!(text.contains("10.9.0.1 > 10.9.0.2: ICMP echo request"), "{text}");
     assert!(text.contains("10.9.0.2 > 10.9.0.1: ICMP echo reply"), "{text}");
 }
+
+/// ci/host-state (what tests/labs.rs compares before and after the suite) does see a change of
+/// links, addresses, routes, rules, firewall and sysctls: shown in a scratch namespace, never the host.
+#[test]
+fn host_state_detects_changes() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/host-state");
+    let sh = format!(
+        "set -e; s={}; bash $s > /tmp/hs-a.$$; ip link add vl0 type veth peer name vl1; ip addr add 10.77.0.1/24 dev vl0; ip link set vl0 up; ip route add 10.78.0.0/16 via 10.77.0.2; ip rule add from 10.77.0.1 table 7; nft add table inet vltest; echo 1 > /proc/sys/net/ipv4/ip_forward; bash $s > /tmp/hs-b.$$; diff /tmp/hs-a.$$ /tmp/hs-b.$$; rm -f /tmp/hs-a.$$ /tmp/hs-b.$$",
+        script.display()
+    );
+    let o = Command::new("unshare").args(["--net", "bash", "-c", &sh]).output().unwrap();
+    let d = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "diff finds differences: {d}{}", stderr(&o));
+    for want in ["vl0", "10.77.0.1/24", "10.78.0.0/16 via 10.77.0.2", "from 10.77.0.1 lookup 7", "table inet vltest", "net.ipv4.ip_forward = 1"] {
+        assert!(d.contains(want), "missing {want:?} in:\n{d}");
+    }
+}

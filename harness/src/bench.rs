@@ -4,7 +4,7 @@
 //! printed and written to BENCHMARKS.md. Nothing here is a test: no timing is ever asserted.
 
 use crate::model;
-use crate::runner::{self, Options};
+use crate::runner::Options;
 use crate::topology::Topology;
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
@@ -290,7 +290,35 @@ fn machine() -> String {
 }
 
 /// Runs the benchmarks (`reps` repetitions each) and writes the report to `out`.
-pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], out: Option<&Path>) -> Result<String> {
+/// Runs every scenario of `labs` once with `threads` workers.
+fn run_pool(labs: &[model::Lab], threads: usize) -> Result<()> {
+    let jobs: Vec<(&model::Lab, &str)> = labs.iter().flat_map(|l| l.scenarios.iter().map(move |s| (l, s.name.as_str()))).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some((lab, name)) = jobs.get(i) else { break };
+                let backend = crate::backend::choose(lab).unwrap_or(crate::backend::Backend::Native);
+                match crate::backend::run(lab, name, &Options::default(), backend) {
+                    Ok(r) if r.failure.is_none() => {}
+                    Ok(r) => failures.lock().unwrap().push(format!("{}::{name}: {}", lab.id, r.failure.unwrap_or_default())),
+                    Err(e) => failures.lock().unwrap().push(format!("{}::{name}: {e:#}", lab.id)),
+                }
+            });
+        }
+    });
+    let f = failures.into_inner().unwrap();
+    if !f.is_empty() {
+        bail!("scenarios failed during the suite benchmark:\n{}", f.join("\n"));
+    }
+    Ok(())
+}
+
+/// Runs the benchmarks (`reps` repetitions each) and writes the report to `out`. `labs` are
+/// timed one scenario at a time; `suite` (when not empty) is run whole with 1 and 2 threads.
+pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], compare_backends: bool, suite: &[model::Lab], out: Option<&Path>) -> Result<String> {
     crate::env::require_root()?;
     let tmp = tempfile::tempdir()?;
     let mut md = String::new();
@@ -326,31 +354,50 @@ pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], out: Option<&Path>
         }
     }
     if !labs.is_empty() {
-        let _ = writeln!(md, "\n## Labs (native backend)\n\nWall time of one scenario: build (namespaces, topology, files, PKI, firewall), daemons (start until ready), steps, teardown.\n");
-        let _ = writeln!(md, "| scenario | total | build | daemons | steps | teardown |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        let _ = writeln!(md, "\n## Labs\n\nWall time of one scenario: build (namespaces, topology, files, PKI, firewall), daemons (start until ready), steps, teardown. A lab runs on the backend it needs (`uml` for kernel features this host lacks); `--backends` also runs native labs in UML to compare the two. With `uml`, total includes booting the guest; the phases are measured inside it.\n");
+        let _ = writeln!(md, "| scenario | backend | total | build | daemons | steps | teardown |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         for lab in labs {
+            let native = crate::backend::choose(lab).map_err(|e| anyhow::anyhow!(e))?;
+            let mut backends = vec![native];
+            if compare_backends && native == crate::backend::Backend::Native && crate::backend::uml_usable() {
+                backends.push(crate::backend::Backend::Uml);
+            }
             for sc in &lab.scenarios {
-                let mut tot = vec![];
-                let mut ph: [Vec<Duration>; 4] = Default::default();
-                for _ in 0..reps {
-                    let t = Instant::now();
-                    let r = runner::run(lab, &sc.name, &Options::default())?;
-                    tot.push(t.elapsed());
-                    if let Some(f) = &r.failure {
-                        bail!("{}::{} failed during the benchmark: {f}", lab.id, sc.name);
+                for &backend in &backends {
+                    let mut tot = vec![];
+                    let mut ph: [Vec<Duration>; 4] = Default::default();
+                    for _ in 0..reps {
+                        let t = Instant::now();
+                        let r = crate::backend::run(lab, &sc.name, &Options::default(), backend)?;
+                        tot.push(t.elapsed());
+                        if let Some(f) = &r.failure {
+                            bail!("{}::{} failed during the benchmark: {f}", lab.id, sc.name);
+                        }
+                        for (i, d) in [r.timings.build, r.timings.daemons, r.timings.steps, r.timings.teardown].into_iter().enumerate() {
+                            ph[i].push(d);
+                        }
                     }
-                    for (i, d) in [r.timings.build, r.timings.daemons, r.timings.steps, r.timings.teardown].into_iter().enumerate() {
-                        ph[i].push(d);
-                    }
+                    let [b, d, s, t] = ph;
+                    let line = format!("| {}::{} | {} | {} | {} | {} | {} | {} |", lab.id, sc.name, backend.name(), fmt3(stats(tot)), ms(stats(b).1), ms(stats(d).1), ms(stats(s).1), ms(stats(t).1));
+                    eprintln!("{line}");
+                    let _ = writeln!(md, "{line}");
                 }
-                let [b, d, s, t] = ph;
-                let line = format!("| {}::{} | {} | {} | {} | {} | {} |", lab.id, sc.name, fmt3(stats(tot)), ms(stats(b).1), ms(stats(d).1), ms(stats(s).1), ms(stats(t).1));
-                eprintln!("{line}");
-                let _ = writeln!(md, "{line}");
             }
         }
         let _ = writeln!(md, "\n(phase columns are medians)");
+    }
+    if !suite.is_empty() {
+        let _ = writeln!(md, "\n## The whole suite\n\nEvery scenario of every lab ({} scenarios), run once each by a pool of worker threads (like `cargo test --test labs -- --test-threads N`).\n", suite.iter().map(|l| l.scenarios.len()).sum::<usize>());
+        let _ = writeln!(md, "| threads | wall |");
+        let _ = writeln!(md, "|---|---|");
+        for threads in [1usize, 2] {
+            let t = Instant::now();
+            run_pool(suite, threads)?;
+            let line = format!("| {threads} | {:.1} s |", t.elapsed().as_secs_f64());
+            eprintln!("{line}");
+            let _ = writeln!(md, "{line}");
+        }
     }
     if let Some(p) = out {
         std::fs::write(p, &md)?;

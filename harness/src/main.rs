@@ -105,6 +105,12 @@ enum Cmd {
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: std::path::PathBuf,
+        /// Also run native labs in user-mode-linux, to compare the backends.
+        #[arg(long)]
+        backends: bool,
+        /// Also time the whole suite (every lab) with 1 and 2 worker threads.
+        #[arg(long)]
+        suite: bool,
     },
 }
 
@@ -180,10 +186,11 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Cmd::Bench { labs, sizes, reps, out } => {
+        Cmd::Bench { labs, sizes, reps, out, backends, suite } => {
             let labs = if labs.is_empty() { vec!["openvpn/missing-return-route".to_string()] } else { labs };
             let selected: Vec<model::Lab> = select(&labs)?.into_iter().map(|(l, _)| l).collect();
-            vpnlab::bench::run(&sizes, reps.max(1), &selected, Some(&out))?;
+            let all: Vec<model::Lab> = if suite { select(&[])?.into_iter().map(|(l, _)| l).collect() } else { Vec::new() };
+            vpnlab::bench::run(&sizes, reps.max(1), &selected, backends, &all, Some(&out))?;
             eprintln!("written to {}", out.display());
             Ok(0)
         }

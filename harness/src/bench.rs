@@ -86,8 +86,8 @@ fn vpnlab_once(lab: &model::Lab) -> Result<(Duration, Duration)> {
 }
 
 /// The floor: the same netlink operations sent raw, one socket per namespace (opened inside
-/// it), everything for a namespace in one batched `send` (interface indices chosen up front,
-/// links created up), then all acks read. Phase 1 creates the veths/bridges, phase 2 adds
+/// it), everything for a namespace in one batched `send` (interface indices chosen up front),
+/// then all acks read. Phase 1 creates the veths/bridges, phase 2 adds
 /// addresses and brings loopbacks up.
 fn raw_once(shape: Shape, n: usize) -> Result<(Duration, Duration)> {
     use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
@@ -110,8 +110,9 @@ fn raw_once(shape: Shape, n: usize) -> Result<(Duration, Duration)> {
         let (ia, ib) = (next[a], next[b]);
         next[a] += 1;
         next[b] += 1;
-        let peer = LinkMessageBuilder::<LinkUnspec>::new().name(b_if.to_string()).index(ib).up().append_extra_attribute(LinkAttribute::NetNsFd(spaces[b].raw_fd())).build();
-        let msg = LinkVeth::new(a_if, b_if).index(ia).up().set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
+        // (a veth cannot be created up: its peer is not attached yet, ENOTCONN)
+        let peer = LinkMessageBuilder::<LinkUnspec>::new().name(b_if.to_string()).index(ib).append_extra_attribute(LinkAttribute::NetNsFd(spaces[b].raw_fd())).build();
+        let msg = LinkVeth::new(a_if, b_if).index(ia).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
         p1[a].push(RouteNetlinkMessage::NewLink(msg));
         (ia, ib)
     };
@@ -124,6 +125,8 @@ fn raw_once(shape: Shape, n: usize) -> Result<(Duration, Duration)> {
             for i in 0..n.saturating_sub(1) {
                 let (a, b) = addr_pair(i);
                 let (ia, ib) = veth(&mut p1, i, "eth1", i + 1, "eth0", &mut next_index);
+                p2[i].push(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(ia).up().build()));
+                p2[i + 1].push(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(ib).up().build()));
                 p2[i].push(RouteNetlinkMessage::NewAddress(AddressMessageBuilder::<Ipv4Addr>::new().index(ia).address(v4(&a), 30).build()));
                 p2[i + 1].push(RouteNetlinkMessage::NewAddress(AddressMessageBuilder::<Ipv4Addr>::new().index(ib).address(v4(&b), 30).build()));
             }
@@ -135,7 +138,8 @@ fn raw_once(shape: Shape, n: usize) -> Result<(Duration, Duration)> {
             p1[sw].push(RouteNetlinkMessage::NewLink(LinkBridge::new("br0").index(br).up().build()));
             for i in 0..n {
                 let (ip, ie) = veth(&mut p1, sw, &format!("p{i}"), i, "eth0", &mut next_index);
-                p2[sw].push(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(ip).controller(br).build()));
+                p2[sw].push(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(ip).controller(br).up().build()));
+                p2[i].push(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(ie).up().build()));
                 let a = format!("10.{}.{}.{}", (i + 1) / 65536, ((i + 1) / 256) % 256, (i + 1) % 256);
                 p2[i].push(RouteNetlinkMessage::NewAddress(AddressMessageBuilder::<Ipv4Addr>::new().index(ie).address(v4(&a), 8).build()));
             }

@@ -16,6 +16,8 @@ pub fn builtin() -> &'static [Sanitizer] {
             // OpenVPN's and pluto's line prefix: `2026-12-01 23:10:00 ` / `Dec  1 23:10:00.123 `.
             s(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?(?: [+-]\d{4})? ", ""),
             s(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} ", ""),
+            // pluto --stderrlog: `Dec  1 23:10:00.123456: `.
+            s(r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d\.\d+: ", ""),
             // OpenVPN at verb >= 4: microseconds after the timestamp.
             s(r"^us=\d+ ", ""),
             s(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?", "TIMESTAMP"),
@@ -116,6 +118,7 @@ mod tests {
         assert_eq!(s, "client1/192.0.2.2:PORT MULTI: bad source");
         assert_eq!(sanitize("64 bytes from 10.0.0.1: icmp_seq=1 ttl=63 time=0.045 ms", &[]), "64 bytes from 10.0.0.1: icmp_seq=1 ttl=63 time=T ms");
         assert_eq!(sanitize("pluto[4242]: started pid=4242", &[]), "pluto[PID]: started pid=PID");
+        assert_eq!(sanitize("Dec  1 23:10:00.123456: \"myvpn\" #1: initiating", &[]), "\"myvpn\" #1: initiating");
     }
 
     #[test]

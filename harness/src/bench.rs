@@ -371,16 +371,27 @@ pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], compare_backends: 
                 for &backend in &backends {
                     let mut tot = vec![];
                     let mut ph: [Vec<Duration>; 4] = Default::default();
+                    let mut failed = None;
                     for _ in 0..reps {
                         let t = Instant::now();
                         let r = crate::backend::run(lab, &sc.name, &Options::default(), backend)?;
                         tot.push(t.elapsed());
                         if let Some(f) = &r.failure {
-                            bail!("{}::{} failed during the benchmark: {f}", lab.id, sc.name);
+                            if backend == native {
+                                bail!("{}::{} failed during the benchmark: {f}", lab.id, sc.name);
+                            }
+                            failed = Some(f.lines().next().unwrap_or("").to_string());
+                            break;
                         }
                         for (i, d) in [r.timings.build, r.timings.daemons, r.timings.steps, r.timings.teardown].into_iter().enumerate() {
                             ph[i].push(d);
                         }
+                    }
+                    if let Some(f) = failed {
+                        let line = format!("| {}::{} | {} | does not run there: {} | | | | |", lab.id, sc.name, backend.name(), f.replace('|', "/"));
+                        eprintln!("{line}");
+                        let _ = writeln!(md, "{line}");
+                        continue;
                     }
                     let [b, d, s, t] = ph;
                     let line = format!("| {}::{} | {} | {} | {} | {} | {} | {} |", lab.id, sc.name, backend.name(), fmt3(stats(tot)), ms(stats(b).1), ms(stats(d).1), ms(stats(s).1), ms(stats(t).1));

@@ -40,6 +40,9 @@ enum Cmd {
         lab: String,
         #[arg(long, default_value = "text", value_parser = ["text", "dot", "mermaid"])]
         format: String,
+        /// Write the mermaid picture into the lab's README.md (its "Topology" section).
+        #[arg(long)]
+        update_readme: bool,
     },
     /// Check lab files without running anything.
     Check { labs: Vec<String> },
@@ -194,8 +197,13 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             eprintln!("written to {}", out.display());
             Ok(0)
         }
-        Cmd::Show { lab, format } => {
+        Cmd::Show { lab, format, update_readme } => {
             let (lab, _) = select(&[lab])?.remove(0);
+            if update_readme {
+                let changed = vpnlab::diagram::update_readme(&lab)?;
+                println!("{}: {}", lab.dir.join("README.md").display(), if changed { "topology updated" } else { "already current" });
+                return Ok(0);
+            }
             let out = match format.as_str() {
                 "dot" => vpnlab::diagram::dot(&lab),
                 "mermaid" => vpnlab::diagram::mermaid(&lab),

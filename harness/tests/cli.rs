@@ -161,3 +161,21 @@ fn host_state_detects_changes() {
         assert!(d.contains(want), "missing {want:?} in:\n{d}");
     }
 }
+
+/// Every lab's README ends with its current topology picture (`vpnlab show LAB --update-readme`).
+#[test]
+fn every_lab_readme_embeds_its_current_topology() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../labs");
+    let labs = vpnlab::suite::discover(&root);
+    assert!(labs.len() >= 20);
+    for dir in labs {
+        let lab = vpnlab::model::load(&dir).unwrap();
+        let readme = std::fs::read_to_string(dir.join("README.md")).unwrap_or_default();
+        assert!(
+            readme.contains(&vpnlab::diagram::readme_block(&lab)),
+            "{}: README.md lacks the current topology; run `vpnlab show {} --update-readme`",
+            lab.id,
+            lab.id
+        );
+    }
+}

@@ -151,24 +151,8 @@ impl Impairment {
 
 // ---------------------------------------------------------------- parsing
 
-/// Splits `text` into (offset, word) on whitespace.
-fn words(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in text.char_indices() {
-        if c.is_whitespace() {
-            if let Some(s) = start.take() {
-                out.push((s, &text[s..i]));
-            }
-        } else if start.is_none() {
-            start = Some(i);
-        }
-    }
-    if let Some(s) = start {
-        out.push((s, &text[s..]));
-    }
-    out
-}
+use crate::model::route::words;
+
 
 const USAGE: &str = "expected an impairment: `drop every N`, `reorder every N hold M`, `duplicate every N` or `delay 50ms`";
 

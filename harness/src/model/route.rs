@@ -63,8 +63,8 @@ impl fmt::Display for SyntaxError {
     }
 }
 
-/// Words with their byte offsets.
-fn words(text: &str) -> Vec<(usize, &str)> {
+/// Words with their byte offsets (shared by every one-line syntax: routes, steps, impairments).
+pub fn words(text: &str) -> Vec<(usize, &str)> {
     let mut out = Vec::new();
     let mut start = None;
     for (i, c) in text.char_indices() {

@@ -1,7 +1,7 @@
 //! One-line steps (`client: ping 10.198.0.1 -> unreachable`), parsed and checked against the
 //! lab's nodes and services. Offsets in errors are byte offsets into the step's text.
 
-use super::route::{parse_addr, parse_route, parse_route_del, parse_rule, Route, Rule, SyntaxError};
+use super::route::{parse_addr, parse_route, parse_route_del, parse_rule, words, Route, Rule, SyntaxError};
 use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -108,24 +108,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
     lower.parse().ok()
 }
 
-/// Splits `text` into (offset, word) on whitespace.
-fn words(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in text.char_indices() {
-        if c.is_whitespace() {
-            if let Some(s) = start.take() {
-                out.push((s, &text[s..i]));
-            }
-        } else if start.is_none() {
-            start = Some(i);
-        }
-    }
-    if let Some(s) = start {
-        out.push((s, &text[s..]));
-    }
-    out
-}
 
 /// Parses a `/regex/` or `'literal'` starting at `rest` (offset `base`), returning the pattern
 /// and what follows it.

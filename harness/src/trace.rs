@@ -65,7 +65,7 @@ pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest
         let out = nft(n.netns, pid, cwd, &["-f", path.as_str()])?;
         if !out.success() {
             let first: Vec<&str> = out.text.lines().take(3).collect();
-            let hint = if out.text.contains("Operation not supported") { " (this kernel lacks nftables' inet family: Debian's user-mode-linux kernel does; trace needs the native backend)" } else { "" };
+            let hint = if out.text.contains("Operation not supported") { " (this kernel has no nftables inet family, like Debian's user-mode-linux kernel: trace needs the native backend)" } else { "" };
             bail!("node `{}`: loading the trace table failed ({}){hint}:\n{}", n.name, out.describe_status(), first.join("\n"));
         }
         Ok(())

@@ -112,6 +112,11 @@ struct RawService {
     /// The daemon is allowed to exit on its own (otherwise its death fails the lab).
     #[serde(default)]
     may_exit: bool,
+    /// Reduced privileges: options for util-linux `setpriv` (e.g. `"--securebits
+    /// +keep_caps_locked"` or `"--reuid nobody --regid nogroup --clear-groups"`); the daemon
+    /// runs as `setpriv OPTIONS -- RUN`.
+    #[serde(default)]
+    setpriv: Option<Spanned<String>>,
 }
 
 fn yes() -> bool {
@@ -589,9 +594,16 @@ impl Validator<'_> {
             check_long_name(name).map_err(|m| self.err(self.key_offset("services", name, svc.span().start), m, "use letters, digits and '-'"))?;
             let svc = svc.get_ref();
             let node = names.node_idx(svc.node.get_ref()).map_err(|m| self.err(self.inner(&svc.node), m.0, m.1))?;
-            let argv = split_words(svc.run.get_ref()).map_err(|m| self.err(self.inner(&svc.run), m, "fix the quoting"))?;
+            let mut argv = split_words(svc.run.get_ref()).map_err(|m| self.err(self.inner(&svc.run), m, "fix the quoting"))?;
             if argv.is_empty() {
                 return Err(self.err(self.inner(&svc.run), "`run` is empty", "give the daemon's command line"));
+            }
+            if let Some(p) = &svc.setpriv {
+                let opts = split_words(p.get_ref()).map_err(|m| self.err(self.inner(p), m, "fix the quoting"))?;
+                if opts.is_empty() || opts.iter().any(|o| o == "--") {
+                    return Err(self.err(self.inner(p), "`setpriv` wants setpriv's options (without `--`)", "e.g. setpriv = \"--securebits +keep_caps_locked\""));
+                }
+                argv = ["setpriv".to_string()].into_iter().chain(opts).chain(["--".to_string()]).chain(argv).collect();
             }
             let ready = match &svc.ready {
                 Some(r) => Some(Regex::new(r.get_ref()).map_err(|e| self.err(self.inner(r), format!("bad regex: {e}"), "`ready` is a regex matched against each log line"))?),

@@ -195,6 +195,7 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
             timeout: Some(timeout.clone()),
             autostart: true,
             may_exit: false,
+            setpriv: None,
         };
         let sshd_run = format!(
             "sh -c 'mount -t tmpfs tmpfs /run && mkdir /run/sshd && mount -t tmpfs tmpfs /root && mount --bind {d}/etc-ppp /etc/ppp && exec /usr/sbin/sshd -D -e -f {d}/sshd_config'"

@@ -179,3 +179,38 @@ fn every_lab_readme_embeds_its_current_topology() {
         );
     }
 }
+
+/// A daemon that dies mid-lab fails it with its last log lines; a hanging step is cut at its
+/// deadline; a scenario has an overall deadline.
+#[test]
+fn daemon_death_hanging_steps_and_deadlines_fail_clearly() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = |name: &str, toml: &str| -> (Option<i32>, String) {
+        let d = lab_dir(labs.path(), &format!("t/{name}"), toml);
+        let o = Command::new(env!("CARGO_BIN_EXE_vpnlab")).args(["run", "-q", &d.to_string_lossy()]).env("VPNLAB_WORK_ROOT", work.path()).env("CI", "true").output().unwrap();
+        (o.status.code(), stderr(&o))
+    };
+    let dies = GOOD.replace(
+        "[scenarios.ping]",
+        "[services.d]\nnode = \"a\"\nrun = \"sh -c 'echo up; read x < /proc/self/stat; echo going down now >&2; exit 3'\"\nready = \"up\"\n[scenarios.ping]",
+    );
+    let (code, err) = run("dies", &dies);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("service `d` exited unexpectedly (exit status: 3)") && err.contains("going down now"), "{err}");
+
+    let hangs = GOOD.replace("title = \"two nodes\"", "title = \"hang\"\nstep_timeout = \"500ms\"").replace("\"a: ping 10.9.0.2\",", "\"a: sh sleep 30\",");
+    let t = std::time::Instant::now();
+    let (code, err) = run("hangs", &hangs);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`sleep 30` failed (timed out)"), "{err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "cut at the step timeout, not after 30 s");
+
+    let slow = GOOD.replace("title = \"two nodes\"", "title = \"deadline\"\ndeadline = \"300ms\"").replace(
+        "steps = [\"a: ping 10.9.0.2\", \"a: ping 10.9.0.3 -> unreachable\"]",
+        "steps = [\"a: ping 10.9.0.3 -> unreachable\", \"a: ping 10.9.0.3 -> unreachable\", \"a: ping 10.9.0.2\"]",
+    );
+    let (code, err) = run("deadline", &slow);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("passed its deadline of 300ms"), "{err}");
+}

@@ -201,3 +201,70 @@ fn the_uml_backend_matches_the_native_snapshot() {
     assert!(err.contains("(uml backend)"), "{err}");
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "nothing left");
 }
+
+/// SIGKILL at many points of a run (topology build, daemon start, steps, teardown): once the
+/// next vpnlab command has started, nothing of the killed run is left.
+#[test]
+fn sigkill_at_any_point_leaves_nothing() {
+    work_root();
+    for delay_ms in [0u64, 3, 10, 25, 50, 100, 200, 350, 500, 700] {
+        let root = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+            .args(["run", "-q", &format!("{}::fix-masquerade", labs().join(LAB).display())])
+            .env("VPNLAB_WORK_ROOT", root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Follow the run's processes until the kill, so that even short-lived ones are known.
+        let mut seen: HashSet<u32> = HashSet::new();
+        let mut spaces: HashSet<String> = HashSet::new();
+        let until = Instant::now() + Duration::from_millis(delay_ms);
+        loop {
+            for (p, _) in procs_under(root.path()) {
+                seen.insert(p);
+                spaces.extend(netns_of(p));
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        wait_for(&format!("processes gone (kill at {delay_ms} ms)"), Duration::from_secs(5), || seen.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()) && procs_under(root.path()).is_empty());
+        wait_for(&format!("namespaces gone (kill at {delay_ms} ms)"), Duration::from_secs(5), || live_netns().is_disjoint(&spaces));
+        let (labs_copy, _) = copy_lab(LAB);
+        let st = Command::new(env!("CARGO_BIN_EXE_vpnlab")).arg("list").env("VPNLAB_WORK_ROOT", root.path()).env("VPNLAB_LABS", labs_copy.path()).output().unwrap();
+        assert!(st.status.success());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "kill at {delay_ms} ms: the work dir is swept");
+    }
+}
+
+/// Two `vpnlab run` of the same lab at the same time both pass (anonymous namespaces cannot
+/// collide), next to a third lab.
+#[test]
+fn concurrent_runs_of_the_same_lab_do_not_collide() {
+    work_root();
+    let root = tempfile::tempdir().unwrap();
+    let run = |target: String| {
+        Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+            .args(["run", "-q", &target])
+            .env("VPNLAB_WORK_ROOT", root.path())
+            .env("CI", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = vec![
+        run(labs().join(LAB).display().to_string()),
+        run(labs().join(LAB).display().to_string()),
+        run(labs().join("openvpn/basic-server").display().to_string()),
+    ];
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+}

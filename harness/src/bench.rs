@@ -415,7 +415,13 @@ pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], compare_backends: 
         }
     }
     if let Some(p) = out {
-        std::fs::write(p, &md)?;
+        // A hand-written `## Analysis` section of an earlier report is kept.
+        let old = std::fs::read_to_string(p).unwrap_or_default();
+        let mut text = md.clone();
+        if let Some(i) = old.find("\n## Analysis") {
+            text.push_str(&old[i..]);
+        }
+        std::fs::write(p, text)?;
     }
     Ok(md)
 }

@@ -141,7 +141,7 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let work = crate::workdir::WorkDir::new(&format!("{}-{scenario}-uml", lab.id))?;
     let shared = work.path().to_path_buf();
     let lab_dir = std::fs::canonicalize(&lab.dir).with_context(|| format!("lab folder {}", lab.dir.display()))?;
-    let job = Job { lab_dir, scenario: scenario.to_string(), progress: opts.progress, pcap: opts.pcap };
+    let job = Job { lab_dir: lab_dir.clone(), scenario: scenario.to_string(), progress: opts.progress, pcap: opts.pcap };
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;
     // Debian's UML kernel has no nft NAT (nft_chain_nat), only the legacy iptables tables: in the
@@ -162,6 +162,9 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         ("PATH".to_string(), format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bin.display())),
     ];
     uj.modules = modules_for(lab);
+    // The guest mounts fresh tmpfs on /tmp and /run: a lab folder there (a checkout under /tmp)
+    // must be shown to it explicitly.
+    uj.expose = vec![lab_dir];
     uj.timeout = lab.deadline + Duration::from_secs(30);
     let out = uml::run(&uj).context("running the lab in user-mode-linux")?;
     if opts.progress {

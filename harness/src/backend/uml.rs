@@ -117,6 +117,9 @@ pub struct UmlJob {
     /// that insists on writing there; the host `/` is read-only in the guest). `/tmp`, `/run`,
     /// `/dev/shm` and `/var/run` are always tmpfs. Missing directories are skipped.
     pub tmpfs: Vec<PathBuf>,
+    /// Host directories the guest must see although a guest tmpfs (/tmp, /run, ...) covers
+    /// their path, e.g. a lab folder in a checkout under /tmp: mounted read-only on top.
+    pub expose: Vec<PathBuf>,
 }
 
 impl UmlJob {
@@ -132,6 +135,7 @@ impl UmlJob {
             mem_mb: 1024,
             timeout: Duration::from_secs(300),
             tmpfs: Vec::new(),
+            expose: Vec::new(),
         }
     }
 }
@@ -552,7 +556,8 @@ impl<'a> Plan<'a> {
         covers.extend(job.tmpfs.iter().cloned());
         let mut reexpose: Vec<PathBuf> = Vec::new();
         let prog_dir = Path::new(&job.argv[0]).parent().and_then(|d| d.canonicalize().ok());
-        for d in [Some(cwd.clone()), prog_dir].into_iter().flatten() {
+        let extra: Vec<PathBuf> = job.expose.iter().filter_map(|d| d.canonicalize().ok()).collect();
+        for d in [Some(cwd.clone()), prog_dir].into_iter().flatten().chain(extra) {
             if d.starts_with(&shared) || reexpose.iter().any(|r| d.starts_with(r)) {
                 continue;
             }

@@ -20,7 +20,8 @@ fn work_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         assert!(vpnlab::env::is_root(), "the harness self-tests need root: run `sudo -E cargo test`");
-        let p = std::env::temp_dir().join(format!("vpnlab-selftest-root-{}", std::process::id()));
+        // Under target/tmp (cargo's scratch dir for integration tests), not /tmp: nothing to leak.
+        let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("selftest-root-{}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         std::env::set_var("VPNLAB_WORK_ROOT", &p);
         p

@@ -591,6 +591,13 @@ impl Walker<'_, '_> {
 
     /// `was dropped in forward (...)` -> `was dropped in forward at r (...)`; otherwise the
     /// verdict with `-> dropped at r`.
+    /// Ends a hop at `node`: its line gets ` -> <why> -> dropped at NODE`.
+    fn drop_here(&mut self, dir: Dir, node: usize, mut text: String, why: String) -> End {
+        text.push_str(&format!(" -> {}", self.dropped(&why, node)));
+        self.line(dir, node, &text);
+        End::Dropped { node, why }
+    }
+
     fn dropped(&self, why: &str, node: usize) -> String {
         let n = self.name(node);
         for h in HOOKS {
@@ -699,9 +706,7 @@ impl Walker<'_, '_> {
         let last = self.at(node, Hook::Out, Pos::Last, k, e.ttl, Some(&e.dev));
         if last.is_empty() {
             let why = self.firewall(node, Hook::Out);
-            text.push_str(&format!(" -> {}", self.dropped(&why, node)));
-            self.line(dir, node, &text);
-            return vec![End::Dropped { node, why }];
+            return vec![self.drop_here(dir, node, text, why)];
         }
         text.push_str(&Self::partial(e.packets, Self::sum(&last), Hook::Out));
         self.leave(dir, k, node, e.ttl, &e.dev, e.saddr, Self::sum(&last), text, path)
@@ -719,9 +724,7 @@ impl Walker<'_, '_> {
         let pl = self.at(node, Hook::Post, Pos::Last, k, ttl, Some(dev));
         if pl.is_empty() {
             let why = self.firewall(node, Hook::Post);
-            text.push_str(&format!(" -> {}", self.dropped(&why, node)));
-            self.line(dir, node, &text);
-            return vec![End::Dropped { node, why }];
+            return vec![self.drop_here(dir, node, text, why)];
         }
         text.push_str(&Self::partial(prev.min(Self::sum(&pf)), Self::sum(&pl), Hook::Post));
         if let Some(p) = pl.iter().find(|p| p.saddr != saddr) {
@@ -811,9 +814,7 @@ impl Walker<'_, '_> {
         let pl = self.at(node, Hook::Pre, Pos::Last, k, e.ttl, Some(&e.dev));
         if pl.is_empty() {
             let why = self.firewall(node, Hook::Pre);
-            text.push_str(&format!(" -> {}", self.dropped(&why, node)));
-            self.line(dir, node, &text);
-            return vec![End::Dropped { node, why }];
+            return vec![self.drop_here(dir, node, text, why)];
         }
         text.push_str(&Self::partial(e.packets, Self::sum(&pl), Hook::Pre));
         let n_pre = Self::sum(&pl);
@@ -826,9 +827,7 @@ impl Walker<'_, '_> {
             let inl = self.at(node, Hook::In, Pos::Last, k, e.ttl, Some(&e.dev));
             if inl.is_empty() {
                 let why = self.firewall(node, Hook::In);
-                text.push_str(&format!(" -> {}", self.dropped(&why, node)));
-                self.line(dir, node, &text);
-                return vec![End::Dropped { node, why }];
+                return vec![self.drop_here(dir, node, text, why)];
             }
             text.push_str(" -> delivered");
             text.push_str(&Self::partial(Self::sum(&inf), Self::sum(&inl), Hook::In));
@@ -839,9 +838,7 @@ impl Walker<'_, '_> {
         let fwd = if e.ttl > 0 { self.at(node, Hook::Fwd, Pos::First, k, e.ttl - 1, None) } else { Vec::new() };
         if fwd.is_empty() {
             let why = self.not_routed_why(node, e, n_pre);
-            text.push_str(&format!(" -> {}", self.dropped(&why, node)));
-            self.line(dir, node, &text);
-            return vec![End::Dropped { node, why }];
+            return vec![self.drop_here(dir, node, text, why)];
         }
         if let Some(d) = fwd.iter().find(|f| f.daddr != e.daddr) {
             text.push_str(&format!(" (destination NATed to {})", show(d.daddr)));
@@ -851,14 +848,12 @@ impl Walker<'_, '_> {
         devs.dedup();
         let mut ends = Vec::new();
         for dev in devs {
-            let mut t = format!("{text} -> routed out {dev}");
+            let t = format!("{text} -> routed out {dev}");
             let ff = self.at(node, Hook::Fwd, Pos::First, k, e.ttl - 1, Some(&dev));
             let fl = self.at(node, Hook::Fwd, Pos::Last, k, e.ttl - 1, Some(&dev));
             if fl.is_empty() {
                 let why = self.firewall(node, Hook::Fwd);
-                t.push_str(&format!(" -> {}", self.dropped(&why, node)));
-                self.line(dir, node, &t);
-                ends.push(End::Dropped { node, why });
+                ends.push(self.drop_here(dir, node, t, why));
                 continue;
             }
             let mut t = format!("{text} -> forwarded out {dev}");

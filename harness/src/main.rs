@@ -1,4 +1,5 @@
-//! The `vpnlab` command line: `vpnlab list`, `vpnlab run [LAB[::SCENARIO]...]`.
+//! The `vpnlab` command line: `list`, `run`, `check`, `show`, `bench`, `new`, and for labs kept
+//! up: `up`, `exec`, `shell`, `logs`, `step`, `trace`, `status`, `down`.
 //! Exit codes: 0 all passed, 1 a lab failed, 2 bad input or environment.
 
 use clap::{Parser, Subcommand};

@@ -528,6 +528,9 @@ impl Walker<'_, '_> {
     fn evidence(&self, node: usize, keys: &[&str], n: u64) -> String {
         let rose: Vec<String> = keys
             .iter()
+            // Only the probe's own family: background IPv6 (router solicitations, MLD) bumps the
+            // Ip6 counters of an IPv4 probe's path by chance.
+            .filter(|k| k.starts_with("Ip6") == self.fam.v6 || !k.starts_with("Ip"))
             .filter(|k| {
                 let d = self.after[node].get(**k).copied().unwrap_or(0) - self.before[node].get(**k).copied().unwrap_or(0);
                 d > 0 && d as u64 >= n.max(1)

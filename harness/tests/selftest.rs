@@ -67,9 +67,16 @@ fn netns_of(pid: u32) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/ns/net")).ok().map(|p| p.to_string_lossy().into_owned())
 }
 
-/// Network namespaces any process is in.
-fn live_netns() -> HashSet<String> {
-    std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok()).filter_map(netns_of).collect()
+fn all_pids() -> HashSet<u32> {
+    std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok()).collect()
+}
+
+/// Is one of `spaces` still in use by a process that already existed at the kill (`old`)? The
+/// kernel reuses a freed namespace's inode number at once, and other tests (or another `cargo
+/// test`) create namespaces all the time; but a namespace that reuses a number is newer than the
+/// kill, and so is every process in it. A leaked process is older, whatever its cwd.
+fn old_process_in(spaces: &HashSet<String>, old: &HashSet<u32>) -> bool {
+    all_pids().into_iter().filter(|p| old.contains(p)).any(|p| netns_of(p).is_some_and(|n| spaces.contains(&n)))
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -156,11 +163,12 @@ fn sigterm_and_sigint_leave_nothing_at_all() {
     for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
         let root = tempfile::tempdir().unwrap();
         let (mut child, daemons, spaces) = start_half_way(root.path());
+        let old = all_pids();
         unsafe { libc::kill(child.id() as i32, sig) };
         let st = child.wait().unwrap();
         assert_eq!(st.code(), Some(code), "vpnlab exits 128+signal after cleaning up");
         wait_for("the lab's processes to die", Duration::from_secs(5), || daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists()));
-        wait_for("the lab's namespaces to go", Duration::from_secs(5), || live_netns().is_disjoint(&spaces));
+        wait_for("the lab's namespaces to go", Duration::from_secs(5), || !old_process_in(&spaces, &old));
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "no work dir left, without any sweep");
     }
 }
@@ -170,10 +178,11 @@ fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
     work_root();
     let root = tempfile::tempdir().unwrap();
     let (mut child, daemons, spaces) = start_half_way(root.path());
+    let old = all_pids();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     wait_for("the lab's processes to die with vpnlab", Duration::from_secs(5), || daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists()));
-    wait_for("the lab's namespaces to go", Duration::from_secs(5), || live_netns().is_disjoint(&spaces));
+    wait_for("the lab's namespaces to go", Duration::from_secs(5), || !old_process_in(&spaces, &old));
     // The work dir is left (SIGKILL runs no code) until the next vpnlab command sweeps it.
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
     let (labs_copy, _) = copy_lab(LAB);
@@ -231,10 +240,11 @@ fn sigkill_at_any_point_leaves_nothing() {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        let old = all_pids();
         child.kill().unwrap();
         child.wait().unwrap();
         wait_for(&format!("processes gone (kill at {delay_ms} ms)"), Duration::from_secs(5), || seen.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()) && procs_under(root.path()).is_empty());
-        wait_for(&format!("namespaces gone (kill at {delay_ms} ms)"), Duration::from_secs(5), || live_netns().is_disjoint(&spaces));
+        wait_for(&format!("namespaces gone (kill at {delay_ms} ms)"), Duration::from_secs(5), || !old_process_in(&spaces, &old));
         let (labs_copy, _) = copy_lab(LAB);
         let st = Command::new(env!("CARGO_BIN_EXE_vpnlab")).arg("list").env("VPNLAB_WORK_ROOT", root.path()).env("VPNLAB_LABS", labs_copy.path()).output().unwrap();
         assert!(st.status.success());

@@ -73,15 +73,17 @@ pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest
     let before = par(nodes, |n| snmp(n.netns))?;
     let probed = probe();
     // Let packets still in flight (a reply on its way back through a tunnel) land: collect until
-    // two readings 30 ms apart agree (the sets only count the probe's ICMP, nothing else).
-    let deadline = Instant::now() + Duration::from_secs(2);
+    // three readings 50 ms apart agree (the sets only count the probe's ICMP, nothing else); on a
+    // loaded machine a userspace VPN daemon can hold a packet for a while.
+    let deadline = Instant::now() + Duration::from_secs(3);
     let mut texts = collect(nodes, pid, cwd)?;
+    let mut agreeing = 0;
     loop {
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(50));
         let again = collect(nodes, pid, cwd)?;
-        let stable = again == texts;
+        agreeing = if again == texts { agreeing + 1 } else { 0 };
         texts = again;
-        if stable || Instant::now() >= deadline {
+        if agreeing >= 2 || Instant::now() >= deadline {
             break;
         }
     }

@@ -1318,9 +1318,11 @@ steps = ["a: ping 10.0.2.2"]
     #[test]
     fn impair_delay_50ms() {
         let Some(net) = Net::build() else { return };
+        // No upper bound on the undelayed RTT: on a loaded machine it has been seen near 1 s (a
+        // timing assertion would be a benchmark). The delay is a lower bound that holds under any
+        // load, and the impairer's own counters show every packet went through it.
         let p = net.ping(5, "0.05");
         assert_eq!(p.received, 5);
-        assert!(p.rtt_max < 50.0, "without delay: {p:?}");
 
         let imp = net.impair(Impairment::Delay(Duration::from_millis(50)), None, 0);
         let p = net.ping(5, "0.05");

@@ -2,6 +2,10 @@
 //! PKI and cwd) and `logs/<service>.log`. It is held with an flock while the run lives; the next
 //! vpnlab process removes work dirs whose lock nobody holds (a run killed by SIGKILL), except
 //! those marked as kept. Only directories vpnlab itself made (prefix + lock file) are touched.
+//!
+//! A work dir gets its final `vpnlab-` name only once its lock is held (it is made under a
+//! staging name, locked, then renamed), so a sweep by a run starting at the same moment can
+//! never take a live directory for a dead one.
 
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -10,11 +14,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const PREFIX: &str = "vpnlab-";
+/// Work dirs being created (not locked yet): swept only when old.
+const STAGING: &str = ".vpnlab-staging-";
 const LOCK: &str = ".vpnlab-lock";
 const KEPT: &str = "KEPT";
 
 pub struct WorkDir {
-    dir: Option<tempfile::TempDir>,
+    /// `None` once kept.
+    dir: Option<PathBuf>,
     _lock: File,
 }
 
@@ -37,8 +44,9 @@ fn unregister(p: &Path) {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if let Some(d) = &self.dir {
-            unregister(d.path());
+        if let Some(d) = self.dir.take() {
+            unregister(&d);
+            let _ = std::fs::remove_dir_all(&d);
         }
     }
 }
@@ -52,21 +60,25 @@ impl WorkDir {
         let base = base();
         std::fs::create_dir_all(&base).ok();
         let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-        let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{slug}-")).tempdir_in(&base).context("create the work dir")?;
+        let staging = tempfile::Builder::new().prefix(STAGING).tempdir_in(&base).context("create the work dir")?;
         // Daemons that drop privileges (user nobody) must still reach their files.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-        let lock = File::create(dir.path().join(LOCK))?;
+        std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
+        let lock = File::create(staging.path().join(LOCK))?;
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
         for sub in ["nodes", "logs"] {
-            std::fs::create_dir(dir.path().join(sub))?;
-            std::fs::set_permissions(dir.path().join(sub), std::fs::Permissions::from_mode(0o755))?;
+            std::fs::create_dir(staging.path().join(sub))?;
+            std::fs::set_permissions(staging.path().join(sub), std::fs::Permissions::from_mode(0o755))?;
         }
-        live().lock().unwrap_or_else(|p| p.into_inner()).push(dir.path().to_path_buf());
+        let random = staging.path().file_name().unwrap().to_string_lossy().trim_start_matches(STAGING).to_string();
+        let dir = base.join(format!("{PREFIX}{slug}-{random}"));
+        std::fs::rename(staging.path(), &dir).context("name the work dir")?;
+        let _ = staging.keep(); // renamed away: nothing left for its Drop
+        live().lock().unwrap_or_else(|p| p.into_inner()).push(dir.clone());
         Ok(WorkDir { dir: Some(dir), _lock: lock })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.as_ref().expect("work dir").path()
+        self.dir.as_deref().expect("work dir")
     }
 
     pub fn node_dir(&self, node: &str) -> PathBuf {
@@ -80,10 +92,10 @@ impl WorkDir {
     /// Keeps the directory after the run (for debugging) and returns its path.
     pub fn keep(mut self) -> PathBuf {
         let dir = self.dir.take().expect("work dir");
-        unregister(dir.path());
-        let _ = std::fs::write(dir.path().join(KEPT), "kept for debugging; delete when done\n");
-        let _ = std::fs::remove_file(dir.path().join(LOCK));
-        dir.keep()
+        unregister(&dir);
+        let _ = std::fs::write(dir.join(KEPT), "kept for debugging; delete when done\n");
+        let _ = std::fs::remove_file(dir.join(LOCK));
+        dir
     }
 }
 
@@ -94,7 +106,10 @@ pub fn sweep() -> usize {
     for e in entries.flatten() {
         let p = e.path();
         let name = e.file_name();
-        if !name.to_string_lossy().starts_with(PREFIX) || !p.is_dir() || p.join(KEPT).exists() {
+        let name = name.to_string_lossy();
+        // A staging dir is locked a moment after it is made: only an old one is a dead run's.
+        let old = || e.metadata().and_then(|m| m.modified()).map(|t| t.elapsed().map(|d| d.as_secs() > 60).unwrap_or(false)).unwrap_or(false);
+        if !(name.starts_with(PREFIX) || (name.starts_with(STAGING) && old())) || !p.is_dir() || p.join(KEPT).exists() {
             continue;
         }
         let Ok(lock) = File::open(p.join(LOCK)) else { continue };
@@ -123,8 +138,19 @@ mod tests {
         std::fs::write(dead.join(LOCK), "").unwrap();
         let foreign = root.path().join("vpnlab-not-ours");
         std::fs::create_dir(&foreign).unwrap(); // no lock file: not made by vpnlab, never touched
+        // A dir being created (staging name, lock file not locked yet) is left alone while young.
+        let staging = root.path().join(format!("{STAGING}abc123"));
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join(LOCK), "").unwrap();
         assert_eq!(sweep(), 1);
-        assert!(live.path().exists() && kept.exists() && foreign.exists() && !dead.exists());
+        assert!(live.path().exists() && kept.exists() && foreign.exists() && !dead.exists() && staging.exists());
+        assert!(live.path().file_name().unwrap().to_string_lossy().starts_with("vpnlab-live-"), "final name once locked");
+        // An old one is a dead creation: swept.
+        let two_min_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        File::open(&staging).unwrap().set_modified(two_min_ago).unwrap();
+        assert_eq!(sweep(), 1);
+        assert!(!staging.exists());
+        drop(live);
         std::env::remove_var("VPNLAB_WORK_ROOT");
     }
 }

@@ -420,6 +420,10 @@ pub fn run(job: &UmlJob) -> Result<UmlOutcome> {
     let mut exited = false;
     let mut timed_out = false;
     let mut kill_deadline: Option<Instant> = None;
+    // UML 6.1 sometimes hangs after its last words ("reboot: Power down") instead of exiting
+    // (seen once in a soak): the guest's work is done then, so it is killed after a grace.
+    let mut powered_off: Option<Instant> = None;
+    const POWER_DOWN_GRACE: Duration = Duration::from_secs(2);
     let start_marker = plan.marker("start");
     while console_open || !exited {
         let now = Instant::now();
@@ -428,14 +432,23 @@ pub fn run(job: &UmlJob) -> Result<UmlOutcome> {
             guest.kill();
             kill_deadline = Some(now + Duration::from_secs(10));
         }
+        if let Some(t) = powered_off {
+            if !exited && kill_deadline.is_none() && now >= t + POWER_DOWN_GRACE {
+                guest.kill();
+                kill_deadline = Some(now + Duration::from_secs(10));
+            }
+        }
         if exited && kill_deadline.is_none() {
             // The namespace is gone; only a fallback (non-namespace) run can leave writers of
             // the console pipe behind. Kill them, and give the pipe a moment to report EOF.
             guest.kill();
             kill_deadline = Some(now + Duration::from_secs(5));
         }
-        let until = kill_deadline.unwrap_or(deadline);
-        if now >= until && (timed_out || exited) {
+        let mut until = kill_deadline.unwrap_or(deadline);
+        if let (Some(t), None) = (powered_off, kill_deadline) {
+            until = until.min(t + POWER_DOWN_GRACE);
+        }
+        if now >= kill_deadline.unwrap_or(deadline) && (timed_out || exited) {
             if exited {
                 break;
             }
@@ -466,6 +479,9 @@ pub fn run(job: &UmlJob) -> Result<UmlOutcome> {
         }
         if fds[0].revents != 0 {
             console_open = drain(guest.console.as_raw_fd(), &mut console)?;
+            if powered_off.is_none() && find(&console[console.len().saturating_sub(4096)..], b"reboot: Power down").is_some() {
+                powered_off = Some(Instant::now());
+            }
             if boot.is_none() {
                 let from = scanned.saturating_sub(start_marker.len());
                 if find(&console[from..], start_marker.as_bytes()).is_some() {

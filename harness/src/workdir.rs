@@ -14,7 +14,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const PREFIX: &str = "vpnlab-";
-/// Work dirs being created (not locked yet): swept only when old.
+/// Work dirs being created (not locked yet): `.vpnlab-staging-<creator pid>-XXXXXX`, swept once
+/// their creator is gone.
 const STAGING: &str = ".vpnlab-staging-";
 const LOCK: &str = ".vpnlab-lock";
 const KEPT: &str = "KEPT";
@@ -60,7 +61,7 @@ impl WorkDir {
         let base = base();
         std::fs::create_dir_all(&base).ok();
         let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-        let staging = tempfile::Builder::new().prefix(STAGING).tempdir_in(&base).context("create the work dir")?;
+        let staging = tempfile::Builder::new().prefix(&format!("{STAGING}{}-", std::process::id())).tempdir_in(&base).context("create the work dir")?;
         // Daemons that drop privileges (user nobody) must still reach their files.
         std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
         let lock = File::create(staging.path().join(LOCK))?;
@@ -69,7 +70,7 @@ impl WorkDir {
             std::fs::create_dir(staging.path().join(sub))?;
             std::fs::set_permissions(staging.path().join(sub), std::fs::Permissions::from_mode(0o755))?;
         }
-        let random = staging.path().file_name().unwrap().to_string_lossy().trim_start_matches(STAGING).to_string();
+        let random = staging.path().file_name().unwrap().to_string_lossy().rsplit('-').next().unwrap_or("x").to_string();
         let dir = base.join(format!("{PREFIX}{slug}-{random}"));
         std::fs::rename(staging.path(), &dir).context("name the work dir")?;
         let _ = staging.keep(); // renamed away: nothing left for its Drop
@@ -107,9 +108,17 @@ pub fn sweep() -> usize {
         let p = e.path();
         let name = e.file_name();
         let name = name.to_string_lossy();
-        // A staging dir is locked a moment after it is made: only an old one is a dead run's.
-        let old = || e.metadata().and_then(|m| m.modified()).map(|t| t.elapsed().map(|d| d.as_secs() > 60).unwrap_or(false)).unwrap_or(false);
-        if !(name.starts_with(PREFIX) || (name.starts_with(STAGING) && old())) || !p.is_dir() || p.join(KEPT).exists() {
+        // A staging dir belongs to the process named in it: a dead creator's is removed at once
+        // (it may not even have its lock file yet); a live one's is left alone.
+        if let Some(rest) = name.strip_prefix(STAGING) {
+            let creator = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let dead = creator.map(|pid| !Path::new(&format!("/proc/{pid}")).exists()).unwrap_or(false);
+            if dead && p.is_dir() && std::fs::remove_dir_all(&p).is_ok() {
+                n += 1;
+            }
+            continue;
+        }
+        if !name.starts_with(PREFIX) || !p.is_dir() || p.join(KEPT).exists() {
             continue;
         }
         let Ok(lock) = File::open(p.join(LOCK)) else { continue };
@@ -138,18 +147,17 @@ mod tests {
         std::fs::write(dead.join(LOCK), "").unwrap();
         let foreign = root.path().join("vpnlab-not-ours");
         std::fs::create_dir(&foreign).unwrap(); // no lock file: not made by vpnlab, never touched
-        // A dir being created (staging name, lock file not locked yet) is left alone while young.
-        let staging = root.path().join(format!("{STAGING}abc123"));
+        // A dir being created by a live process (staging name, no lock yet) is left alone...
+        let staging = root.path().join(format!("{STAGING}{}-abc123", std::process::id()));
         std::fs::create_dir(&staging).unwrap();
-        std::fs::write(staging.join(LOCK), "").unwrap();
         assert_eq!(sweep(), 1);
         assert!(live.path().exists() && kept.exists() && foreign.exists() && !dead.exists() && staging.exists());
         assert!(live.path().file_name().unwrap().to_string_lossy().starts_with("vpnlab-live-"), "final name once locked");
-        // An old one is a dead creation: swept.
-        let two_min_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
-        File::open(&staging).unwrap().set_modified(two_min_ago).unwrap();
+        // ...and one whose creator died (here: a pid that cannot exist) is swept.
+        let orphan = root.path().join(format!("{STAGING}4194305-def456"));
+        std::fs::create_dir(&orphan).unwrap();
         assert_eq!(sweep(), 1);
-        assert!(!staging.exists());
+        assert!(!orphan.exists() && staging.exists());
         drop(live);
         std::env::remove_var("VPNLAB_WORK_ROOT");
     }

@@ -56,8 +56,9 @@ pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest
     }
     let fam = Fam { v6: dest.is_ipv6() };
     let ruleset = ruleset(fam, dest);
-    // `nft -f FILE` (as the runner loads rulesets): a temporary file outside the lab's dirs.
-    let mut file = tempfile::Builder::new().prefix("vpnlab-trace-").suffix(".nft").tempfile().context("creating the trace ruleset file")?;
+    // `nft -f FILE` (as the runner loads rulesets): a temporary file in the node's directory, so
+    // that even a killed run leaves it only inside its work dir (swept with it).
+    let mut file = tempfile::Builder::new().prefix(".vpnlab-trace-").suffix(".nft").tempfile_in(cwd).context("creating the trace ruleset file")?;
     std::io::Write::write_all(&mut file, ruleset.as_bytes()).context("writing the trace ruleset file")?;
     let path = file.path().to_string_lossy().into_owned();
     let installed = Installed { nodes, pid, cwd, done: false };

@@ -36,24 +36,39 @@ pub struct Timings {
     pub teardown: Duration,
 }
 
+/// The first step whose expectation did not hold (or the service that never became ready).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FailedStep {
+    /// 0-based index in prelude + scenario steps; `None` for a service started with the lab.
+    pub index: Option<usize>,
+    /// The step as written in the lab file (or `start SERVICE`).
+    pub step: String,
+    /// What was observed (the transcript's words).
+    pub observed: String,
+    /// What the lab expected.
+    pub expected: String,
+}
+
 /// The result of running a scenario's steps (before the snapshot comparison).
 pub struct Run {
     /// Sanitized transcript.
     pub transcript: String,
     /// Why the steps failed (a check not met, a daemon that died, a deadline).
     pub failure: Option<String>,
+    /// The failing check, when `failure` is a check that did not hold.
+    pub failed_step: Option<FailedStep>,
+    /// `failure` is not a verdict on the daemons: the scenario could not be built or run
+    /// (a ruleset refused, a lost namespace, a guest that died).
+    pub error: bool,
     pub workdir: Option<PathBuf>,
     pub timings: Timings,
-    /// A daemon that exited before it was ready when the lab started: its config is broken
-    /// (reported as bad input, exit code 2, pointing at the service in the lab file).
-    pub bad_service: Option<crate::error::InputError>,
     work: Option<WorkDir>,
 }
 
 impl Run {
     /// A result produced elsewhere (a user-mode-linux guest), with the host's work dir.
-    pub(crate) fn from_parts(transcript: String, failure: Option<String>, timings: Timings, bad_service: Option<crate::error::InputError>, work: WorkDir) -> Run {
-        Run { transcript, failure, workdir: None, timings, bad_service, work: Some(work) }
+    pub(crate) fn from_parts(transcript: String, failure: Option<String>, failed_step: Option<FailedStep>, error: bool, timings: Timings, work: WorkDir) -> Run {
+        Run { transcript, failure, failed_step, error, workdir: None, timings, work: Some(work) }
     }
 
     /// Keeps the work dir (on failure, or with --keep) and returns its path.
@@ -66,7 +81,22 @@ impl Run {
 }
 
 /// A step that did not meet its expectation.
-struct StepFailed(String);
+struct StepFailed {
+    msg: String,
+    /// The check that did not hold (observed, expected); `None` for an error of the run.
+    check: Option<(String, String)>,
+}
+
+#[allow(non_snake_case)]
+fn StepFailed(msg: String) -> StepFailed {
+    StepFailed { msg, check: None }
+}
+
+impl StepFailed {
+    fn check(msg: String, observed: impl Into<String>, expected: impl Into<String>) -> StepFailed {
+        StepFailed { msg, check: Some((observed.into(), expected.into())) }
+    }
+}
 
 struct Lab_<'a> {
     /// Active impairments by (node, interface), with their NFQUEUE numbers. Declared before
@@ -106,7 +136,8 @@ pub struct Live<'a> {
     steps: Vec<&'a Step>,
     next: usize,
     failure: Option<String>,
-    bad_service: Option<crate::error::InputError>,
+    failed_step: Option<FailedStep>,
+    error: bool,
     timings: Timings,
     deadline: Instant,
     steps_started: Option<Instant>,
@@ -130,7 +161,8 @@ impl<'a> Live<'a> {
             steps: lab.prelude.iter().chain(sc.steps.iter()).collect(),
             next: 0,
             failure: None,
-            bad_service: None,
+            failed_step: None,
+            error: false,
             timings: Timings::default(),
             deadline: t0 + lab.deadline,
             steps_started: None,
@@ -147,6 +179,7 @@ impl<'a> Live<'a> {
                 let msg = format!("building the lab failed: {e:#}");
                 live.early = format!("# {label}\n!! {msg}\n");
                 live.failure = Some(msg);
+                live.error = true;
                 return Ok(live);
             }
         };
@@ -169,7 +202,7 @@ impl<'a> Live<'a> {
             l.t.push(&format!("# {}", sc.about));
         }
         let _g = live.rt.enter();
-        let mut bad_service = None;
+        let mut failed_service = None;
         let mut timings = Timings::default();
         let r = (|| -> Result<(), StepFailed> {
             l.prepare().map_err(|e| StepFailed(format!("preparing the nodes failed: {e:#}")))?;
@@ -181,16 +214,7 @@ impl<'a> Live<'a> {
             for (i, s) in lab.services.iter().enumerate() {
                 if s.autostart {
                     if let Err(e) = l.start(i) {
-                        if let Some(d) = l.daemons[i].as_mut().filter(|d| d.exited.is_some()) {
-                            let st = d.exited.map(|s| s.to_string()).unwrap_or_default();
-                            bad_service = Some(crate::error::InputError {
-                                file: lab.file.clone(),
-                                line: s.loc.0,
-                                col: s.loc.1,
-                                msg: format!("service `{}` exits as soon as it starts ({st}); its last lines:\n{}", s.name, d.tail(15)),
-                                hint: "fix the daemon's command line or its config file (its log is above), then run again".into(),
-                            });
-                        }
+                        failed_service = Some(s.name.clone());
                         return Err(e);
                     }
                 }
@@ -199,11 +223,14 @@ impl<'a> Live<'a> {
             Ok(())
         })();
         drop(_g);
-        if let Err(StepFailed(msg)) = r {
+        if let Err(StepFailed { msg, check }) = r {
             l.t.push(&format!("!! {msg}"));
             live.failure = Some(msg);
+            match (check, failed_service) {
+                (Some((observed, expected)), Some(name)) => live.failed_step = Some(FailedStep { index: None, step: format!("start {name}"), observed, expected }),
+                _ => live.error = true,
+            }
         }
-        live.bad_service = bad_service;
         live.timings = timings;
         live.l = Some(l);
         Ok(live)
@@ -236,9 +263,13 @@ impl<'a> Live<'a> {
         } else {
             l.step(step, &self.rt).and_then(|()| l.check_daemons()).and_then(|()| l.check_impairers())
         };
-        if let Err(StepFailed(msg)) = r {
+        if let Err(StepFailed { msg, check }) = r {
             l.t.push(&format!("!! {msg}"));
             self.failure = Some(msg);
+            match check {
+                Some((observed, expected)) => self.failed_step = Some(FailedStep { index: Some(self.next - 1), step: step.text.clone(), observed, expected }),
+                None => self.error = true,
+            }
         }
         self.timings.steps = started.elapsed();
         Some(l.t.lines_from(before))
@@ -277,7 +308,7 @@ impl<'a> Live<'a> {
         }
         self.timings.teardown = tt.elapsed();
         let work = std::sync::Arc::try_unwrap(self.work).ok();
-        Run { transcript, failure: self.failure, workdir: None, timings: self.timings, bad_service: self.bad_service, work }
+        Run { transcript, failure: self.failure, failed_step: self.failed_step, error: self.error, workdir: None, timings: self.timings, work }
     }
 }
 
@@ -424,12 +455,12 @@ impl Lab_<'_> {
             Some(Err(st)) => {
                 let tail = d.tail(15);
                 self.say(format!("{cmdline}  -> exited ({st}) before /{re}/"));
-                Err(StepFailed(format!("service `{}` exited ({st}) before its ready line /{re}/; last lines of {}:\n{tail}", s.name, log.display())))
+                Err(StepFailed::check(format!("service `{}` exited ({st}) before its ready line /{re}/; last lines of {}:\n{tail}", s.name, log.display()), format!("exited ({st})"), format!("ready: /{re}/")))
             }
             None => {
                 let tail = d.tail(15);
                 self.say(format!("{cmdline}  -> not ready: no /{re}/ within {:?}", s.timeout));
-                Err(StepFailed(format!("service `{}` did not log /{re}/ within {:?}; last lines of {}:\n{tail}", s.name, s.timeout, log.display())))
+                Err(StepFailed::check(format!("service `{}` did not log /{re}/ within {:?}; last lines of {}:\n{tail}", s.name, s.timeout, log.display()), format!("no /{re}/ within {:?}", s.timeout), format!("ready: /{re}/")))
             }
         }
     }

@@ -69,10 +69,6 @@ pub struct Outcome {
 pub fn run_checked(lab: &Lab, scenario: &str, opts: &Options, accept: bool) -> Result<Outcome> {
     let backend = crate::backend::choose(lab).map_err(|why| crate::error::EnvError { msg: format!("{} cannot run here: {why}", lab.id), hint: "run `sudo ci/setup`".into() })?;
     let mut run = crate::backend::run(lab, scenario, opts, backend)?;
-    if let Some(e) = run.bad_service.take() {
-        // Bad input leaves nothing behind: the message carries the daemon's last log lines.
-        return Err(e.into());
-    }
     let id = format!("{}::{scenario}", lab.id);
     let (passed, mut report) = if let Some(f) = &run.failure {
         let diff = match snapshot::compare(snapshot::stored(&snapshot::path(lab, scenario)).ok().flatten().as_deref(), &run.transcript) {

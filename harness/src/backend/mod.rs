@@ -72,8 +72,10 @@ struct Job {
 struct GuestResult {
     transcript: String,
     failure: Option<String>,
-    /// file, line, col, msg, hint of a daemon that exited at start.
-    bad_service: Option<(PathBuf, usize, usize, String, String)>,
+    #[serde(default)]
+    failed_step: Option<runner::FailedStep>,
+    #[serde(default)]
+    error: bool,
     build_ms: f64,
     daemons_ms: f64,
     steps_ms: f64,
@@ -105,7 +107,8 @@ fn guest_run(job_path: &Path) -> Result<()> {
     let r = GuestResult {
         transcript: run.transcript.clone(),
         failure: run.failure.clone(),
-        bad_service: run.bad_service.as_ref().map(|e| (e.file.clone(), e.line, e.col, e.msg.clone(), e.hint.clone())),
+        failed_step: run.failed_step.clone(),
+        error: run.error,
         build_ms: ms(run.timings.build),
         daemons_ms: ms(run.timings.daemons),
         steps_ms: ms(run.timings.steps),
@@ -185,8 +188,9 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     Ok(runner::Run::from_parts(
         res.transcript,
         res.failure,
+        res.failed_step,
+        res.error,
         Timings { build: d(res.build_ms), daemons: d(res.daemons_ms), steps: d(res.steps_ms), teardown: d(res.teardown_ms) },
-        res.bad_service.map(|(file, line, col, msg, hint)| crate::error::InputError { file, line, col, msg, hint }),
         work,
     ))
 }

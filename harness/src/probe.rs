@@ -1,7 +1,7 @@
 //! Reachability probes: real `ping` in a node, and harness-native TCP connect / transfer
 //! (a listener on a thread inside the destination node, a client on a thread inside the source).
 
-use crate::model::step::{PingExpect, TcpExpect};
+use crate::model::step::PingExpect;
 use crate::ns::{NetNs, PidNs};
 use crate::process::run_capture;
 use anyhow::Result;
@@ -62,17 +62,24 @@ pub fn parse_ping(out: &str) -> PingResult {
     r
 }
 
+/// How long a negative reachability check listens for a late reply when nothing (no ICMP
+/// error, no failed route lookup) has already decided it. Replies inside a lab take well under
+/// a millisecond; a second is a thousand times that, so a loaded machine cannot turn a slow
+/// reply into a drop. An ICMP error or an unsendable probe ends the wait at once (ping stops
+/// when every probe has been answered, by a reply or by an error).
+pub const SILENCE: Duration = Duration::from_secs(1);
+
 /// Runs real `ping`. Reachability checks stop at the first `count` replies (deadline 5 s);
-/// an expected-unreachable check sends `count` probes 10 ms apart and waits 200 ms for a late
-/// reply (replies inside a lab take well under a millisecond; 200x that is the margin), so a
-/// negative check costs ~0.2 s, not ping's default seconds. Loss checks send exactly `count`.
+/// negative checks send `count` probes 10 ms apart and wait [`SILENCE`] after the last; loss
+/// checks send exactly `count` (20 ms apart) and wait [`SILENCE`] for the last replies.
 #[allow(clippy::too_many_arguments)]
-pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<&str>, dest: IpAddr, count: u32, size: Option<u32>, expect: &PingExpect) -> Result<PingResult> {
+pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, node: &str, src: Option<&str>, dest: IpAddr, count: u32, size: Option<u32>, expect: &PingExpect) -> Result<crate::facts::PingFact> {
+    let silence = format!("{}", SILENCE.as_secs_f64());
     let mut argv: Vec<String> = vec!["ping".into(), "-n".into(), "-c".into(), count.to_string()];
     match expect {
         PingExpect::Reachable => argv.extend(["-i", "0.01", "-w", "5"].map(String::from)),
-        PingExpect::Unreachable => argv.extend(["-i", "0.01", "-W", "0.2"].map(String::from)),
-        PingExpect::Loss(..) => argv.extend(["-i", "0.02", "-W", "0.5"].map(String::from)),
+        PingExpect::Unreachable => argv.extend(["-i".to_string(), "0.01".to_string(), "-W".to_string(), silence]),
+        PingExpect::Loss(..) => argv.extend(["-i".to_string(), "0.02".to_string(), "-W".to_string(), silence]),
     }
     if let Some(s) = src {
         argv.extend(["-I".to_string(), s.to_string()]);
@@ -81,52 +88,35 @@ pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, src: Option<&str>, dest: IpA
         argv.extend(["-s".to_string(), n.to_string()]);
     }
     argv.push(dest.to_string());
+    let shown = format!(
+        "ping -c{count}{}{} {dest}",
+        size.map(|s| format!(" -s {s}")).unwrap_or_default(),
+        src.map(|s| format!(" -I {s}")).unwrap_or_default()
+    );
     let out = run_capture(netns, pid, &argv, cwd, Duration::from_secs(30))?;
-    let mut r = parse_ping(&out.text);
+    let r = parse_ping(&out.text);
+    let mut fact = crate::facts::PingFact {
+        node: node.to_string(),
+        shown,
+        sent: r.transmitted,
+        received: r.received,
+        ttl: r.ttl,
+        errors: r.notes.iter().filter_map(|n| n.strip_prefix("From ")).filter_map(|n| n.split_once(": ")).map(|(f, w)| crate::facts::IcmpError { from: f.to_string(), what: w.to_string() }).collect(),
+        not_sent: None,
+        waited: if matches!(expect, PingExpect::Reachable) { Duration::from_secs(5) } else { SILENCE },
+    };
     // No route at all: ping cannot even send ("connect: Network is unreachable").
     if let Some(l) = out.text.lines().find(|l| l.contains("Network is unreachable") && !l.starts_with("From ")) {
-        r.notes.push(l.trim().to_string());
-        return Ok(r);
+        fact.not_sent = Some(l.trim().trim_start_matches("ping: ").to_string());
+        return Ok(fact);
     }
     if r.transmitted == 0 && !out.text.contains("packets transmitted") {
         anyhow::bail!("ping did not run: {}", out.text.trim());
     }
-    Ok(r)
+    Ok(fact)
 }
 
-/// Outcome of a TCP check, for the transcript.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TcpOutcome {
-    Open,
-    Refused,
-    /// An ICMP error ended the attempt (no route to host, host/net unreachable, prohibited).
-    Unreachable,
-    TimedOut,
-    Complete,
-    Stalled,
-}
-
-impl TcpOutcome {
-    pub fn describe(&self) -> &'static str {
-        match self {
-            TcpOutcome::Open => "open",
-            TcpOutcome::Refused => "closed (connection refused)",
-            TcpOutcome::Unreachable => "closed (no route to host)",
-            TcpOutcome::TimedOut => "closed (timed out)",
-            TcpOutcome::Complete => "complete",
-            TcpOutcome::Stalled => "stalls",
-        }
-    }
-    pub fn meets(&self, e: &TcpExpect) -> bool {
-        matches!(
-            (self, e),
-            (TcpOutcome::Open, TcpExpect::Open)
-                | (TcpOutcome::Refused | TcpOutcome::Unreachable | TcpOutcome::TimedOut, TcpExpect::Closed)
-                | (TcpOutcome::Complete, TcpExpect::Complete)
-                | (TcpOutcome::Stalled | TcpOutcome::Refused | TcpOutcome::Unreachable | TcpOutcome::TimedOut, TcpExpect::Stalls)
-        )
-    }
-}
+pub use crate::facts::TcpOutcome;
 
 /// Connects from `from` to `dest` (served by a listener in `server`), optionally sending
 /// `send` bytes that the listener counts and acknowledges, all within `within`.
@@ -177,7 +167,7 @@ pub fn tcp(from: &NetNs, server: Option<&NetNs>, dest: SocketAddr, send: Option<
                 Ok(c) => c,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return TcpOutcome::Refused,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES | libc::EPERM)) => return TcpOutcome::Unreachable,
-                Err(_) => return TcpOutcome::TimedOut,
+                Err(_) => return TcpOutcome::ConnectTimedOut,
             };
             let Some(n) = send else { return TcpOutcome::Open };
             let chunk = vec![0x5au8; 16384];
@@ -190,7 +180,7 @@ pub fn tcp(from: &NetNs, server: Option<&NetNs>, dest: SocketAddr, send: Option<
                 let k = chunk.len().min((n - sent) as usize);
                 match c.write(&chunk[..k]) {
                     Ok(w) => sent += w as u64,
-                    Err(_) => return TcpOutcome::Stalled,
+                    Err(e) => return stalled_or_closed(&e),
                 }
             }
             let _ = c.shutdown(Shutdown::Write);
@@ -199,7 +189,10 @@ pub fn tcp(from: &NetNs, server: Option<&NetNs>, dest: SocketAddr, send: Option<
             let mut ack = [0u8; 8];
             match c.read_exact(&mut ack) {
                 Ok(()) if u64::from_be_bytes(ack) == n => TcpOutcome::Complete,
-                _ => TcpOutcome::Stalled,
+                // The listener answers with the count it received: a short count or an early
+                // EOF means the connection was closed before the transfer finished.
+                Ok(()) => TcpOutcome::Closed,
+                Err(e) => stalled_or_closed(&e),
             }
         })?;
         if let Some(t) = server_thread {
@@ -207,6 +200,15 @@ pub fn tcp(from: &NetNs, server: Option<&NetNs>, dest: SocketAddr, send: Option<
         }
         Ok(outcome)
     })
+}
+
+/// A socket error during a transfer: a timeout is a stall, anything else (EOF, reset, broken
+/// pipe) is the connection closed by the other end.
+fn stalled_or_closed(e: &std::io::Error) -> TcpOutcome {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => TcpOutcome::Stalled,
+        _ => TcpOutcome::Closed,
+    }
 }
 
 #[cfg(test)]

@@ -210,6 +210,26 @@ impl Daemon {
         self.exited
     }
 
+    /// Like [`Daemon::stop`], also saying what it took: `(status, had already exited, needed
+    /// SIGKILL)`.
+    pub fn stop_observed(&mut self, grace: Duration) -> Result<(ExitStatus, bool, bool)> {
+        if let Some(st) = self.poll_exit() {
+            kill_group(self.child.id(), libc::SIGKILL);
+            return Ok((st, true, false));
+        }
+        kill_group(self.child.id(), libc::SIGTERM);
+        let (st, killed) = match wait_deadline(&mut self.child, Instant::now() + grace)? {
+            Some(st) => (st, false),
+            None => {
+                kill_group(self.child.id(), libc::SIGKILL);
+                (self.child.wait()?, true)
+            }
+        };
+        kill_group(self.child.id(), libc::SIGKILL);
+        self.exited = Some(st);
+        Ok((st, false, killed))
+    }
+
     /// SIGTERM to its process group, then SIGKILL after `grace`. Returns how it ended.
     pub fn stop(&mut self, grace: Duration) -> Result<ExitStatus> {
         if let Some(st) = self.poll_exit() {

@@ -3,7 +3,10 @@
 //! transcript as it goes. Teardown runs however the scenario ends (drop order: daemons are
 //! stopped, the PID namespace is killed, then the namespaces' last fds close).
 
+use crate::facts::{Exit, Fact, ImpairEnded, LogFact, LogScope, StartFact, StartOutcome, StopFact, TcpFact};
+use crate::judge::judge;
 use crate::model::step::{Action, PingExpect, ServiceOp, Step};
+use crate::narrate::{narrate, Line};
 use crate::model::{Lab, Service};
 use crate::ns::PidNs;
 use crate::process::{read_from, run_capture, wait_until, Daemon};
@@ -117,6 +120,9 @@ struct Lab_<'a> {
     /// Log sizes at the start of the previous step (for `log ... after`: lines logged since the
     /// previous step began, i.e. caused by it).
     marks: Vec<u64>,
+    /// Log sizes when the last step that changed something began (a `log` check's default
+    /// start: lines caused by the change).
+    change_marks: Vec<u64>,
 }
 
 /// Runs `scenario` of `lab`. Errors are problems of the environment (cannot create a
@@ -196,6 +202,7 @@ impl<'a> Live<'a> {
             t: Transcript::new(&lab.sanitizers),
             label: label.clone(),
             marks: vec![0; lab.services.len()],
+            change_marks: vec![0; lab.services.len()],
         };
         l.t.push(&format!("# {label}"));
         if !sc.about.is_empty() {
@@ -213,9 +220,15 @@ impl<'a> Live<'a> {
             let td = Instant::now();
             for (i, s) in lab.services.iter().enumerate() {
                 if s.autostart {
-                    if let Err(e) = l.start(i) {
+                    let f = l.start(i)?;
+                    let fact = Fact::Start(f.clone());
+                    let action = Action::Service { op: ServiceOp::Start, service: i };
+                    for line in narrate(&action, &fact) {
+                        l.tell(line);
+                    }
+                    if let Err(miss) = judge(&action, &fact) {
                         failed_service = Some(s.name.clone());
-                        return Err(e);
+                        return Err(StepFailed::check(l.not_ready(i, &f), miss.observed, miss.expected));
                     }
                 }
             }
@@ -299,6 +312,13 @@ impl<'a> Live<'a> {
 
     /// Tears the lab down and returns the result.
     pub fn finish(mut self) -> Run {
+        // Impairments still on: their counters belong to the transcript (a phase that was
+        // impaired shows whether the impairment acted).
+        if let Some(l) = self.l.as_mut() {
+            for e in l.impairments_at_end() {
+                l.tell(crate::narrate::impair_at_end(&e));
+            }
+        }
         let transcript = self.transcript();
         let tt = Instant::now();
         if let Some(mut l) = self.l.take() {
@@ -424,20 +444,26 @@ impl Lab_<'_> {
         &self.lab.services[i]
     }
 
-    /// Starts a service and waits for its ready line.
-    fn start(&mut self, i: usize) -> Result<(), StepFailed> {
+    /// Starts a service and waits for its ready line; says what happened.
+    fn start(&mut self, i: usize) -> Result<StartFact, StepFailed> {
         let s = self.service(i).clone();
-        let node = &self.lab.nodes[s.node].name;
+        let node = self.lab.nodes[s.node].name.clone();
         let log = self.work.log(&s.name);
         let d = Daemon::start(&s.name, &self.topo.nodes[s.node].ns, &self.pid, &s.argv, &self.node_dir(s.node), &log, &[])
             .map_err(|e| StepFailed(format!("{e:#}")))?;
         self.stopped[i] = false;
         let start = d.log_start;
         self.daemons[i] = Some(d);
-        let cmdline = format!("{node}# {}", s.argv.join(" "));
+        let mut fact = StartFact {
+            node,
+            service: s.name.clone(),
+            cmdline: s.argv.join(" "),
+            ready: s.ready.as_ref().map(|r| r.as_str().to_string()),
+            timeout: s.timeout,
+            outcome: StartOutcome::Started,
+        };
         let Some(re) = s.ready.clone() else {
-            self.say(cmdline);
-            return Ok(());
+            return Ok(fact);
         };
         let deadline = Instant::now() + s.timeout;
         let d = self.daemons[i].as_mut().unwrap();
@@ -447,39 +473,30 @@ impl Lab_<'_> {
             }
             d.poll_exit().map(Err)
         });
-        match found {
-            Some(Ok(line)) => {
-                self.say(format!("{cmdline}  -> {}", sanitize(&line, &self.lab.sanitizers)));
-                Ok(())
-            }
-            Some(Err(st)) => {
-                let tail = d.tail(15);
-                self.say(format!("{cmdline}  -> exited ({st}) before /{re}/"));
-                Err(StepFailed::check(format!("service `{}` exited ({st}) before its ready line /{re}/; last lines of {}:\n{tail}", s.name, log.display()), format!("exited ({st})"), format!("ready: /{re}/")))
-            }
-            None => {
-                let tail = d.tail(15);
-                self.say(format!("{cmdline}  -> not ready: no /{re}/ within {:?}", s.timeout));
-                Err(StepFailed::check(format!("service `{}` did not log /{re}/ within {:?}; last lines of {}:\n{tail}", s.name, s.timeout, log.display()), format!("no /{re}/ within {:?}", s.timeout), format!("ready: /{re}/")))
-            }
-        }
+        fact.outcome = match found {
+            Some(Ok(line)) => StartOutcome::Ready(sanitize(&line, &self.lab.sanitizers)),
+            Some(Err(st)) => StartOutcome::Exited(Exit::from_status(st)),
+            None => StartOutcome::NotReady,
+        };
+        Ok(fact)
     }
 
-    fn stop(&mut self, i: usize) -> Result<(), StepFailed> {
+    /// The failure message of a service that did not become ready (with its log's tail).
+    fn not_ready(&self, i: usize, f: &StartFact) -> String {
+        let tail = self.daemons[i].as_ref().map(|d| d.tail(15)).unwrap_or_default();
+        format!("service `{}`: {}; last lines of {}:\n{tail}", f.service, crate::narrate::start_outcome(f), self.work.log(&f.service).display())
+    }
+
+    fn stop(&mut self, i: usize) -> Result<StopFact, StepFailed> {
         let name = self.service(i).name.clone();
         let node = self.lab.nodes[self.service(i).node].name.clone();
-        let prog = crate::model::daemon_program(&self.service(i).argv);
         let Some(d) = self.daemons[i].as_mut() else {
-            return Err(StepFailed(format!("service `{name}` is not running")));
+            return Err(StepFailed(format!("service `{name}` was never started")));
         };
         self.stopped[i] = true;
-        let st = d.stop(Duration::from_secs(5)).map_err(|e| StepFailed(format!("stopping `{name}`: {e:#}")))?;
-        let how = match st.code() {
-            Some(c) => format!("exit {c}"),
-            None => "killed".into(),
-        };
-        self.say(format!("{node}# kill -TERM $(pidof {prog})  -> exited ({how})"));
-        Ok(())
+        let grace = Duration::from_secs(5);
+        let (st, already, killed) = d.stop_observed(grace).map_err(|e| StepFailed(format!("stopping `{name}`: {e:#}")))?;
+        Ok(StopFact { node, service: name, already_exited: already, killed_after: killed.then_some(grace), exit: Exit::from_status(st) })
     }
 
     fn trace_lines(&self, node: usize, dest: std::net::IpAddr) -> Result<Vec<String>> {
@@ -494,26 +511,35 @@ impl Lab_<'_> {
         Ok(())
     }
 
-    fn impair(&mut self, node: usize, ifname: &str, spec: &Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>) -> Result<(), StepFailed> {
+    /// Ends the impairment of `node:ifname` (if one is on) and starts `spec` (if given).
+    fn impair(&mut self, node: usize, ifname: &str, spec: &Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>) -> Result<Fact, StepFailed> {
         let name = self.lab.nodes[node].name.clone();
         let key = (node, ifname.to_string());
+        let mut ended = None;
         if let Some(i) = self.impairers.iter().position(|(k, _)| *k == key) {
             let (_, old) = self.impairers.remove(i);
-            old.stop(&self.topo.nodes[node].ns, &self.pid).map_err(|e| StepFailed(format!("stopping the impairment of {name}:{ifname}: {e:#}")))?;
+            let spec = impair_spec(&old);
+            let stats = old.stop(&self.topo.nodes[node].ns, &self.pid).map_err(|e| StepFailed(format!("stopping the impairment of {name}:{ifname}: {e:#}")))?;
+            ended = Some(ImpairEnded { node: name.clone(), ifname: ifname.to_string(), spec, counts: stats.into() });
         }
-        match spec {
-            None => self.say(format!("{name}# impair {ifname} off")),
-            Some((imp, proto)) => {
-                let proto_txt = proto.as_ref().map(|p| format!(" {p}")).unwrap_or_default();
-                self.say(format!("{name}# impair {ifname} {imp}{proto_txt}   (NFQUEUE, harness-native)"));
-                let used: Vec<u16> = self.impairers.iter().filter(|((n, _), _)| *n == node).map(|(_, i)| i.queue()).collect();
-                let queue = (0..u16::MAX).find(|q| !used.contains(q)).unwrap_or(0);
-                let imp = crate::impair::Impairer::start(&self.topo.nodes[node].ns, &self.pid, &self.node_dir(node), ifname, imp.clone(), *proto, queue)
-                    .map_err(|e| StepFailed(format!("impair {name}:{ifname}: {e:#}")))?;
-                self.impairers.push((key, imp));
-            }
+        let mut started = None;
+        if let Some((imp, proto)) = spec {
+            let used: Vec<u16> = self.impairers.iter().filter(|((n, _), _)| *n == node).map(|(_, i)| i.queue()).collect();
+            let queue = (0..u16::MAX).find(|q| !used.contains(q)).unwrap_or(0);
+            let imp = crate::impair::Impairer::start(&self.topo.nodes[node].ns, &self.pid, &self.node_dir(node), ifname, imp.clone(), *proto, queue)
+                .map_err(|e| StepFailed(format!("impair {name}:{ifname}: {e:#}")))?;
+            started = Some(impair_spec(&imp));
+            self.impairers.push((key, imp));
         }
-        Ok(())
+        Ok(Fact::Impair { node: name, ifname: ifname.to_string(), ended, started })
+    }
+
+    /// Impairments still on, with their counters so far (shown at the end of a scenario).
+    fn impairments_at_end(&self) -> Vec<ImpairEnded> {
+        self.impairers
+            .iter()
+            .map(|((node, ifname), imp)| ImpairEnded { node: self.lab.nodes[*node].name.clone(), ifname: ifname.clone(), spec: impair_spec(imp), counts: imp.stats().into() })
+            .collect()
     }
 
     /// A daemon that died on its own fails the lab (unless it may exit).
@@ -532,144 +558,140 @@ impl Lab_<'_> {
         Ok(())
     }
 
+    fn tell(&mut self, line: Line) {
+        match line {
+            Line::Say(s) => self.say(s),
+            Line::Log { service, line } => self.say_log(&service, &line),
+            Line::Block(b) => self.t.push_block(&b),
+        }
+    }
+
+    /// Runs a step: executes it (observed facts), writes its transcript lines from the facts,
+    /// and judges it against its expectation.
     fn step(&mut self, step: &Step, rt: &tokio::runtime::Runtime) -> Result<(), StepFailed> {
-        let lab = self.lab;
-        let now: Vec<u64> = lab.services.iter().map(|s| std::fs::metadata(self.work.log(&s.name)).map(|m| m.len()).unwrap_or(0)).collect();
-        let prev_marks = std::mem::replace(&mut self.marks, now);
-        let fail = |m: String| StepFailed(m);
-        match &step.action {
-            Action::Ping { node, src, dest, count, size, expect } => {
-                let n = &lab.nodes[*node].name;
-                let cmd = format!(
-                    "{n}$ ping -c{count}{}{} {dest}",
-                    size.map(|s| format!(" -s {s}")).unwrap_or_default(),
-                    src.as_ref().map(|s| format!(" -I {s}")).unwrap_or_default()
-                );
-                let r = crate::probe::ping(&self.topo.nodes[*node].ns, &self.pid, &self.node_dir(*node), src.as_deref(), *dest, *count, *size, expect).map_err(|e| fail(format!("{cmd}: {e:#}")))?;
-                let notes = if r.notes.is_empty() { String::new() } else { format!("; {}", r.notes.join("; ")) };
-                let (ok, outcome) = match expect {
-                    PingExpect::Reachable | PingExpect::Unreachable => {
-                        let reachable = r.received > 0;
-                        let outcome = if reachable {
-                            format!("reachable (ttl={}{notes})", r.ttl.map(|t| t.to_string()).unwrap_or_else(|| "?".into()))
-                        } else {
-                            format!("unreachable (100% loss{notes})")
-                        };
-                        (reachable == (*expect == PingExpect::Reachable), outcome)
-                    }
-                    PingExpect::Loss(a, b) => {
-                        let loss = r.loss_pct();
-                        self.progress(&format!("{cmd}: {loss}% loss ({} of {} received)", r.received, r.transmitted));
-                        let ok = loss >= *a && loss <= *b;
-                        let want = if a == b { format!("{a}%") } else { format!("{a}%..{b}%") };
-                        (ok, if ok { format!("loss within {want}") } else { format!("loss {loss}% (expected {want})") })
-                    }
-                };
-                self.say(format!("{cmd}  -> {outcome}"));
-                if !ok {
-                    // Where did it die? A failed reachability check says hop by hop.
-                    if *expect == PingExpect::Reachable && r.received == 0 {
-                        if let Ok(lines) = self.trace_lines(*node, *dest) {
-                            self.t.push("    where the probe went (vpnlab trace):");
-                            self.t.push_block(&lines.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"));
-                        }
-                    }
-                    return Err(fail(format!("`{}` expected {}, got {outcome}", step.text, describe_ping(expect))));
+        let sizes: Vec<u64> = self.lab.services.iter().map(|s| std::fs::metadata(self.work.log(&s.name)).map(|m| m.len()).unwrap_or(0)).collect();
+        let prev_marks = std::mem::replace(&mut self.marks, sizes.clone());
+        if step.action.changes() {
+            self.change_marks = sizes;
+        }
+        let fact = self.observe(&step.action, rt, &prev_marks)?;
+        for line in narrate(&step.action, &fact) {
+            self.tell(line);
+        }
+        let Err(miss) = judge(&step.action, &fact) else {
+            return Ok(());
+        };
+        // Where did it die? A failed reachability check says hop by hop.
+        if let (Action::Ping { node, dest, expect: PingExpect::Reachable, .. }, Fact::Ping(p)) = (&step.action, &fact) {
+            if p.received == 0 {
+                if let Ok(lines) = self.trace_lines(*node, *dest) {
+                    self.t.push("    where the probe went (vpnlab trace):");
+                    self.t.push_block(&lines.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"));
                 }
+            }
+        }
+        let mut msg = format!("`{}`: expected {}, observed {}", step.text, miss.expected, miss.observed);
+        match &fact {
+            Fact::Command { output, .. } if !output.trim().is_empty() => msg.push_str(&format!(":\n{}", output.trim_end())),
+            Fact::Log(l) | Fact::NoLog(l) => {
+                if let Some(i) = self.lab.services.iter().position(|s| s.name == l.service) {
+                    let tail = self.daemons[i].as_ref().map(|d| d.tail(15)).unwrap_or_default();
+                    msg.push_str(&format!("; last lines of {}:\n{tail}", self.work.log(&l.service).display()));
+                }
+            }
+            Fact::Start(f) | Fact::Restart(_, f) => {
+                if let Some(i) = self.lab.services.iter().position(|s| s.name == f.service) {
+                    msg = format!("`{}`: {}", step.text, self.not_ready(i, f));
+                }
+            }
+            _ => {}
+        }
+        Err(StepFailed::check(msg, miss.observed, miss.expected))
+    }
+
+    /// Executes a step and returns what it observed. `Err` only when it could not be executed
+    /// at all (an error of the run, not a verdict).
+    fn observe(&mut self, action: &Action, rt: &tokio::runtime::Runtime, prev_marks: &[u64]) -> Result<Fact, StepFailed> {
+        let lab = self.lab;
+        let node_name = |n: &usize| lab.nodes[*n].name.clone();
+        let fail = StepFailed;
+        Ok(match action {
+            Action::Ping { node, src, dest, count, size, expect } => {
+                let n = node_name(node);
+                let f = crate::probe::ping(&self.topo.nodes[*node].ns, &self.pid, &self.node_dir(*node), &n, src.as_deref(), *dest, *count, *size, expect).map_err(|e| fail(format!("{n}: ping {dest}: {e:#}")))?;
+                Fact::Ping(f)
             }
             Action::RouteAdd { node, route } | Action::RouteDel { node, route } => {
-                let add = matches!(step.action, Action::RouteAdd { .. });
-                self.say(format!("{}# ip route {} {}", lab.nodes[*node].name, if add { "add" } else { "del" }, route.text));
-                rt.block_on(self.topo.nodes[*node].route(route, add)).map_err(|e| fail(format!("{e:#}")))?;
+                let add = matches!(action, Action::RouteAdd { .. });
+                let result = rt.block_on(self.topo.nodes[*node].route(route, add)).map_err(|e| format!("{e:#}"));
+                Fact::Netlink { node: node_name(node), command: format!("ip route {} {}", if add { "add" } else { "del" }, route.text), result }
             }
             Action::RuleAdd { node, rule } | Action::RuleDel { node, rule } => {
-                let add = matches!(step.action, Action::RuleAdd { .. });
-                self.say(format!("{}# ip rule {} {}", lab.nodes[*node].name, if add { "add" } else { "del" }, rule.text));
-                rt.block_on(self.topo.nodes[*node].rule(rule, add)).map_err(|e| fail(format!("{e:#}")))?;
+                let add = matches!(action, Action::RuleAdd { .. });
+                let result = rt.block_on(self.topo.nodes[*node].rule(rule, add)).map_err(|e| format!("{e:#}"));
+                Fact::Netlink { node: node_name(node), command: format!("ip rule {} {}", if add { "add" } else { "del" }, rule.text), result }
             }
-            Action::Sh { node, cmd, expect_fail } => {
+            Action::Sh { node, cmd, .. } => {
                 let out = self.exec(*node, &["/bin/sh".into(), "-c".into(), cmd.clone()]).map_err(|e| fail(format!("{e:#}")))?;
-                let line = format!("{}# {cmd}", lab.nodes[*node].name);
-                if out.success() == *expect_fail {
-                    self.say(format!("{line}  -> {}", out.describe_status()));
-                    return Err(fail(format!("`{cmd}` {} ({}):\n{}", if *expect_fail { "was expected to fail but succeeded" } else { "failed" }, out.describe_status(), out.text.trim_end())));
-                }
-                self.say(if *expect_fail { format!("{line}  -> fails ({})", out.describe_status()) } else { line });
+                Fact::Command { node: node_name(node), cmd: cmd.clone(), ok: out.success(), status: out.describe_status(), output: out.text }
             }
             Action::Show { node, cmd } => {
                 let out = self.exec(*node, &["/bin/sh".into(), "-c".into(), cmd.clone()]).map_err(|e| fail(format!("{e:#}")))?;
-                self.say(format!("{}$ {cmd}", lab.nodes[*node].name));
-                self.t.push_block(&out.text);
-                if !out.success() {
-                    self.t.push(&format!("    ({})", out.describe_status()));
-                }
+                Fact::Show { node: node_name(node), cmd: cmd.clone(), ok: out.success(), status: out.describe_status(), output: out.text }
             }
             Action::Chmod { node, mode, path } => {
-                self.say(format!("{}# chmod {mode:o} {path}", lab.nodes[*node].name));
-                std::fs::set_permissions(self.node_dir(*node).join(path), std::fs::Permissions::from_mode(*mode)).map_err(|e| fail(format!("chmod {path}: {e}")))?;
+                let result = std::fs::set_permissions(self.node_dir(*node).join(path), std::fs::Permissions::from_mode(*mode)).map_err(|e| e.to_string());
+                Fact::Chmod { node: node_name(node), mode: *mode, path: path.clone(), result }
             }
             Action::Sysctl { node, key, value } => {
-                self.say(format!("{}# sysctl -w {key}={value}", lab.nodes[*node].name));
-                self.topo.nodes[*node].sysctl(key, value).map_err(|e| fail(format!("{e:#}")))?;
+                let result = self.topo.nodes[*node].sysctl(key, value).map_err(|e| format!("{e:#}"));
+                Fact::Sysctl { node: node_name(node), key: key.clone(), value: value.clone(), result }
             }
-            Action::Tcp { node, dest, send, within, expect } => {
+            Action::Tcp { node, dest, send, within, .. } => {
                 let server = lab.owner_of(dest.ip());
-                let cmd = format!("{}$ tcp {dest}{}", lab.nodes[*node].name, send.map(|n| format!(" send {}", human(n))).unwrap_or_default());
-                let out = crate::probe::tcp(&self.topo.nodes[*node].ns, server.map(|s| &self.topo.nodes[s].ns), *dest, *send, *within).map_err(|e| fail(format!("{cmd}: {e:#}")))?;
-                self.say(format!("{cmd}  -> {}", out.describe()));
-                if !out.meets(expect) {
-                    return Err(fail(format!("`{}` expected {expect:?}, got {}", step.text, out.describe())));
-                }
+                let outcome = crate::probe::tcp(&self.topo.nodes[*node].ns, server.map(|s| &self.topo.nodes[s].ns), *dest, *send, *within).map_err(|e| fail(format!("{}: tcp {dest}: {e:#}", node_name(node))))?;
+                Fact::Tcp(TcpFact { node: node_name(node), dest: *dest, send: *send, within: *within, outcome })
             }
-            Action::Impair { node, ifname, spec } => self.impair(*node, ifname, spec)?,
+            Action::Impair { node, ifname, spec, .. } => self.impair(*node, ifname, spec)?,
             Action::Trace { node, dest } => {
-                self.say(format!("{}$ vpnlab trace {dest}", lab.nodes[*node].name));
                 let lines = self.trace_lines(*node, *dest).map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
-                self.t.push_block(&lines.join("\n"));
+                Fact::Trace { node: node_name(node), dest: *dest, lines }
             }
             Action::Service { op, service } => match op {
-                ServiceOp::Start => self.start(*service)?,
-                ServiceOp::Stop => self.stop(*service)?,
+                ServiceOp::Start => Fact::Start(self.start(*service)?),
+                ServiceOp::Stop => Fact::Stop(self.stop(*service)?),
                 ServiceOp::Restart => {
-                    self.stop(*service)?;
-                    self.start(*service)?;
+                    let stopped = self.stop(*service)?;
+                    Fact::Restart(stopped, self.start(*service)?)
                 }
             },
-            Action::Log { service, pattern, within, after } => {
-                let name = &self.service(*service).name;
-                let log = self.work.log(name);
-                let from = if *after { prev_or(&prev_marks, *service) } else { self.daemons[*service].as_ref().map(|d| d.log_start).unwrap_or(0) };
+            Action::Log { service, pattern, within, scope } => {
+                let from = self.log_from(*service, *scope, prev_marks);
+                let log = self.work.log(&self.service(*service).name);
                 let found = wait_until(Instant::now() + *within, || read_from(&log, from).lines().find(|l| pattern.re.is_match(l)).map(str::to_string));
-                match found {
-                    Some(line) => self.say_log(&name.clone(), &line),
-                    None => {
-                        let shown = if pattern.re.as_str() == regex::escape(&pattern.text) { format!("'{}'", pattern.text) } else { format!("/{}/", pattern.text) };
-                        self.say(format!("{name}.log: no {shown} within {within:?}"));
-                        let tail = self.daemons[*service].as_ref().map(|d| d.tail(15)).unwrap_or_default();
-                        return Err(fail(format!("`{}`: no matching line in {} within {within:?}; last lines:\n{tail}", step.text, log.display())));
-                    }
-                }
+                Fact::Log(LogFact { service: self.service(*service).name.clone(), pattern: shown_pattern(pattern), scope: *scope, waited: Some(*within), found })
             }
-            Action::NoLog { service, pattern, watch, after } => {
-                let name = &self.service(*service).name;
-                let log = self.work.log(name);
-                let from = if *after { prev_or(&prev_marks, *service) } else { self.daemons[*service].as_ref().map(|d| d.log_start).unwrap_or(0) };
+            Action::NoLog { service, pattern, watch, scope } => {
+                let from = self.log_from(*service, *scope, prev_marks);
+                let log = self.work.log(&self.service(*service).name);
                 let find = || read_from(&log, from).lines().find(|l| pattern.re.is_match(l)).map(str::to_string);
                 let found = match watch {
                     Some(w) => wait_until(Instant::now() + *w, find),
                     None => find(),
                 };
-                let shown = if pattern.re.as_str() == regex::escape(&pattern.text) { format!("'{}'", pattern.text) } else { format!("/{}/", pattern.text) };
-                match found {
-                    None => self.say(format!("{name}.log: no {shown}{}", watch.map(|w| format!(" for {w:?}")).unwrap_or_default())),
-                    Some(line) => {
-                        self.say_log(&name.clone(), &line);
-                        return Err(fail(format!("`{}`: the log has a line it must not have: {line}", step.text)));
-                    }
-                }
+                Fact::NoLog(LogFact { service: self.service(*service).name.clone(), pattern: shown_pattern(pattern), scope: *scope, waited: *watch, found })
             }
+        })
+    }
+
+    /// Where in a service's log a `log`/`nolog` check starts reading.
+    fn log_from(&self, service: usize, scope: LogScope, prev_marks: &[u64]) -> u64 {
+        let started = self.daemons[service].as_ref().map(|d| d.log_start).unwrap_or(0);
+        match scope {
+            LogScope::SinceStart => started,
+            LogScope::SincePrevious => prev_or(prev_marks, service),
+            LogScope::SinceChange => prev_or(&self.change_marks, service).max(started),
         }
-        Ok(())
     }
 
     /// Stops daemons in reverse order, then kills everything left in the PID namespace.
@@ -694,22 +716,18 @@ fn prev_or(marks: &[u64], i: usize) -> u64 {
     marks.get(i).copied().unwrap_or(0)
 }
 
-fn describe_ping(e: &PingExpect) -> String {
-    match e {
-        PingExpect::Reachable => "reachable".into(),
-        PingExpect::Unreachable => "unreachable".into(),
-        PingExpect::Loss(a, b) => format!("loss {a}%..{b}%"),
+/// A pattern as the lab wrote it: `/regex/` or `'literal'`.
+fn shown_pattern(p: &crate::model::step::LinePattern) -> String {
+    if p.re.as_str() == regex::escape(&p.text) {
+        format!("'{}'", p.text)
+    } else {
+        format!("/{}/", p.text)
     }
 }
 
-fn human(n: u64) -> String {
-    if n % 1_000_000 == 0 {
-        format!("{}MB", n / 1_000_000)
-    } else if n % 1000 == 0 {
-        format!("{}KB", n / 1000)
-    } else {
-        format!("{n}B")
-    }
+/// An impairment as written in a step: `reorder every 10 hold 3 udp`.
+fn impair_spec(imp: &crate::impair::Impairer) -> String {
+    format!("{}{}", imp.impairment(), imp.proto().map(|p| format!(" {p}")).unwrap_or_default())
 }
 
 /// Copies a file or a directory tree, keeping modes.

@@ -17,6 +17,10 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// One namespace with its netlink handle.
+/// Per-namespace sysctls set in every node before the lab's own: ICMP errors are never
+/// rate-limited (IPv4: no type in the rate mask; IPv6: no minimum interval).
+pub const DETERMINISM_SYSCTLS: [(&str, &str); 2] = [("net.ipv4.icmp_ratemask", "0"), ("net.ipv6.icmp.ratelimit", "0")];
+
 pub struct NsHandle {
     pub ns: NetNs,
     pub nl: Handle,
@@ -52,9 +56,10 @@ impl NsHandle {
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
         let value = value.to_string();
+        let value_shown = value.clone();
         self.ns
             .run(move || std::fs::write(&path, format!("{value}\n")))?
-            .with_context(|| format!("node `{}`: sysctl {key}={}", self.ns.name, ""))
+            .with_context(|| format!("node `{}`: sysctl {key}={value}", self.ns.name, value = value_shown))
     }
 
     pub async fn route(&self, route: &Route, add: bool) -> Result<()> {
@@ -246,6 +251,13 @@ impl Topology {
                             .map_err(|err| anyhow!("node `{}`: address {a} on {}: {}", node.name, e.ifname, nl_err(&err)))?;
                     }
                     h.set_up(idx).await?;
+                }
+                // Determinism: the kernel rate-limits the ICMP errors it sends (per destination,
+                // a token bucket refilled once a second), so whether a probe's "net unreachable"
+                // shows up would depend on how many came before it and when. No type is
+                // rate-limited in a lab node (the lab's own sysctls may still set it).
+                for (k, v) in DETERMINISM_SYSCTLS {
+                    h.sysctl(k, v)?;
                 }
                 for (k, v) in &node.sysctls {
                     h.sysctl(k, v)?;

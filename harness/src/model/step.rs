@@ -6,6 +6,8 @@ use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use crate::facts::LogScope;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum PingExpect {
     Reachable,
@@ -14,12 +16,37 @@ pub enum PingExpect {
     Loss(u32, u32),
 }
 
+/// What a TCP check expects. Connect checks: `open`, `refused` (a RST), `unreachable` (an ICMP
+/// error), `stalls` (no answer). Transfers: `complete`, `stalls` (no progress until the
+/// deadline), `closed` (the peer closed or reset the connection first), `refused`, `unreachable`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TcpExpect {
     Open,
+    Refused,
+    Unreachable,
     Closed,
     Complete,
     Stalls,
+}
+
+impl TcpExpect {
+    pub fn word(&self) -> &'static str {
+        match self {
+            TcpExpect::Open => "open",
+            TcpExpect::Refused => "refused",
+            TcpExpect::Unreachable => "unreachable",
+            TcpExpect::Closed => "closed",
+            TcpExpect::Complete => "complete",
+            TcpExpect::Stalls => "stalls",
+        }
+    }
+}
+
+/// `impair IF off -> acted|idle`: did the impairment that ends act on any packet?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImpairExpect {
+    Acted,
+    Idle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,10 +80,21 @@ pub enum Action {
     Trace { node: usize, dest: IpAddr },
     Tcp { node: usize, dest: SocketAddr, send: Option<u64>, within: Duration, expect: TcpExpect },
     /// NFQUEUE impairment of packets leaving `ifname`; `None` = `off`.
-    Impair { node: usize, ifname: String, spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)> },
+    Impair { node: usize, ifname: String, spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>, expect: Option<ImpairExpect> },
     Service { op: ServiceOp, service: usize },
-    Log { service: usize, pattern: LinePattern, within: Duration, after: bool },
-    NoLog { service: usize, pattern: LinePattern, watch: Option<Duration>, after: bool },
+    /// Which lines are read: by default those logged since the last step that changed
+    /// something began (`since start`: since the service started; `after`: since the previous
+    /// step began).
+    Log { service: usize, pattern: LinePattern, within: Duration, scope: LogScope },
+    NoLog { service: usize, pattern: LinePattern, watch: Option<Duration>, scope: LogScope },
+}
+
+impl Action {
+    /// Does this step change the lab (routes, firewall, files, services, impairments)? A
+    /// `log` check reads, by default, only the lines logged since the last such step began.
+    pub fn changes(&self) -> bool {
+        !matches!(self, Action::Ping { .. } | Action::Show { .. } | Action::Trace { .. } | Action::Tcp { .. } | Action::Log { .. } | Action::NoLog { .. })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -300,11 +338,13 @@ fn node_action(
             }
             let expect = match (expect, send.is_some()) {
                 (None, false) | (Some((_, "open")), false) => TcpExpect::Open,
-                (Some((_, "closed")), false) => TcpExpect::Closed,
                 (None, true) | (Some((_, "complete")), true) => TcpExpect::Complete,
-                (Some((_, "stalls")), true) => TcpExpect::Stalls,
-                (Some((o, e)), false) => return Err(err(o, format!("`{e}`: a connect check expects `open` or `closed`"))),
-                (Some((o, e)), true) => return Err(err(o, format!("`{e}`: a transfer expects `complete` or `stalls`"))),
+                (Some((_, "refused")), _) => TcpExpect::Refused,
+                (Some((_, "unreachable")), _) => TcpExpect::Unreachable,
+                (Some((_, "stalls")), _) => TcpExpect::Stalls,
+                (Some((_, "closed")), true) => TcpExpect::Closed,
+                (Some((o, e)), false) => return Err(err(o, format!("`{e}`: a connect check expects `open`, `refused` (RST), `unreachable` (ICMP error) or `stalls` (no answer)"))),
+                (Some((o, e)), true) => return Err(err(o, format!("`{e}`: a transfer expects `complete`, `stalls`, `closed` (by the peer), `refused` or `unreachable`"))),
             };
             Ok(Action::Tcp { node, dest, send, within, expect })
         }
@@ -317,7 +357,6 @@ fn node_action(
             Ok(Action::Trace { node, dest: parse_addr(d, o)? })
         }
         "impair" => {
-            no_expect("impair")?;
             let (io, ifname) = *args.first().ok_or_else(|| err(verb_at, "impair IFNAME SPEC|off (e.g. `impair eth0 reorder every 10 hold 3 udp`)"))?;
             let spec_at = io + ifname.len();
             let spec_text = &rest[spec_at - rest_at..];
@@ -327,7 +366,13 @@ fn node_action(
             } else {
                 Some(crate::impair::parse(spec_text.trim_start()).map_err(|(o, m)| err(spec_at + lead + o, m))?)
             };
-            Ok(Action::Impair { node, ifname: ifname.to_string(), spec })
+            let expect = match expect {
+                None => None,
+                Some((_, "acted")) if spec.is_none() => Some(ImpairExpect::Acted),
+                Some((_, "idle")) if spec.is_none() => Some(ImpairExpect::Idle),
+                Some((o, e)) => return Err(err(o, format!("`{e}`: only `impair IF off` takes an expectation: `-> acted` (it acted on a packet) or `-> idle`"))),
+            };
+            Ok(Action::Impair { node, ifname: ifname.to_string(), spec, expect })
         }
         _ => Err(err(verb_at, format!("unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, trace, impair)"))),
     }
@@ -379,7 +424,7 @@ fn service_action(
             let opts = words(after);
             let mut within = Duration::from_secs(5);
             let mut watch = None;
-            let mut after_flag = false;
+            let mut scope = LogScope::SinceChange;
             let mut i = 0;
             while i < opts.len() {
                 let (o, word) = opts[i];
@@ -395,18 +440,22 @@ fn service_action(
                         }
                         i += 1;
                     }
-                    (_, "after") => after_flag = true,
+                    (_, "after") => scope = LogScope::SincePrevious,
+                    (_, "since") if opts.get(i + 1).map(|w| w.1) == Some("start") => {
+                        scope = LogScope::SinceStart;
+                        i += 1;
+                    }
                     _ => {
-                        let known = if verb == "log" { "within DURATION, after" } else { "for DURATION, after" };
+                        let known = if verb == "log" { "within DURATION, after, since start" } else { "for DURATION, after, since start" };
                         return Err(err(o, format!("`{word}` is not understood here ({known})")));
                     }
                 }
                 i += 1;
             }
             Ok(if verb == "log" {
-                Action::Log { service: svc, pattern, within, after: after_flag }
+                Action::Log { service: svc, pattern, within, scope }
             } else {
-                Action::NoLog { service: svc, pattern, watch, after: after_flag }
+                Action::NoLog { service: svc, pattern, watch, scope }
             })
         }
         _ => Err(err(
@@ -470,7 +519,7 @@ mod tests {
     #[test]
     fn log_steps() {
         match parse_step("log server 'MULTI: bad source address from client [192.168.4.66]' within 3s", &N).unwrap() {
-            Action::Log { service: 0, pattern, within, after: false } => {
+            Action::Log { service: 0, pattern, within, scope: LogScope::SinceChange } => {
                 assert!(pattern.re.is_match("x MULTI: bad source address from client [192.168.4.66], packet dropped"));
                 assert_eq!(within, Duration::from_secs(3));
             }
@@ -502,7 +551,7 @@ mod tests {
     #[test]
     fn impair_steps() {
         match parse_step("gateway: impair eth0 reorder every 10 hold 3 udp", &N).unwrap() {
-            Action::Impair { node: 1, ifname, spec: Some((crate::impair::Impairment::Reorder { every: 10, hold: 3 }, Some(crate::impair::Proto::Udp))) } => assert_eq!(ifname, "eth0"),
+            Action::Impair { node: 1, ifname, spec: Some((crate::impair::Impairment::Reorder { every: 10, hold: 3 }, Some(crate::impair::Proto::Udp))), .. } => assert_eq!(ifname, "eth0"),
             a => panic!("{a:?}"),
         }
         assert!(matches!(parse_step("gateway: impair eth0 off", &N).unwrap(), Action::Impair { spec: None, .. }));

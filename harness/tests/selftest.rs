@@ -130,7 +130,8 @@ fn removing_the_fix_step_fails_the_scenario() {
     let f = out.failed_step.as_ref().expect("the failed check is named");
     assert_eq!(f.step, "client: ping 10.198.0.1 -> reachable");
     assert_eq!(f.index, Some(5), "the 6th of prelude (5) + steps");
-    assert!(out.report.contains("expected reachable, got unreachable (100% loss)"), "{}", out.report);
+    assert!(f.observed.contains("unreachable") && f.expected.contains("reachable"), "{f:?}");
+    assert!(out.failure_message().starts_with("check-failed: step 6 `client: ping 10.198.0.1 -> reachable`: observed "), "{}", out.failure_message());
     // The failed run keeps its work dir with the daemon logs, and says where.
     let kept = out.workdir.clone().expect("a failed run keeps its work dir");
     assert!(kept.join("logs/server.log").is_file() && out.report.contains(&kept.display().to_string()));

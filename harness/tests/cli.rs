@@ -208,7 +208,7 @@ fn daemon_death_hanging_steps_and_deadlines_fail_clearly() {
     let t = std::time::Instant::now();
     let (code, err) = run("hangs", &hangs);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("`sleep 30` failed (timed out)"), "{err}");
+    assert!(err.contains("sleep 30") && err.contains("timed out"), "{err}");
     assert!(t.elapsed() < std::time::Duration::from_secs(10), "cut at the step timeout, not after 30 s");
 
     let slow = GOOD.replace("title = \"two nodes\"", "title = \"deadline\"\ndeadline = \"300ms\"").replace(

@@ -395,6 +395,18 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_message_starts_with_the_outcome() {
+        let f = FailedStep { index: Some(2), step: "client: ping 10.0.0.1".into(), observed: "unreachable".into(), expected: "reachable".into() };
+        let mut c = Checked::error("a/b::c", None, "nft refused the ruleset\nline 2".into());
+        assert_eq!(c.failure_message().lines().next().unwrap(), "error: nft refused the ruleset");
+        c.outcome = Outcome::CheckFailed;
+        c.headline = describe_failed_step(&f);
+        c.failed_step = Some(f);
+        assert_eq!(c.failure_message().lines().next().unwrap(), "check-failed: step 3 `client: ping 10.0.0.1`: observed unreachable, expected reachable");
+        assert!(c.verdict_line().starts_with("a/b::c: check-failed in "), "{}", c.verdict_line());
+    }
+
+    #[test]
     fn repetitions_report_only_the_differing_lines() {
         let a = "x\ny 1\nz\n";
         let b = "x\ny 2\nz\n";

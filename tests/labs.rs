@@ -4,6 +4,9 @@
 //! A lab whose programs are not installed is ignored with the reason and the package to
 //! install, except with CI=true, where it fails: a CI that silently skips labs is worse than a
 //! red one. Not being root fails every trial with the fix.
+//!
+//! A failed trial's message starts with the scenario's outcome (see `suite::Outcome`):
+//! `check-failed: ...`, `drift: ...` or `error: ...`.
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use std::path::Path;
@@ -100,13 +103,15 @@ fn run_one(lab: &model::Lab, scenario: &str) -> Result<Completion, Failed> {
     }
     // VPNLAB_PROGRESS=1 prints every step; VPNLAB_PCAP=1 records every link (kept with failed runs).
     let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some(), pcap: std::env::var_os("VPNLAB_PCAP").is_some() };
-    let out = suite::run_checked(lab, scenario, &opts, false).map_err(|e| Failed::from(format!("{e:#}")))?;
-    if out.passed {
+    // The first line of a failure names the outcome: `check-failed: step 3 `...`: observed ...,
+    // expected ...`, `drift: ...` or `error: ...`; the transcript, diff and kept work dir follow.
+    let out = suite::run_checked(lab, scenario, &opts, false);
+    if out.passed() {
         if !out.report.is_empty() {
             eprintln!("{}", out.report);
         }
         Ok(Completion::Completed)
     } else {
-        Err(out.report.into())
+        Err(out.failure_message().into())
     }
 }

@@ -1,6 +1,8 @@
 //! The `vpnlab` command line: `list`, `run`, `check`, `show`, `bench`, `new`, and for labs kept
 //! up: `up`, `exec`, `shell`, `logs`, `step`, `trace`, `status`, `down`.
-//! Exit codes: 0 all passed, 1 a lab failed, 2 bad input or environment.
+//! Exit codes: 0 all passed, 1 a scenario did not pass (check-failed, drift, error, or
+//! transcripts that differed between `--repeat` runs), 2 bad input or environment (found before
+//! anything runs).
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -35,6 +37,14 @@ enum Cmd {
         /// Record every link to pcap files in the work dir (kept on failure; with --keep always).
         #[arg(long)]
         pcap: bool,
+        /// Write a JSON report (schema `vpnlab-report/1`, see REPORT.md) to this file; it is
+        /// rewritten after every scenario.
+        #[arg(long, value_name = "FILE")]
+        report: Option<std::path::PathBuf>,
+        /// Run each scenario N times and report every scenario whose transcript differed
+        /// between the repetitions (with the differing lines).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        repeat: u32,
     },
     /// Print a lab's topology (nodes, links, addresses, services) as a diagram.
     Show {
@@ -303,44 +313,105 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Cmd::Run { labs, keep, accept, quiet, pcap } => {
+        Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat } => {
+            // Everything that can be wrong with the input or the environment is found before
+            // anything runs (exit 2); after that every selected scenario runs, whatever an
+            // earlier one did, and the run ends with the summary line.
             let selected = select(&labs)?;
             env::require_root()?;
             for (lab, _) in &selected {
                 env::check_runnable(lab)?;
             }
+            let repeat = repeat.max(1);
             let opts = runner::Options { keep, progress: !quiet, pcap };
-            let (mut passed, mut failed) = (0, 0);
-            let t0 = Instant::now();
-            for (lab, scenarios) in &selected {
-                for s in scenarios {
-                    let backend = vpnlab::backend::choose(lab).map(|b| b.name()).unwrap_or("?");
-                    eprintln!("== {}::{s} ({backend} backend)", lab.id);
-                    let t = Instant::now();
-                    let out = suite::run_checked(lab, s, &opts, accept)?;
-                    let verdict = if out.passed { "ok" } else { "FAILED" };
-                    let tm = &out.timings;
-                    eprintln!(
-                        "== {}::{s}: {verdict} in {:.2}s (build {:.0} ms, daemons {:.0} ms, steps {:.0} ms, teardown {:.0} ms)",
-                        lab.id,
-                        t.elapsed().as_secs_f64(),
-                        tm.build.as_secs_f64() * 1e3,
-                        tm.daemons.as_secs_f64() * 1e3,
-                        tm.steps.as_secs_f64() * 1e3,
-                        tm.teardown.as_secs_f64() * 1e3
-                    );
-                    if !out.report.is_empty() {
-                        eprintln!("{}", out.report);
-                    }
-                    if out.passed {
-                        passed += 1;
-                    } else {
-                        failed += 1;
-                    }
-                }
-            }
-            println!("vpnlab: {passed} passed, {failed} failed in {:.2}s", t0.elapsed().as_secs_f64());
-            Ok(if failed > 0 { 1 } else { 0 })
+            run_suite(&selected, &opts, accept, repeat, report.as_deref())
         }
     }
+}
+
+/// Runs every selected scenario (`repeat` times each), printing a verdict line per run, then
+/// the scenarios that did not pass and the summary line, which always ends the run. Writes the
+/// JSON report after every scenario when asked to.
+fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, accept: bool, repeat: u32, report_path: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    let repeat = repeat as usize;
+    let t0 = Instant::now();
+    let mut report = vpnlab::report::Report::new(std::time::SystemTime::now(), repeat);
+    let mut report_error: Option<String> = None;
+    let save = |r: &vpnlab::report::Report, report_error: &mut Option<String>| {
+        if let Some(p) = report_path {
+            if let Err(e) = r.write(p) {
+                *report_error = Some(format!("vpnlab: cannot write the report {}: {e}", p.display()));
+            }
+        }
+    };
+    // An unwritable report file is an environment problem: found before anything runs.
+    save(&report, &mut report_error);
+    if let Some(e) = report_error.take() {
+        return Err(EnvError { msg: e.trim_start_matches("vpnlab: ").to_string(), hint: "give --report a path in a writable directory".into() }.into());
+    }
+    let mut tally = suite::Tally::default();
+    // (id, outcome, headline) of every scenario that did not pass, and the repetition diffs.
+    let mut not_passed: Vec<(String, String, String)> = Vec::new();
+    let mut differed: Vec<(String, usize, Vec<suite::RepetitionDiff>)> = Vec::new();
+    for (lab, scenarios) in selected {
+        for s in scenarios {
+            let mut runs: Vec<suite::Checked> = Vec::with_capacity(repeat);
+            for rep in 1..=repeat {
+                let backend = vpnlab::backend::choose(lab).map(|b| b.name()).unwrap_or("no");
+                let nth = if repeat > 1 { format!(", repetition {rep} of {repeat}") } else { String::new() };
+                eprintln!("== {}::{s} ({backend} backend{nth})", lab.id);
+                let out = suite::run_checked(lab, s, opts, accept && rep == 1);
+                eprintln!("== {}{}", out.verdict_line(), if repeat > 1 { format!(" [repetition {rep} of {repeat}]") } else { String::new() });
+                if !out.report.is_empty() {
+                    eprintln!("{}", out.report);
+                }
+                tally.add(out.outcome);
+                runs.push(out);
+            }
+            let entry = vpnlab::report::ScenarioReport::new(lab, s, &runs, repeat);
+            let mut this = suite::Tally::default();
+            runs.iter().for_each(|r| this.add(r.outcome));
+            if let Some(r) = runs.iter().find(|r| r.outcome == entry.outcome).filter(|_| entry.outcome != suite::Outcome::Passed) {
+                not_passed.push((entry.id.clone(), entry.outcome.to_string(), r.headline.clone()));
+            }
+            if let Some(reps) = entry.repetitions.as_ref().filter(|r| r.differed) {
+                differed.push((entry.id.clone(), reps.count, reps.differences.clone()));
+            }
+            report.push(entry, &this);
+            report.duration_s = vpnlab::report::secs(t0.elapsed().as_secs_f64());
+            save(&report, &mut report_error);
+        }
+    }
+    for (id, n, diffs) in &differed {
+        eprintln!("== {id}: the transcript differed between repetitions ({} of {n} differ from repetition 1):", diffs.len());
+        for d in diffs {
+            eprint!("{}", d.diff);
+        }
+    }
+    if !not_passed.is_empty() {
+        eprintln!("not passed:");
+        for (id, outcome, why) in &not_passed {
+            eprintln!("  {outcome:<12} {id}: {why}");
+        }
+    }
+    report.complete = true;
+    report.duration_s = vpnlab::report::secs(t0.elapsed().as_secs_f64());
+    save(&report, &mut report_error);
+    if let Some(e) = &report_error {
+        eprintln!("{e}");
+    }
+    let reps = if repeat > 1 {
+        let n = differed.len();
+        format!(" ({repeat} repetitions each); {n} scenario{} differed between repetitions", if n == 1 { "" } else { "s" })
+    } else {
+        String::new()
+    };
+    println!("vpnlab: {} in {:.2}s{reps}", tally.counts(), t0.elapsed().as_secs_f64());
+    Ok(if report_error.is_some() {
+        2
+    } else if tally.all_passed() && differed.is_empty() {
+        0
+    } else {
+        1
+    })
 }

@@ -104,14 +104,15 @@ fn an_edited_snapshot_line_fails_with_a_diff() {
     assert_ne!(text, edited, "the snapshot has the line this test edits");
     std::fs::write(&snap, edited).unwrap();
     let lab = model::load(&dir).unwrap();
-    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false).unwrap();
-    assert!(!out.passed, "an edited snapshot must fail");
+    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false);
+    assert_eq!(out.outcome, suite::Outcome::Drift, "an edited snapshot line is drift: {}", out.report);
+    assert!(out.failed_step.is_none() && out.diff.is_some());
     assert!(out.report.contains("-client$ ping -c2 10.198.0.1  -> reachable (ttl=64)"), "{}", out.report);
     assert!(out.report.contains("+client$ ping -c2 10.198.0.1  -> reachable (ttl=63)"), "{}", out.report);
     // And the unedited copy passes (the test can tell the two apart).
     std::fs::write(&snap, text).unwrap();
-    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false).unwrap();
-    assert!(out.passed, "{}", out.report);
+    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false);
+    assert_eq!(out.outcome, suite::Outcome::Passed, "{}", out.report);
 }
 
 #[test]
@@ -124,11 +125,15 @@ fn removing_the_fix_step_fails_the_scenario() {
     assert_ne!(text, without, "the lab has the fix step this test removes");
     std::fs::write(&file, without).unwrap();
     let lab = model::load(&dir).unwrap();
-    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false).unwrap();
-    assert!(!out.passed);
-    assert!(out.report.contains("expected reachable, got unreachable (100% loss)"), "{}", out.report);
+    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false);
+    assert_eq!(out.outcome, suite::Outcome::CheckFailed, "{}", out.report);
+    let f = out.failed_step.as_ref().expect("the failed check is named");
+    assert_eq!(f.step, "client: ping 10.198.0.1 -> reachable");
+    assert_eq!(f.index, Some(5), "the 6th of prelude (5) + steps");
+    assert!(f.observed.contains("unreachable") && f.expected.contains("reachable"), "{f:?}");
+    assert!(out.failure_message().starts_with("check-failed: step 6 `client: ping 10.198.0.1 -> reachable`: observed "), "{}", out.failure_message());
     // The failed run keeps its work dir with the daemon logs, and says where.
-    let kept = out.workdir.expect("a failed run keeps its work dir");
+    let kept = out.workdir.clone().expect("a failed run keeps its work dir");
     assert!(kept.join("logs/server.log").is_file() && out.report.contains(&kept.display().to_string()));
     std::fs::remove_dir_all(kept).unwrap();
 }
@@ -137,8 +142,8 @@ fn removing_the_fix_step_fails_the_scenario() {
 fn a_passing_run_leaves_nothing() {
     let root = work_root();
     let lab = model::load(&labs().join(LAB)).unwrap();
-    let out = suite::run_checked(&lab, "fix-masquerade", &runner::Options::default(), false).unwrap();
-    assert!(out.passed, "{}", out.report);
+    let out = suite::run_checked(&lab, "fix-masquerade", &runner::Options::default(), false);
+    assert_eq!(out.outcome, suite::Outcome::Passed, "{}", out.report);
     assert!(out.workdir.is_none());
     // (other tests of this binary run other scenarios under the same root at the same time)
     let ours = |p: &(u32, String)| std::fs::read_link(format!("/proc/{}/cwd", p.0)).map(|c| c.to_string_lossy().contains("fix-masquerade")).unwrap_or(false);

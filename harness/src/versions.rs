@@ -1,0 +1,95 @@
+//! The versions of the VPN daemons a lab runs (for the JSON report): the first line of
+//! `openvpn --version`, `pluto --version`, `pppd --version`. Asked once per process and program.
+
+use crate::model::{self, Lab};
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// The daemons whose version the report records, by the name the report uses.
+const KNOWN: [&str; 3] = ["openvpn", "pluto", "pppd"];
+
+/// The report's name for the daemon a service's command line starts (`ipsec pluto ...` is
+/// pluto), or `None` for programs whose version the report does not record (sshd, scripts).
+pub fn daemon_of(argv: &[String]) -> Option<&'static str> {
+    if argv.is_empty() {
+        return None;
+    }
+    match model::daemon_program(argv).as_str() {
+        "openvpn" => Some("openvpn"),
+        "ipsec" | "pluto" => Some("pluto"),
+        "pppd" => Some("pppd"),
+        _ => None,
+    }
+}
+
+/// Versions of the daemons `lab`'s services use: daemon name -> first line of its `--version`
+/// (or why it could not be read).
+pub fn of_lab(lab: &Lab) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for s in &lab.services {
+        if let Some(d) = daemon_of(&s.argv) {
+            if !out.contains_key(d) {
+                out.insert(d.to_string(), version(d));
+            }
+        }
+    }
+    out
+}
+
+/// The first line of the daemon's `--version`, cached for the life of the process.
+pub fn version(daemon: &str) -> String {
+    static CACHE: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+    if let Some(v) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).get(daemon) {
+        return v.clone();
+    }
+    let v = ask(daemon);
+    CACHE.lock().unwrap_or_else(|p| p.into_inner()).insert(daemon.to_string(), v.clone());
+    v
+}
+
+fn ask(daemon: &str) -> String {
+    debug_assert!(KNOWN.contains(&daemon));
+    let tries: Vec<Vec<&str>> = match daemon {
+        "pluto" => vec![vec!["/usr/libexec/ipsec/pluto", "--version"], vec!["ipsec", "pluto", "--version"]],
+        other => vec![vec![other, "--version"]],
+    };
+    let mut why = String::new();
+    for argv in tries {
+        // `openvpn --version` exits 1; pppd prints to stderr: take the first non-empty line of
+        // stdout, else of stderr, whatever the status.
+        match Command::new(argv[0]).args(&argv[1..]).stdin(Stdio::null()).output() {
+            Ok(o) => {
+                let pick = |b: &[u8]| String::from_utf8_lossy(b).lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string);
+                if let Some(line) = pick(&o.stdout).or_else(|| pick(&o.stderr)) {
+                    return line;
+                }
+                why = format!("`{}` printed nothing", argv.join(" "));
+            }
+            Err(e) => why = format!("`{}`: {e}", argv.join(" ")),
+        }
+    }
+    format!("unknown ({why})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemons_are_named_as_in_the_report() {
+        let v = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(daemon_of(&v("openvpn --config x")), Some("openvpn"));
+        assert_eq!(daemon_of(&v("ipsec pluto --nofork")), Some("pluto"));
+        assert_eq!(daemon_of(&v("/usr/sbin/pppd pty x")), Some("pppd"));
+        assert_eq!(daemon_of(&v("sh -c 'exit 1'")), None);
+        assert_eq!(daemon_of(&[]), None);
+    }
+
+    #[test]
+    fn versions_are_one_line_and_cached() {
+        assert!(!ask("pppd").contains('\n'));
+        let v = version("openvpn");
+        assert_eq!(version("openvpn"), v, "cached");
+    }
+}

@@ -350,6 +350,8 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
         return Err(EnvError { msg: e.trim_start_matches("vpnlab: ").to_string(), hint: "give --report a path in a writable directory".into() }.into());
     }
     let mut tally = suite::Tally::default();
+    let interrupted = |tally: &suite::Tally| vpnlab::ns::set_interrupted_summary(format!("vpnlab: {} in {:.2}s (interrupted)", tally.counts(), t0.elapsed().as_secs_f64()));
+    interrupted(&tally);
     // (id, outcome, headline) of every scenario that did not pass, and the repetition diffs.
     let mut not_passed: Vec<(String, String, String)> = Vec::new();
     let mut differed: Vec<(String, usize, Vec<suite::RepetitionDiff>)> = Vec::new();
@@ -366,6 +368,7 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
                     eprintln!("{}", out.report);
                 }
                 tally.add(out.outcome);
+                interrupted(&tally);
                 runs.push(out);
             }
             let entry = vpnlab::report::ScenarioReport::new(lab, s, &runs, repeat);

@@ -185,6 +185,16 @@ pub fn unblock_all_signals() {
 /// work dir removed (failed runs' kept dirs stay), then exit 130/143/129. Call at the very
 /// start of `main`, before any other thread exists (the signals are blocked in all threads and
 /// taken by one waiting thread).
+/// The line to print if a signal ends the process (a run's summary so far).
+static INTERRUPTED_SUMMARY: Mutex<Option<String>> = Mutex::new(None);
+
+/// Sets the line printed (on stdout) when a signal ends the process after cleaning up.
+pub fn set_interrupted_summary(line: String) {
+    if let Ok(mut s) = INTERRUPTED_SUMMARY.lock() {
+        *s = Some(line);
+    }
+}
+
 pub fn install_signal_cleanup() {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -203,6 +213,12 @@ pub fn install_signal_cleanup() {
                     kill_all_labs();
                     unname_all();
                     crate::workdir::remove_all_live();
+                    // A run always ends with its summary, also when interrupted.
+                    if let Some(line) = INTERRUPTED_SUMMARY.lock().ok().and_then(|s| s.clone()) {
+                        println!("{line}");
+                        use std::io::Write;
+                        let _ = std::io::stdout().flush();
+                    }
                     libc::_exit(128 + sig);
                 }
             })

@@ -132,6 +132,24 @@ fn modules_for(lab: &Lab) -> Vec<String> {
     m
 }
 
+/// Debian's UML kernel has no nft NAT (nft_chain_nat) and no nft ip/inet families, only the
+/// legacy iptables tables: in the guest, `iptables*` are iptables-legacy (same commands, same
+/// output) for every process, through the guest's own `/etc/alternatives` (as
+/// `update-alternatives --set iptables /usr/sbin/iptables-legacy` would do), whatever its PATH.
+pub fn guest_alternatives() -> Vec<(String, PathBuf)> {
+    ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"]
+        .iter()
+        .map(|n| {
+            let legacy = match n.split_once('-') {
+                Some((cmd, op)) => format!("/usr/sbin/{cmd}-legacy-{op}"),
+                None => format!("/usr/sbin/{n}-legacy"),
+            };
+            (n.to_string(), PathBuf::from(legacy))
+        })
+        .filter(|(_, t)| t.exists())
+        .collect()
+}
+
 /// Runs a scenario on `backend`.
 pub fn run(lab: &Lab, scenario: &str, opts: &Options, backend: Backend) -> Result<Run> {
     match backend {
@@ -147,23 +165,14 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let job = Job { lab_dir: lab_dir.clone(), scenario: scenario.to_string(), progress: opts.progress, pcap: opts.pcap };
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;
-    // Debian's UML kernel has no nft NAT (nft_chain_nat), only the legacy iptables tables: in the
-    // guest, `iptables*` resolve to iptables-legacy (same commands, same output).
-    let bin = shared.join("guest-bin");
-    std::fs::create_dir_all(&bin)?;
-    for name in ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"] {
-        if Path::new("/usr/sbin/xtables-legacy-multi").exists() {
-            std::os::unix::fs::symlink("/usr/sbin/xtables-legacy-multi", bin.join(name))?;
-        }
-    }
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
     let mut uj = uml::UmlJob::new(vec![exe], &shared);
     uj.env = vec![
         (JOB_ENV.to_string(), job_path.to_string_lossy().into_owned()),
         ("VPNLAB_WORK_ROOT".to_string(), shared.to_string_lossy().into_owned()),
         ("VPNLAB_BACKEND".to_string(), "native".to_string()),
-        ("PATH".to_string(), format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bin.display())),
     ];
+    uj.alternatives = guest_alternatives();
     uj.modules = modules_for(lab);
     // The guest mounts fresh tmpfs on /tmp and /run: a lab folder there (a checkout under /tmp)
     // must be shown to it explicitly.

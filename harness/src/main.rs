@@ -55,8 +55,11 @@ enum Cmd {
         #[arg(long)]
         update_readme: bool,
     },
-    /// Check lab files without running anything.
+    /// Check lab files without running anything (warns about sysctls this kernel lacks).
     Check { labs: Vec<String> },
+    /// What this machine offers the labs: kernel features natively and in user-mode-linux,
+    /// which labs run where, and what to install.
+    Doctor { labs: Vec<String> },
     /// Build a lab, run its steps up to a point, and keep it running (named namespaces).
     Up {
         lab: String,
@@ -309,8 +312,17 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Check { labs } => {
             for (lab, sc) in select(&labs)? {
+                for w in env::missing_sysctls(&lab) {
+                    eprintln!("{w}");
+                }
                 println!("{}: ok ({} scenarios)", lab.id, sc.len());
             }
+            Ok(0)
+        }
+        Cmd::Doctor { labs } => {
+            env::require_root()?;
+            let labs: Vec<model::Lab> = select(&labs)?.into_iter().map(|(l, _)| l).collect();
+            print!("{}", vpnlab::doctor::report(&labs));
             Ok(0)
         }
         Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat } => {

@@ -170,6 +170,16 @@ pub fn available() -> Result<(), String> {
     host_config().map(|_| ())
 }
 
+/// The UML kernel's version (`linux.uml --version`), when the backend is usable.
+pub fn version() -> Option<String> {
+    host_config().ok().map(|h| h.version.clone())
+}
+
+/// The UML kernel's module directory, when the backend is usable.
+pub fn module_dir() -> Option<PathBuf> {
+    host_config().ok().map(|h| Path::new(UML_MODULES).join(&h.version))
+}
+
 /// Everything [`run`] needs from the host, probed once.
 #[derive(Debug)]
 struct HostConfig {

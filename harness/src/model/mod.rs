@@ -974,6 +974,25 @@ steps = ["b: ping 10.0.0.1", "log srv /Initialization/"]
     }
 
     #[test]
+    fn kernel_needs_declared_and_derived() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = BASE
+            .replace("title = \"t\"", "title = \"t\"\nkernel = [\"netem\"]")
+            .replace("[nodes.a]\n", "[nodes.a]\nnft = \"table inet f { chain c { type filter hook forward priority 0; } }\"\nsysctl = { \"net.ipv4.fib_multipath_hash_seed\" = \"1\" }\n")
+            .replace("[scenarios.s]", "[scenarios.t]\nsteps = [\"b: trace 10.0.0.1\", \"a: impair eth0 drop every 2\"]\n[scenarios.s]");
+        let lab = parse(&dir.path().join("lab.toml"), &src).unwrap();
+        use KernelFeature::*;
+        assert_eq!(lab.kernel_needs(Some("s")), [NftInet, MultipathHashSeed, Netem]);
+        assert_eq!(lab.kernel_needs(Some("t")), [NftInet, MultipathHashSeed, Netem, Nfqueue]);
+        assert_eq!(lab.kernel_needs(None), [NftInet, MultipathHashSeed, Netem, Nfqueue]);
+        assert_eq!(lab.sysctl_uses.len(), 1);
+        assert_eq!((lab.sysctl_uses[0].line, lab.sysctl_uses[0].key.as_str()), (7, "net.ipv4.fib_multipath_hash_seed"));
+        assert_eq!(nft_families("table ip nat {\n chain p { }\n}\ntable ip6 x {}"), [NftIpv4]);
+        let e = lab_err(&BASE.replace("title = \"t\"", "title = \"t\"\nkernel = [\"nft\"]"));
+        assert!(e.msg.contains("unknown kernel feature `nft`") && e.hint.contains("nft-inet, nft-ipv4"), "{e:?}");
+    }
+
+    #[test]
     fn base_lab_is_valid() {
         let dir = tempfile::tempdir().unwrap();
         let lab = parse(&dir.path().join("lab.toml"), BASE).unwrap();

@@ -371,7 +371,7 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
         for s in scenarios {
             let mut runs: Vec<suite::Checked> = Vec::with_capacity(repeat);
             for rep in 1..=repeat {
-                let backend = vpnlab::backend::choose(lab).map(|b| b.name()).unwrap_or("no");
+                let backend = vpnlab::backend::choose_for(lab, Some(s), None).map(|b| b.name()).unwrap_or("no");
                 let nth = if repeat > 1 { format!(", repetition {rep} of {repeat}") } else { String::new() };
                 eprintln!("== {}::{s} ({backend} backend{nth})", lab.id);
                 let out = suite::run_checked(lab, s, opts, accept && rep == 1);

@@ -62,26 +62,65 @@ pub fn missing_programs(lab: &Lab) -> Vec<(String, &'static str)> {
     }).collect()
 }
 
-/// Does the running kernel offer this feature? (probed once per process)
+/// Does the running kernel offer this feature? (probed once per process, in a scratch network
+/// namespace: the host's own namespaces are never changed)
 pub fn kernel_has(f: KernelFeature) -> bool {
     use std::sync::OnceLock;
-    static PPP: OnceLock<bool> = OnceLock::new();
-    static ESP: OnceLock<bool> = OnceLock::new();
+    static PROBED: [OnceLock<bool>; KernelFeature::ALL.len()] = [const { OnceLock::new() }; KernelFeature::ALL.len()];
+    let i = KernelFeature::ALL.iter().position(|x| *x == f).expect("every feature is in ALL");
+    *PROBED[i].get_or_init(|| probe_native(f))
+}
+
+/// The shell command that succeeds where the kernel has `f`, run as root in a fresh network
+/// namespace (natively, and in the user-mode-linux guest by `backend::uml_features`).
+pub fn probe_script(f: KernelFeature) -> &'static str {
     match f {
-        KernelFeature::Ppp => *PPP.get_or_init(|| std::fs::OpenOptions::new().read(true).write(true).open("/dev/ppp").is_ok()),
-        KernelFeature::Esp => *ESP.get_or_init(probe_esp),
+        // `test -c` first: `<>` would create a missing /dev/ppp as a plain file.
+        KernelFeature::Ppp => "test -c /dev/ppp && exec 3<>/dev/ppp",
+        KernelFeature::Esp => "ip xfrm state add src 10.0.0.1 dst 10.0.0.2 proto esp spi 0x100 aead 'rfc4106(gcm(aes))' 0x0102030405060708090a0b0c0d0e0f1011121314 128",
+        KernelFeature::NftInet => "nft add table inet vpnlab_probe && nft add chain inet vpnlab_probe c '{ type filter hook forward priority 0; }'",
+        KernelFeature::NftIpv4 => "nft add table ip vpnlab_probe && nft add chain ip vpnlab_probe c '{ type filter hook forward priority 0; }'",
+        KernelFeature::MultipathHashSeed => "test -e /proc/sys/net/ipv4/fib_multipath_hash_seed",
+        KernelFeature::Netem => "ip link set lo up && tc qdisc add dev lo root netem delay 1ms",
+        KernelFeature::Nfqueue => "iptables -A OUTPUT -o lo -j NFQUEUE --queue-num 4242",
     }
 }
 
-/// Tries to add an ESP xfrm state in a scratch network namespace.
-fn probe_esp() -> bool {
-    let Ok(ns) = crate::ns::NetNs::create_many(&["esp-probe".to_string()]) else { return false };
+/// Runs [`probe_script`] in a scratch network namespace (and PID namespace) of its own. PPP is
+/// probed by opening `/dev/ppp` without creating anything (`/dev` is the host's).
+fn probe_native(f: KernelFeature) -> bool {
+    if f == KernelFeature::Ppp {
+        let p = Path::new("/dev/ppp");
+        use std::os::unix::fs::FileTypeExt;
+        return std::fs::metadata(p).is_ok_and(|m| m.file_type().is_char_device()) && std::fs::OpenOptions::new().read(true).write(true).open(p).is_ok();
+    }
+    let Ok(ns) = crate::ns::NetNs::create_many(&["probe".to_string()]) else { return false };
     let Ok(pid) = crate::ns::PidNs::create() else { return false };
-    let argv: Vec<String> = "ip xfrm state add src 10.0.0.1 dst 10.0.0.2 proto esp spi 0x100 aead rfc4106(gcm(aes)) 0x0102030405060708090a0b0c0d0e0f1011121314 128"
-        .split(' ')
-        .map(String::from)
-        .collect();
+    let argv: Vec<String> = vec!["/bin/sh".into(), "-c".into(), probe_script(f).into()];
     crate::process::run_capture(&ns[0], &pid, &argv, Path::new("/"), std::time::Duration::from_secs(5)).map(|o| o.success()).unwrap_or(false)
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// `net.*` sysctls the lab writes that the running kernel does not have, as warnings naming
+/// `file:line:col` and the kernel that brings the key (when known).
+pub fn missing_sysctls(lab: &Lab) -> Vec<String> {
+    let mut out = Vec::new();
+    for u in &lab.sysctl_uses {
+        let path = Path::new("/proc/sys").join(u.key.replace('.', "/"));
+        if path.exists() {
+            continue;
+        }
+        let needs = match crate::model::KernelFeature::of_sysctl(&u.key) {
+            Some((f, version)) => format!("it exists from Linux {version} (kernel feature `{}`, which vpnlab adds to the lab's needs)", f.name()),
+            None => "the key may be misspelled or need a kernel module or a newer kernel".to_string(),
+        };
+        out.push(format!("{}:{}:{}: warning: sysctl `{}` does not exist on this kernel ({}): {needs}", lab.file.display(), u.line, u.col, u.key, kernel_release()));
+    }
+    out
 }
 
 /// Can this lab run here? A service whose daemon is not installed is reported at its `run`
@@ -106,12 +145,14 @@ pub fn check_runnable(lab: &Lab) -> Result<(), anyhow::Error> {
     Ok(())
 }
 
-/// Why a lab cannot run here, if it cannot: missing binaries or kernel features.
+/// Why a lab cannot run here, if it cannot: missing binaries, or a `VPNLAB_BACKEND` that names
+/// no backend. (Kernel features missing on every backend make each scenario that needs them
+/// an `error` outcome naming the feature, see `backend::choose_for`.)
 pub fn unmet(lab: &Lab) -> Option<String> {
     let missing = missing_programs(lab);
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(|(p, pkg)| format!("`{p}` (install {pkg})")).collect();
         return Some(format!("missing programs: {}; `ci/setup` installs all of them", list.join(", ")));
     }
-    crate::backend::choose(lab).err()
+    crate::backend::forced().err()
 }

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod bench;
 pub mod diagram;
+pub mod doctor;
 pub mod env;
 pub mod error;
 pub mod facts;

@@ -55,8 +55,11 @@ enum Cmd {
         #[arg(long)]
         update_readme: bool,
     },
-    /// Check lab files without running anything.
+    /// Check lab files without running anything (warns about sysctls this kernel lacks).
     Check { labs: Vec<String> },
+    /// What this machine offers the labs: kernel features natively and in user-mode-linux,
+    /// which labs run where, and what to install.
+    Doctor { labs: Vec<String> },
     /// Build a lab, run its steps up to a point, and keep it running (named namespaces).
     Up {
         lab: String,
@@ -309,8 +312,17 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Check { labs } => {
             for (lab, sc) in select(&labs)? {
+                for w in env::missing_sysctls(&lab) {
+                    eprintln!("{w}");
+                }
                 println!("{}: ok ({} scenarios)", lab.id, sc.len());
             }
+            Ok(0)
+        }
+        Cmd::Doctor { labs } => {
+            env::require_root()?;
+            let labs: Vec<model::Lab> = select(&labs)?.into_iter().map(|(l, _)| l).collect();
+            print!("{}", vpnlab::doctor::report(&labs));
             Ok(0)
         }
         Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat } => {
@@ -359,7 +371,7 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
         for s in scenarios {
             let mut runs: Vec<suite::Checked> = Vec::with_capacity(repeat);
             for rep in 1..=repeat {
-                let backend = vpnlab::backend::choose(lab).map(|b| b.name()).unwrap_or("no");
+                let backend = vpnlab::backend::choose_for(lab, Some(s), None).map(|b| b.name()).unwrap_or("no");
                 let nth = if repeat > 1 { format!(", repetition {rep} of {repeat}") } else { String::new() };
                 eprintln!("== {}::{s} ({backend} backend{nth})", lab.id);
                 let out = suite::run_checked(lab, s, opts, accept && rep == 1);

@@ -169,9 +169,16 @@ fn first_line(s: &str) -> &str {
 /// an [`Outcome::Error`] in the result. `accept` writes the snapshot instead of comparing
 /// (never under CI).
 pub fn run_checked(lab: &Lab, scenario: &str, opts: &Options, accept: bool) -> Checked {
+    run_checked_on(lab, scenario, opts, accept, None)
+}
+
+/// [`run_checked`] on a given backend (`None`: chosen as usual, `VPNLAB_BACKEND` included). A
+/// backend whose kernel lacks a feature the scenario needs makes it an `error` naming the
+/// feature and what brings it.
+pub fn run_checked_on(lab: &Lab, scenario: &str, opts: &Options, accept: bool, backend: Option<Backend>) -> Checked {
     let t0 = Instant::now();
     let id = format!("{}::{scenario}", lab.id);
-    let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(lab, scenario, opts, accept, &id)));
+    let judged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(lab, scenario, opts, accept, &id, backend)));
     let mut c = match judged {
         Ok(c) => c,
         Err(panic) => {
@@ -203,10 +210,10 @@ impl Checked {
     }
 }
 
-fn judge(lab: &Lab, scenario: &str, opts: &Options, accept: bool, id: &str) -> Checked {
-    let backend = match crate::backend::choose(lab) {
+fn judge(lab: &Lab, scenario: &str, opts: &Options, accept: bool, id: &str, force: Option<Backend>) -> Checked {
+    let backend = match crate::backend::choose_for(lab, Some(scenario), force) {
         Ok(b) => b,
-        Err(why) => return Checked::error(id, None, format!("{} cannot run here: {why} (run `sudo ci/setup`)", lab.id)),
+        Err(why) => return Checked::error(id, force, format!("{id} cannot run here: {why}")),
     };
     let mut run = match crate::backend::run(lab, scenario, opts, backend) {
         Ok(r) => r,

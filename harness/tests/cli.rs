@@ -219,3 +219,51 @@ fn daemon_death_hanging_steps_and_deadlines_fail_clearly() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("passed its deadline of 300ms"), "{err}");
 }
+
+/// `vpnlab doctor`: every kernel feature with its native/uml answer, which labs run where, and
+/// what to install; a lab needing a feature only derived from its content (a `trace` step ->
+/// nft-inet) is placed accordingly. Probing never changes the host (no /dev/ppp created).
+#[test]
+fn doctor_reports_features_labs_and_what_to_install() {
+    if !vpnlab::env::is_root() {
+        return;
+    }
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    lab_dir(labs.path(), "t/plain", GOOD);
+    lab_dir(labs.path(), "t/traced", &GOOD.replace("\"a: ping 10.9.0.2\",", "\"a: ping 10.9.0.2\", \"a: trace 10.9.0.2\","));
+    let ppp_before = std::fs::symlink_metadata("/dev/ppp").ok().map(|m| m.file_type());
+    let o = vpnlab(&["doctor"], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    for f in vpnlab::model::KernelFeature::ALL {
+        let line = out.lines().find(|l| l.trim_start().starts_with(&format!("{} ", f.name()))).unwrap_or_else(|| panic!("no line for {}:\n{out}", f.name()));
+        let native = if vpnlab::env::kernel_has(f) { "yes" } else { "no" };
+        assert!(line.split_whitespace().any(|w| w == native), "{line} (native: {native})");
+    }
+    assert!(out.starts_with(&format!("host kernel: Linux {}", vpnlab::env::kernel_release())), "{out}");
+    assert!(out.contains("user-mode-linux: "), "{out}");
+    assert!(out.contains("labs that run natively") && out.contains("labs that run in user-mode-linux") && out.contains("labs that run nowhere"), "{out}");
+    assert!(out.contains("to install:"), "{out}");
+    let native_has_inet = vpnlab::env::kernel_has(vpnlab::model::KernelFeature::NftInet);
+    if native_has_inet {
+        let section = out.split("labs that run natively").nth(1).unwrap().split("\n\n").next().unwrap();
+        assert!(section.contains("t/plain (1)") && section.contains("t/traced (1)"), "{out}");
+    }
+    assert_eq!(std::fs::symlink_metadata("/dev/ppp").ok().map(|m| m.file_type()), ppp_before, "doctor changed /dev/ppp");
+}
+
+/// `vpnlab check` warns (file:line:col, the kernel release, the version that brings it) about a
+/// sysctl the running kernel lacks, and still exits 0.
+#[test]
+fn check_warns_about_a_sysctl_this_kernel_lacks() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let d = lab_dir(labs.path(), "t/sysctl", &GOOD.replace("[nodes.a]\n", "[nodes.a]\nsysctl = { \"net.ipv4.no_such_sysctl_vpnlab\" = \"1\" }\n"));
+    let o = vpnlab(&["check", "t/sysctl"], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{}:4:", d.join("lab.toml").display())), "{err}");
+    assert!(err.contains("warning: sysctl `net.ipv4.no_such_sysctl_vpnlab` does not exist on this kernel"), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("t/sysctl: ok (1 scenarios)"));
+}

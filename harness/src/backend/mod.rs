@@ -10,7 +10,7 @@
 
 pub mod uml;
 
-use crate::model::Lab;
+use crate::model::{KernelFeature, Lab};
 use crate::runner::{self, Options, Run, Timings};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -38,25 +38,124 @@ pub fn uml_usable() -> bool {
     *OK.get_or_init(|| uml::available().is_ok())
 }
 
-/// Which backend runs `lab`: `VPNLAB_BACKEND=native|uml` forces one; otherwise native when the
-/// host kernel has every feature the lab declares, else UML. `Err` says why it cannot run.
-pub fn choose(lab: &Lab) -> Result<Backend, String> {
-    let lacking: Vec<&str> = lab.kernel.iter().filter(|f| !crate::env::kernel_has(**f)).map(|f| f.name()).collect();
+/// The backend `VPNLAB_BACKEND=native|uml` forces, if any (`Err` for any other value).
+pub fn forced() -> Result<Option<Backend>, String> {
     match std::env::var("VPNLAB_BACKEND").as_deref() {
-        Ok("native") => return Ok(Backend::Native),
-        Ok("uml") => {
-            return uml::available().map(|()| Backend::Uml).map_err(|e| format!("VPNLAB_BACKEND=uml but user-mode-linux is not usable: {e}"));
+        Ok("native") => Ok(Some(Backend::Native)),
+        Ok("uml") => Ok(Some(Backend::Uml)),
+        Ok("") | Err(_) => Ok(None),
+        Ok(other) => Err(format!("VPNLAB_BACKEND={other}: use `native` or `uml`")),
+    }
+}
+
+/// Which backend runs `lab` (any of its scenarios): see [`choose_for`].
+pub fn choose(lab: &Lab) -> Result<Backend, String> {
+    choose_for(lab, None, None)
+}
+
+/// Does `backend`'s kernel have `f`? (native: probed on the host; uml: probed once in a guest)
+pub fn has(backend: Backend, f: KernelFeature) -> bool {
+    match backend {
+        Backend::Native => crate::env::kernel_has(f),
+        Backend::Uml => uml_features().map(|fs| fs.contains(&f)).unwrap_or(false),
+    }
+}
+
+/// Which backend runs `scenario` of `lab` (or any scenario: `None`): `force` (else
+/// `VPNLAB_BACKEND=native|uml`) picks one; otherwise native when the host kernel has every
+/// feature the scenario needs ([`Lab::kernel_needs`]), else UML when its kernel has them all.
+/// `Err` says which features are missing where, and what brings them.
+pub fn choose_for(lab: &Lab, scenario: Option<&str>, force: Option<Backend>) -> Result<Backend, String> {
+    let needs = lab.kernel_needs(scenario);
+    let force = match force {
+        Some(b) => Some(b),
+        None => forced()?,
+    };
+    let lacking = |b: Backend| -> Vec<KernelFeature> { needs.iter().copied().filter(|f| !has(b, *f)).collect() };
+    let what = |fs: &[KernelFeature]| -> String { fs.iter().map(|f| format!("`{}` ({})", f.name(), f.about())).collect::<Vec<_>>().join(", ") };
+    let how = |fs: &[KernelFeature]| -> String { fs.iter().map(|f| format!("{}: {}", f.name(), f.brings())).collect::<Vec<_>>().join("; ") };
+    let native_kernel = || format!("the host kernel ({})", crate::env::kernel_release());
+    match force {
+        Some(Backend::Native) => {
+            let l = lacking(Backend::Native);
+            if l.is_empty() {
+                Ok(Backend::Native)
+            } else {
+                Err(format!("needs {}, which {} lacks (backend forced to native); {}", what(&l), native_kernel(), how(&l)))
+            }
         }
-        Ok("") | Err(_) => {}
-        Ok(other) => return Err(format!("VPNLAB_BACKEND={other}: use `native` or `uml`")),
+        Some(Backend::Uml) => {
+            uml::available().map_err(|e| format!("the uml backend was forced but user-mode-linux is not usable: {e}"))?;
+            let l = lacking(Backend::Uml);
+            if l.is_empty() {
+                Ok(Backend::Uml)
+            } else {
+                Err(format!("needs {}, which the user-mode-linux kernel ({}) lacks (backend forced to uml); {}", what(&l), uml_release(), how(&l)))
+            }
+        }
+        None => {
+            let ln = lacking(Backend::Native);
+            if ln.is_empty() {
+                return Ok(Backend::Native);
+            }
+            match uml::available() {
+                Ok(()) => {
+                    let lu = lacking(Backend::Uml);
+                    if lu.is_empty() {
+                        Ok(Backend::Uml)
+                    } else {
+                        let mut all = ln.clone();
+                        all.extend(lu.iter().copied());
+                        all.sort();
+                        all.dedup();
+                        Err(format!("no backend on this machine has what it needs: {} lacks {}; the user-mode-linux kernel ({}) lacks {}; {}", native_kernel(), what(&ln), uml_release(), what(&lu), how(&all)))
+                    }
+                }
+                Err(e) => Err(format!("needs {}, which {} lacks, and the user-mode-linux backend is not usable: {e}; {}", what(&ln), native_kernel(), how(&ln))),
+            }
+        }
     }
-    if lacking.is_empty() {
-        return Ok(Backend::Native);
+}
+
+/// The user-mode-linux kernel's version (its module dir's name).
+pub fn uml_release() -> String {
+    uml::version().unwrap_or_else(|| "not installed".into())
+}
+
+/// The features the user-mode-linux guest's kernel has: probed once per process by booting a
+/// guest that runs every [`crate::env::probe_script`] in a fresh network namespace of its own.
+pub fn uml_features() -> Result<Vec<KernelFeature>, String> {
+    static F: std::sync::OnceLock<Result<Vec<KernelFeature>, String>> = std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        uml::available()?;
+        probe_uml().map_err(|e| format!("probing the user-mode-linux kernel: {e:#}"))
+    })
+    .clone()
+}
+
+fn probe_uml() -> Result<Vec<KernelFeature>> {
+    let shared = tempfile::Builder::new().prefix("vpnlab-uml-probe-").tempdir()?;
+    let mut script = String::new();
+    for f in KernelFeature::ALL {
+        let q = crate::env::probe_script(f).replace('\'', "'\\''");
+        script.push_str(&format!("if unshare -n sh -c '{q}' >/dev/null 2>&1; then echo 'vpnlab-feature {} yes'; else echo 'vpnlab-feature {} no'; fi\n", f.name(), f.name()));
     }
-    match uml::available() {
-        Ok(()) => Ok(Backend::Uml),
-        Err(e) => Err(format!("the kernel lacks {} and the user-mode-linux backend is not usable: {e}", lacking.join(", "))),
+    let mut uj = uml::UmlJob::new(vec!["/bin/sh".into(), "-c".into(), script], shared.path());
+    uj.alternatives = guest_alternatives();
+    uj.modules = modules_for_features(&[KernelFeature::Ppp, KernelFeature::Esp]);
+    uj.timeout = Duration::from_secs(60);
+    let out = uml::run(&uj)?;
+    let found: Vec<KernelFeature> = out
+        .console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("vpnlab-feature "))
+        .filter_map(|l| l.strip_suffix(" yes"))
+        .filter_map(KernelFeature::parse)
+        .collect();
+    if !out.console.contains("vpnlab-feature ") {
+        bail!("the guest printed no probe results (exit {}): {}", out.exit_code, out.console.lines().rev().take(10).collect::<Vec<_>>().join(" | "));
     }
+    Ok(found)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,14 +221,38 @@ fn guest_run(job_path: &Path) -> Result<()> {
 
 /// Kernel modules the guest loads for a lab.
 fn modules_for(lab: &Lab) -> Vec<String> {
+    modules_for_features(&lab.kernel_needs(None))
+}
+
+/// Kernel modules the guest loads for these features (others are autoloaded on demand).
+fn modules_for_features(features: &[KernelFeature]) -> Vec<String> {
     let mut m: Vec<String> = ["tun", "veth", "bridge"].iter().map(|s| s.to_string()).collect();
-    for f in &lab.kernel {
+    for f in features {
         match f {
-            crate::model::KernelFeature::Ppp => m.extend(["ppp_generic", "ppp_async", "ppp_deflate", "bsd_comp"].map(String::from)),
-            crate::model::KernelFeature::Esp => m.extend(["esp4", "xfrm_user", "xfrm4_tunnel", "tunnel4", "ip_vti"].map(String::from)),
+            KernelFeature::Ppp => m.extend(["ppp_generic", "ppp_async", "ppp_deflate", "bsd_comp"].map(String::from)),
+            KernelFeature::Esp => m.extend(["esp4", "xfrm_user", "xfrm4_tunnel", "tunnel4", "ip_vti"].map(String::from)),
+            _ => {}
         }
     }
     m
+}
+
+/// Debian's UML kernel has no nft NAT (nft_chain_nat) and no nft ip/inet families, only the
+/// legacy iptables tables: in the guest, `iptables*` are iptables-legacy (same commands, same
+/// output) for every process, through the guest's own `/etc/alternatives` (as
+/// `update-alternatives --set iptables /usr/sbin/iptables-legacy` would do), whatever its PATH.
+pub fn guest_alternatives() -> Vec<(String, PathBuf)> {
+    ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"]
+        .iter()
+        .map(|n| {
+            let legacy = match n.split_once('-') {
+                Some((cmd, op)) => format!("/usr/sbin/{cmd}-legacy-{op}"),
+                None => format!("/usr/sbin/{n}-legacy"),
+            };
+            (n.to_string(), PathBuf::from(legacy))
+        })
+        .filter(|(_, t)| t.exists())
+        .collect()
 }
 
 /// Runs a scenario on `backend`.
@@ -147,23 +270,14 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let job = Job { lab_dir: lab_dir.clone(), scenario: scenario.to_string(), progress: opts.progress, pcap: opts.pcap };
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;
-    // Debian's UML kernel has no nft NAT (nft_chain_nat), only the legacy iptables tables: in the
-    // guest, `iptables*` resolve to iptables-legacy (same commands, same output).
-    let bin = shared.join("guest-bin");
-    std::fs::create_dir_all(&bin)?;
-    for name in ["iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"] {
-        if Path::new("/usr/sbin/xtables-legacy-multi").exists() {
-            std::os::unix::fs::symlink("/usr/sbin/xtables-legacy-multi", bin.join(name))?;
-        }
-    }
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
     let mut uj = uml::UmlJob::new(vec![exe], &shared);
     uj.env = vec![
         (JOB_ENV.to_string(), job_path.to_string_lossy().into_owned()),
         ("VPNLAB_WORK_ROOT".to_string(), shared.to_string_lossy().into_owned()),
         ("VPNLAB_BACKEND".to_string(), "native".to_string()),
-        ("PATH".to_string(), format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bin.display())),
     ];
+    uj.alternatives = guest_alternatives();
     uj.modules = modules_for(lab);
     // The guest mounts fresh tmpfs on /tmp and /run: a lab folder there (a checkout under /tmp)
     // must be shown to it explicitly.

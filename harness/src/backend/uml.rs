@@ -120,6 +120,12 @@ pub struct UmlJob {
     /// Host directories the guest must see although a guest tmpfs (/tmp, /run, ...) covers
     /// their path, e.g. a lab folder in a checkout under /tmp: mounted read-only on top.
     pub expose: Vec<PathBuf>,
+    /// Debian alternatives to change in the guest, as (name, target): e.g. `("iptables",
+    /// "/usr/sbin/iptables-legacy")`. The guest sees a copy of the host's `/etc/alternatives`
+    /// with these links changed (hostfs, read-only, over `/etc/alternatives`), so the choice
+    /// holds for every process in the guest whatever its PATH (`/usr/sbin/ipsec` puts
+    /// `/usr/sbin` first). Names the host has no alternative for are skipped.
+    pub alternatives: Vec<(String, PathBuf)>,
 }
 
 impl UmlJob {
@@ -136,6 +142,7 @@ impl UmlJob {
             timeout: Duration::from_secs(300),
             tmpfs: Vec::new(),
             expose: Vec::new(),
+            alternatives: Vec::new(),
         }
     }
 }
@@ -161,6 +168,16 @@ pub struct UmlOutcome {
 /// install) otherwise.
 pub fn available() -> Result<(), String> {
     host_config().map(|_| ())
+}
+
+/// The UML kernel's version (`linux.uml --version`), when the backend is usable.
+pub fn version() -> Option<String> {
+    host_config().ok().map(|h| h.version.clone())
+}
+
+/// The UML kernel's module directory, when the backend is usable.
+pub fn module_dir() -> Option<PathBuf> {
+    host_config().ok().map(|h| Path::new(UML_MODULES).join(&h.version))
 }
 
 /// Everything [`run`] needs from the host, probed once.
@@ -621,6 +638,9 @@ impl<'a> Plan<'a> {
             modroot.join(&self.host.version),
         )?;
         write_executable(&private.join("modprobe"), &self.modprobe_wrapper())?;
+        if !self.job.alternatives.is_empty() {
+            write_alternatives(&private.join("alternatives"), Path::new(HOST_ALTERNATIVES), &self.job.alternatives)?;
+        }
         std::fs::write(private.join("fstab"), self.fstab(private))?;
         let init = private.join("init");
         write_executable(&init, &self.init_script(private))?;
@@ -680,6 +700,10 @@ impl<'a> Plan<'a> {
             add("none", d, "hostfs", &format!("ro,{},X-mount.mkdir", fstab_escape(d)));
         }
         add("none", Path::new(GUEST_PRIVATE), "hostfs", &format!("ro,{},X-mount.mkdir", fstab_escape(private)));
+        if !self.job.alternatives.is_empty() && Path::new(HOST_ALTERNATIVES).is_dir() {
+            let alt = private.join("alternatives");
+            add("none", Path::new(HOST_ALTERNATIVES), "hostfs", &format!("ro,{}", fstab_escape(&alt)));
+        }
         t
     }
 
@@ -778,6 +802,22 @@ struct CloneArgs {
     stack: u64,
     stack_size: u64,
     tls: u64,
+}
+
+const HOST_ALTERNATIVES: &str = "/etc/alternatives";
+
+/// A copy of the alternatives dir `host` (its symlinks) in `dir`, with the links named in
+/// `changes` pointing at their new targets (only names `host` has).
+fn write_alternatives(dir: &Path, host: &Path, changes: &[(String, PathBuf)]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let Ok(entries) = std::fs::read_dir(host) else { return Ok(()) };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        let target = changes.iter().find(|(n, _)| std::ffi::OsStr::new(n) == name).map(|(_, t)| t.clone()).unwrap_or(target);
+        std::os::unix::fs::symlink(&target, dir.join(&name)).with_context(|| format!("alternative {}", name.to_string_lossy()))?;
+    }
+    Ok(())
 }
 
 fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd)> {
@@ -1253,6 +1293,56 @@ mod tests {
         let t = run_ok(&UmlJob::new(vec!["/bin/true".into()], shared.path()));
         assert_eq!(t.exit_code, 0);
         eprintln!("TIMING /bin/true: boot {:?}, total {:?}", t.boot, t.total);
+    }
+
+    /// The guest's alternatives hold for every process, whatever its PATH: `/usr/sbin/ipsec`
+    /// (which puts /usr/sbin first) and a plain `/usr/sbin`-first PATH both get
+    /// iptables-legacy and see a rule added through the other; the host's links are unchanged.
+    #[test]
+    fn uml_alternatives_hold_for_every_path() {
+        let _g = lock();
+        if skip() || !Path::new("/etc/alternatives/iptables").is_symlink() || !Path::new("/usr/sbin/iptables-legacy").exists() {
+            return;
+        }
+        let host_before = std::fs::read_link("/etc/alternatives/iptables").unwrap();
+        let shared = tempfile::tempdir().unwrap();
+        let mut script = String::from(
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin; echo \"link=$(readlink -f /usr/sbin/iptables)\"; \
+             echo \"v=$(iptables -V)\"; iptables -A INPUT -s 192.0.2.7 -j DROP || echo add-failed; \
+             echo \"save=$(iptables-save | grep -c 192.0.2.7)\"",
+        );
+        if Path::new("/usr/sbin/ipsec").exists() {
+            script.push_str("; echo \"look=$(/usr/sbin/ipsec look iptables 2>&1 | grep -c '^DROP.*192\\.0\\.2\\.7')\"");
+        }
+        let mut job = sh(&script, shared.path());
+        job.alternatives = vec![
+            ("iptables".into(), "/usr/sbin/iptables-legacy".into()),
+            ("iptables-save".into(), "/usr/sbin/iptables-legacy-save".into()),
+            ("no-such-alternative".into(), "/bin/false".into()),
+        ];
+        let out = run_ok(&job);
+        assert_eq!(out.exit_code, 0, "{}", out.console);
+        assert!(out.console.contains("link=/usr/sbin/xtables-legacy-multi"), "{}", out.console);
+        assert!(out.console.contains("v=iptables v") && out.console.contains("(legacy)"), "{}", out.console);
+        assert!(out.console.contains("save=1"), "{}", out.console);
+        assert!(!out.console.contains("add-failed"), "{}", out.console);
+        if Path::new("/usr/sbin/ipsec").exists() {
+            assert!(out.console.contains("look=1"), "`ipsec look iptables` did not list the rule:\n{}", out.console);
+        }
+        assert_eq!(std::fs::read_link("/etc/alternatives/iptables").unwrap(), host_before);
+    }
+
+    #[test]
+    fn write_alternatives_copies_and_changes_links() {
+        let host = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/usr/sbin/iptables-nft", host.path().join("iptables")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/vim.basic", host.path().join("editor")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("alt");
+        write_alternatives(&dir, host.path(), &[("iptables".into(), "/usr/sbin/iptables-legacy".into()), ("absent".into(), "/x".into())]).unwrap();
+        assert_eq!(std::fs::read_link(dir.join("iptables")).unwrap(), Path::new("/usr/sbin/iptables-legacy"));
+        assert_eq!(std::fs::read_link(dir.join("editor")).unwrap(), Path::new("/usr/bin/vim.basic"));
+        assert!(!dir.join("absent").exists() && !dir.join("absent").is_symlink());
     }
 
     #[test]

@@ -209,15 +209,86 @@ pub struct Scenario {
 pub enum KernelFeature {
     Ppp,
     Esp,
+    /// nft's `inet` family (tables `inet ...`; the trace step's counting sets).
+    NftInet,
+    /// nft's `ip` family (tables `ip ...`).
+    NftIpv4,
+    /// The sysctl `net.ipv4.fib_multipath_hash_seed` (Linux 6.11+).
+    MultipathHashSeed,
+    /// The `netem` qdisc.
+    Netem,
+    /// iptables `-j NFQUEUE` with a netlink queue (the `impair` step).
+    Nfqueue,
 }
 
 impl KernelFeature {
+    pub const ALL: [KernelFeature; 7] = [
+        KernelFeature::Ppp,
+        KernelFeature::Esp,
+        KernelFeature::NftInet,
+        KernelFeature::NftIpv4,
+        KernelFeature::MultipathHashSeed,
+        KernelFeature::Netem,
+        KernelFeature::Nfqueue,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             KernelFeature::Ppp => "ppp",
             KernelFeature::Esp => "esp",
+            KernelFeature::NftInet => "nft-inet",
+            KernelFeature::NftIpv4 => "nft-ipv4",
+            KernelFeature::MultipathHashSeed => "multipath-hash-seed",
+            KernelFeature::Netem => "netem",
+            KernelFeature::Nfqueue => "nfqueue",
         }
     }
+
+    pub fn parse(name: &str) -> Option<KernelFeature> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// What it is, in a few words.
+    pub fn about(self) -> &'static str {
+        match self {
+            KernelFeature::Ppp => "PPP (/dev/ppp)",
+            KernelFeature::Esp => "kernel IPsec ESP (xfrm)",
+            KernelFeature::NftInet => "nftables inet family",
+            KernelFeature::NftIpv4 => "nftables ip family",
+            KernelFeature::MultipathHashSeed => "sysctl net.ipv4.fib_multipath_hash_seed",
+            KernelFeature::Netem => "netem qdisc",
+            KernelFeature::Nfqueue => "iptables NFQUEUE",
+        }
+    }
+
+    /// The kernel option (and module or package) that brings it.
+    pub fn brings(self) -> &'static str {
+        match self {
+            KernelFeature::Ppp => "CONFIG_PPP and CONFIG_PPP_ASYNC (modules ppp_generic, ppp_async), or the user-mode-linux backend (apt install user-mode-linux kmod)",
+            KernelFeature::Esp => "CONFIG_INET_ESP and CONFIG_XFRM_USER (modules esp4, xfrm_user), or the user-mode-linux backend (apt install user-mode-linux kmod)",
+            KernelFeature::NftInet => "CONFIG_NF_TABLES_INET (Debian's user-mode-linux kernel is built without it: run natively on a stock distribution kernel)",
+            KernelFeature::NftIpv4 => "CONFIG_NF_TABLES_IPV4 (Debian's user-mode-linux kernel is built without it: run natively on a stock distribution kernel)",
+            KernelFeature::MultipathHashSeed => "Linux 6.11 or later (Debian 12 ships 6.1, Ubuntu 24.04 GA 6.8: use a backports/HWE kernel)",
+            KernelFeature::Netem => "CONFIG_NET_SCH_NETEM (module sch_netem; on Ubuntu in linux-modules-extra-$(uname -r))",
+            KernelFeature::Nfqueue => "CONFIG_NETFILTER_NETLINK_QUEUE and CONFIG_NETFILTER_XT_TARGET_NFQUEUE (modules nfnetlink_queue, xt_NFQUEUE)",
+        }
+    }
+
+    /// The feature a `net.*` sysctl needs, for keys that Linux 5.15 lacks.
+    pub fn of_sysctl(key: &str) -> Option<(KernelFeature, &'static str)> {
+        match key {
+            "net.ipv4.fib_multipath_hash_seed" => Some((KernelFeature::MultipathHashSeed, "6.11")),
+            _ => None,
+        }
+    }
+}
+
+/// Where a lab writes a `net.*` sysctl (a node's `sysctl` table or a `sysctl` step).
+#[derive(Debug, Clone)]
+pub struct SysctlUse {
+    pub key: String,
+    pub line: usize,
+    pub col: usize,
 }
 
 /// A validated lab. Indices (`node`, `service`) point into `nodes` / `services`.
@@ -229,7 +300,10 @@ pub struct Lab {
     pub file: PathBuf,
     pub title: String,
     pub source: String,
+    /// Kernel features declared in `kernel = [...]` (see [`Lab::kernel_needs`] for all).
     pub kernel: Vec<KernelFeature>,
+    /// Every `net.*` sysctl the lab writes, with its place in the file.
+    pub sysctl_uses: Vec<SysctlUse>,
     pub deadline: Duration,
     pub step_timeout: Duration,
     pub pki: Option<PkiSpec>,
@@ -257,6 +331,37 @@ impl Lab {
     pub fn owner_of(&self, addr: IpAddr) -> Option<usize> {
         self.endpoints().find(|e| e.addrs.iter().any(|a| a.addr() == addr)).map(|e| e.node)
     }
+    /// Every kernel feature the lab needs (for one scenario, or for any of them): the declared
+    /// ones plus those its content shows: nft rulesets' table families, sysctls newer than
+    /// Linux 5.15, `trace` steps (nft inet sets), `impair` steps (NFQUEUE), `netem` in commands.
+    pub fn kernel_needs(&self, scenario: Option<&str>) -> Vec<KernelFeature> {
+        let mut out = self.kernel.clone();
+        for n in &self.nodes {
+            if let Some(rules) = &n.nft {
+                out.extend(nft_families(rules));
+            }
+            if n.setup.iter().any(|c| c.contains("netem")) {
+                out.push(KernelFeature::Netem);
+            }
+        }
+        out.extend(self.sysctl_uses.iter().filter_map(|u| KernelFeature::of_sysctl(&u.key)).map(|(f, _)| f));
+        let steps: Vec<&Step> = match scenario {
+            Some(name) => self.prelude.iter().chain(self.scenario(name).into_iter().flat_map(|s| s.steps.iter())).collect(),
+            None => self.prelude.iter().chain(self.scenarios.iter().flat_map(|s| s.steps.iter())).collect(),
+        };
+        for st in steps {
+            match &st.action {
+                Action::Trace { .. } => out.push(KernelFeature::NftInet),
+                Action::Impair { spec: Some(_), .. } => out.push(KernelFeature::Nfqueue),
+                Action::Sh { cmd, .. } | Action::Show { cmd, .. } if cmd.contains("netem") => out.push(KernelFeature::Netem),
+                _ => {}
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Programs the lab runs (services, setup commands, steps), for the requirement check.
     pub fn programs(&self) -> Vec<String> {
         let mut out: Vec<String> = self.services.iter().map(|s| s.argv[0].clone()).collect();
@@ -279,6 +384,22 @@ impl Lab {
         out.dedup();
         out
     }
+}
+
+/// The nft families of the tables an nft ruleset declares (those with a kernel feature).
+fn nft_families(rules: &str) -> Vec<KernelFeature> {
+    let mut out = Vec::new();
+    let words: Vec<&str> = rules.split(|c: char| c.is_whitespace() || c == '{' || c == ';').filter(|w| !w.is_empty()).collect();
+    for w in words.windows(2) {
+        if w[0] == "table" {
+            match w[1] {
+                "inet" => out.push(KernelFeature::NftInet),
+                "ip" => out.push(KernelFeature::NftIpv4),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// The daemon a service command line really runs: `setpriv ... openvpn ...` -> `openvpn`
@@ -482,10 +603,12 @@ impl Validator<'_> {
 
         let mut kernel = Vec::new();
         for k in &raw.lab.kernel {
-            kernel.push(match k.get_ref().as_str() {
-                "ppp" => KernelFeature::Ppp,
-                "esp" => KernelFeature::Esp,
-                other => return Err(self.err(self.inner(k), format!("unknown kernel feature `{other}`"), "known features: ppp, esp")),
+            kernel.push(match KernelFeature::parse(k.get_ref()) {
+                Some(f) => f,
+                None => {
+                    let known: Vec<&str> = KernelFeature::ALL.iter().map(|f| f.name()).collect();
+                    return Err(self.err(self.inner(k), format!("unknown kernel feature `{}`", k.get_ref()), format!("known features: {}", known.join(", "))));
+                }
             });
         }
         let deadline = match &raw.lab.deadline {
@@ -527,6 +650,7 @@ impl Validator<'_> {
 
         // Nodes.
         let mut nodes = Vec::new();
+        let mut sysctl_uses = Vec::new();
         for (idx, (name, node)) in raw.nodes.iter().enumerate() {
             let node = node.get_ref();
             let mut sysctls = Vec::new();
@@ -539,6 +663,8 @@ impl Validator<'_> {
                     toml::Value::Boolean(b) => (*b as u8).to_string(),
                     _ => return Err(self.err(at, format!("sysctl `{k}` wants a string or a number"), "write it like \"1\"")),
                 };
+                let (line, col) = crate::error::line_col(self.src, at);
+                sysctl_uses.push(SysctlUse { key: k.clone(), line, col });
                 sysctls.push((k.clone(), value));
             }
             let has_if = |ifname: &str| ifnames.contains_key(&(idx, ifname.to_string()));
@@ -646,6 +772,12 @@ impl Validator<'_> {
             return Err(self.err(self.src.len(), "the lab has no scenarios", "add `[scenarios.NAME]` with `steps = [...]`"));
         }
 
+        for st in prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())) {
+            if let Action::Sysctl { key, .. } = &st.action {
+                let (line, col) = crate::error::line_col(self.src, st.offset);
+                sysctl_uses.push(SysctlUse { key: key.clone(), line, col });
+            }
+        }
         let dir = self.dir.to_path_buf();
         Ok(Lab {
             id: lab_id(&std::fs::canonicalize(&dir).unwrap_or(dir.clone())),
@@ -654,6 +786,7 @@ impl Validator<'_> {
             title: raw.lab.title,
             source: raw.lab.source,
             kernel,
+            sysctl_uses,
             deadline,
             step_timeout,
             pki: raw.pki,
@@ -838,6 +971,25 @@ steps = ["b: ping 10.0.0.1", "log srv /Initialization/"]
     /// (line, column) of the first occurrence of `needle` in `src`.
     fn pos(src: &str, needle: &str) -> (usize, usize) {
         crate::error::line_col(src, src.find(needle).unwrap_or_else(|| panic!("{needle} not in src")))
+    }
+
+    #[test]
+    fn kernel_needs_declared_and_derived() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = BASE
+            .replace("title = \"t\"", "title = \"t\"\nkernel = [\"netem\"]")
+            .replace("[nodes.a]\n", "[nodes.a]\nnft = \"table inet f { chain c { type filter hook forward priority 0; } }\"\nsysctl = { \"net.ipv4.fib_multipath_hash_seed\" = \"1\" }\n")
+            .replace("[scenarios.s]", "[scenarios.t]\nsteps = [\"b: trace 10.0.0.1\", \"a: impair eth0 drop every 2\"]\n[scenarios.s]");
+        let lab = parse(&dir.path().join("lab.toml"), &src).unwrap();
+        use KernelFeature::*;
+        assert_eq!(lab.kernel_needs(Some("s")), [NftInet, MultipathHashSeed, Netem]);
+        assert_eq!(lab.kernel_needs(Some("t")), [NftInet, MultipathHashSeed, Netem, Nfqueue]);
+        assert_eq!(lab.kernel_needs(None), [NftInet, MultipathHashSeed, Netem, Nfqueue]);
+        assert_eq!(lab.sysctl_uses.len(), 1);
+        assert_eq!((lab.sysctl_uses[0].line, lab.sysctl_uses[0].key.as_str()), (7, "net.ipv4.fib_multipath_hash_seed"));
+        assert_eq!(nft_families("table ip nat {\n chain p { }\n}\ntable ip6 x {}"), [NftIpv4]);
+        let e = lab_err(&BASE.replace("title = \"t\"", "title = \"t\"\nkernel = [\"nft\"]"));
+        assert!(e.msg.contains("unknown kernel feature `nft`") && e.hint.contains("nft-inet, nft-ipv4"), "{e:?}");
     }
 
     #[test]

@@ -1256,6 +1256,10 @@ steps = []
         // An address of the VPN subnet that no client has: the server's OpenVPN drops it.
         let nobody = go_from(idx("server"), "10.200.0.77");
         let lanhost = go("10.198.1.12");
+        // Without its upstream, the gateway's own reply finds no route at all.
+        let out = run_capture(&topo.nodes[idx("gateway")].ns, &pid, &["ip".into(), "route".into(), "del".into(), "default".into()], &cwd, Duration::from_secs(10)).unwrap();
+        assert!(out.success(), "{}", out.text);
+        let gw_no_upstream = go("10.198.0.1");
         let out = run_capture(
             &topo.nodes[idx("server")].ns,
             &pid,
@@ -1275,8 +1279,11 @@ steps = []
                 "request client: out tun0 (10.200.0.2 -> 10.198.0.1)",
                 "request server: in tun0 -> forwarded out eth1",
                 "request gateway: in eth0 -> delivered",
-                "reply   gateway: to 10.200.0.2: found no route (Network is unreachable) -> dropped at gateway",
-                "=> echo request reached gateway (10.198.0.1); its reply to 10.200.0.2 found no route (Network is unreachable) -> dropped at gateway",
+                "reply   gateway: out eth1 (10.198.0.1 -> 10.200.0.2)",
+                "reply   upstream: in eth0 -> found no route to 10.200.0.2 (Network is unreachable) [IpExt InNoRoutes rose] -> dropped at upstream",
+                "error   upstream: ICMP destination-unreachable (net-unreachable) about the reply, out eth0",
+                "error   gateway: in eth1 -> delivered",
+                "=> echo request reached gateway (10.198.0.1); its reply to 10.200.0.2 found no route (Network is unreachable) -> dropped at upstream",
             ]
         );
         assert_eq!(
@@ -1286,10 +1293,22 @@ steps = []
                 "request server: in tun0 -> forwarded out eth1",
                 "request lanhost: in eth0 -> delivered",
                 "reply   lanhost: out eth0 (10.198.1.12 -> 10.200.0.2)",
-                "reply   gateway: in eth0 -> found no route to 10.200.0.2 (Network is unreachable) [IpExt InNoRoutes rose] -> dropped at gateway",
-                "error   gateway: ICMP destination-unreachable (net-unreachable) about the reply, out eth0",
+                "reply   gateway: in eth0 -> forwarded out eth1",
+                "reply   upstream: in eth0 -> found no route to 10.200.0.2 (Network is unreachable) [IpExt InNoRoutes rose] -> dropped at upstream",
+                "error   upstream: ICMP destination-unreachable (net-unreachable) about the reply, out eth0",
+                "error   gateway: in eth1 -> forwarded out eth0",
                 "error   lanhost: in eth0 -> delivered",
-                "=> echo request reached lanhost (10.198.1.12); its reply to 10.200.0.2 found no route (Network is unreachable) -> dropped at gateway",
+                "=> echo request reached lanhost (10.198.1.12); its reply to 10.200.0.2 found no route (Network is unreachable) -> dropped at upstream",
+            ]
+        );
+        assert_eq!(
+            gw_no_upstream,
+            [
+                "request client: out tun0 (10.200.0.2 -> 10.198.0.1)",
+                "request server: in tun0 -> forwarded out eth1",
+                "request gateway: in eth0 -> delivered",
+                "reply   gateway: to 10.200.0.2: found no route (Network is unreachable) -> dropped at gateway",
+                "=> echo request reached gateway (10.198.0.1); its reply to 10.200.0.2 found no route (Network is unreachable) -> dropped at gateway",
             ]
         );
         assert_eq!(

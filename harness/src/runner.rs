@@ -28,6 +28,9 @@ pub struct Options {
     /// Record every link of the lab to `pcap/<node>-<if>.pcap` (and LANs to `pcap/lan-<name>.pcap`)
     /// in the work dir with tcpdump; the files stay with the work dir of a failed run.
     pub pcap: bool,
+    /// Builds of the daemons chosen with `--with` (bind mounts in each service's private mount
+    /// namespace); empty: the host's.
+    pub with: crate::with::With,
 }
 
 /// Wall time of the phases of a run.
@@ -449,7 +452,8 @@ impl Lab_<'_> {
         let s = self.service(i).clone();
         let node = self.lab.nodes[s.node].name.clone();
         let log = self.work.log(&s.name);
-        let d = Daemon::start(&s.name, &self.topo.nodes[s.node].ns, &self.pid, &s.argv, &self.node_dir(s.node), &log, &[])
+        let mounts = self.opts.with.mounts(&s.argv);
+        let d = Daemon::start(&s.name, &self.topo.nodes[s.node].ns, &self.pid, &s.argv, &self.node_dir(s.node), &log, &mounts)
             .map_err(|e| StepFailed(format!("{e:#}")))?;
         self.stopped[i] = false;
         let start = d.log_start;

@@ -19,6 +19,22 @@ fn main() {
     let args = Arguments::from_args();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("labs");
     vpnlab::workdir::sweep();
+    // VPNLAB_WITH="openvpn=2.7.8,libreswan=debian:sid": run the labs against other daemon builds
+    // (`vpnlab run --with`), resolved (and fetched into the cache) once, here, before any trial.
+    let with = match std::env::var("VPNLAB_WITH") {
+        Ok(v) if !v.trim().is_empty() => {
+            let args: Vec<String> = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            match vpnlab::with::resolve_all(&args) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("VPNLAB_WITH={v}: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        _ => vpnlab::with::With::default(),
+    };
+    let with = std::sync::Arc::new(with);
     let mut trials = Vec::new();
     for dir in suite::discover(&root) {
         let id = model::lab_id(&dir);
@@ -34,7 +50,8 @@ fn main() {
         for sc in &lab.scenarios {
             let lab = lab.clone();
             let name = sc.name.clone();
-            trials.push(Trial::ignorable_test(format!("{id}::{name}"), move || run_one(&lab, &name)));
+            let with = with.clone();
+            trials.push(Trial::ignorable_test(format!("{id}::{name}"), move || run_one(&lab, &name, &with)));
         }
     }
     // The host is never touched: its network state (links, addresses, routes of all tables,
@@ -93,7 +110,7 @@ fn diff_lines(a: &str, b: &str) -> Vec<String> {
     out
 }
 
-fn run_one(lab: &model::Lab, scenario: &str) -> Result<Completion, Failed> {
+fn run_one(lab: &model::Lab, scenario: &str, with: &vpnlab::with::With) -> Result<Completion, Failed> {
     env::require_root().map_err(|e| Failed::from(e.to_string()))?;
     if let Some(why) = env::unmet(lab) {
         if snapshot::is_ci() {
@@ -102,7 +119,7 @@ fn run_one(lab: &model::Lab, scenario: &str) -> Result<Completion, Failed> {
         return Ok(Completion::ignored_with(why));
     }
     // VPNLAB_PROGRESS=1 prints every step; VPNLAB_PCAP=1 records every link (kept with failed runs).
-    let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some(), pcap: std::env::var_os("VPNLAB_PCAP").is_some() };
+    let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some(), pcap: std::env::var_os("VPNLAB_PCAP").is_some(), with: with.clone() };
     // The first line of a failure names the outcome: `check-failed: step 3 `...`: observed ...,
     // expected ...`, `drift: ...` or `error: ...`; the transcript, diff and kept work dir follow.
     let out = suite::run_checked(lab, scenario, &opts, false);

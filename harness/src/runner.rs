@@ -272,6 +272,14 @@ impl<'a> Live<'a> {
         let started = *self.steps_started.get_or_insert_with(Instant::now);
         let step = self.steps[self.next];
         self.next += 1;
+        // `[openvpn >= 2.7] ...`: a step for other versions than the one running is skipped
+        // (it leaves no line in the transcript).
+        if let Some(c) = &step.when {
+            let running = crate::with::Component::of_daemon(c.daemon).and_then(|x| l.opts.with.get(x)).map(|x| x.version.clone()).unwrap_or_else(|| crate::versions::version(c.daemon));
+            if !c.holds(&running) {
+                return Some(Vec::new());
+            }
+        }
         let before = l.t.len();
         let _g = self.rt.enter();
         let r = if Instant::now() > self.deadline {

@@ -47,6 +47,22 @@ fn main() {
             }
         };
         let lab = std::sync::Arc::new(lab);
+        // One lab family also runs against a non-default daemon build (OpenVPN from Debian sid,
+        // fetched once into ~/.cache/vpnlab): `family/recipe::scenario@openvpn=debian:sid`.
+        if with.is_empty() && VERSIONED.contains(&id.as_str()) {
+            for sc in &lab.scenarios {
+                let lab = lab.clone();
+                let name = sc.name.clone();
+                trials.push(Trial::ignorable_test(format!("{id}::{name}@{VERSIONED_WITH}"), move || {
+                    let w = match versioned_with() {
+                        Ok(w) => w,
+                        Err(e) if snapshot::is_ci() => return Err(format!("{VERSIONED_WITH}: {e} (CI=true: a lab that cannot run is a failure)").into()),
+                        Err(e) => return Ok(Completion::ignored_with(format!("{VERSIONED_WITH}: {e}"))),
+                    };
+                    run_one(&lab, &name, w)
+                }));
+            }
+        }
         for sc in &lab.scenarios {
             let lab = lab.clone();
             let name = sc.name.clone();
@@ -108,6 +124,23 @@ fn diff_lines(a: &str, b: &str) -> Vec<String> {
     let mut out: Vec<String> = a.iter().filter(|l| !b.contains(l)).map(|l| format!("- {l}")).collect();
     out.extend(b.iter().filter(|l| !a.contains(l)).map(|l| format!("+ {l}")));
     out
+}
+
+/// The labs `cargo test` also runs against [`VERSIONED_WITH`].
+const VERSIONED: [&str; 2] = ["openvpn/basic-server", "openvpn/redirect-gateway"];
+const VERSIONED_WITH: &str = "openvpn=debian:sid";
+
+/// [`VERSIONED_WITH`], resolved (fetched) once, by the first trial that needs it.
+fn versioned_with() -> Result<&'static vpnlab::with::With, String> {
+    static W: std::sync::OnceLock<Result<vpnlab::with::With, String>> = std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        if !env::is_root() {
+            return Err("not root".into());
+        }
+        vpnlab::with::resolve_all(&[VERSIONED_WITH.to_string()]).map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| e.clone())
 }
 
 fn run_one(lab: &model::Lab, scenario: &str, with: &vpnlab::with::With) -> Result<Completion, Failed> {

@@ -9,7 +9,7 @@ use crate::model::step::{Action, PingExpect, ServiceOp, Step};
 use crate::narrate::{narrate, Line};
 use crate::model::{Lab, Service};
 use crate::ns::PidNs;
-use crate::process::{read_from, run_capture, wait_until, Daemon};
+use crate::process::{read_from, wait_until, Daemon};
 use crate::topology::Topology;
 use crate::transcript::{sanitize, Transcript};
 use crate::workdir::WorkDir;
@@ -439,7 +439,10 @@ impl Lab_<'_> {
     }
 
     fn exec(&self, node: usize, argv: &[String]) -> Result<crate::process::Output> {
-        run_capture(&self.topo.nodes[node].ns, &self.pid, argv, &self.node_dir(node), self.lab.step_timeout)
+        // A command that uses a daemon's own tools (`ipsec auto ...`, `ipsec initnss`) runs them
+        // from the same build as the daemon (`--with`): whack must speak pluto's version.
+        let mounts = self.opts.with.mounts_for_command(argv);
+        crate::process::run_capture_mounts(&self.topo.nodes[node].ns, &self.pid, argv, &self.node_dir(node), self.lab.step_timeout, &mounts)
     }
 
     fn exec_ok(&self, node: usize, argv: &[String]) -> Result<()> {

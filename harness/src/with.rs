@@ -178,6 +178,27 @@ impl With {
         self.get(c).map(|x| x.mounts()).unwrap_or_default()
     }
 
+    /// The bind mounts for a step's or setup's command (`sh -c "ipsec auto --up x"`): those of
+    /// the first chosen daemon whose program (`ipsec`, `pluto`, `openvpn`, `pppd`) is a word of it.
+    pub fn mounts_for_command(&self, argv: &[String]) -> Vec<BindMount> {
+        if self.choices.is_empty() {
+            return Vec::new();
+        }
+        let text = argv.join(" ");
+        for w in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')) {
+            let c = match w {
+                "ipsec" | "pluto" | "whack" => Component::Libreswan,
+                "openvpn" => Component::Openvpn,
+                "pppd" => Component::Pppd,
+                _ => continue,
+            };
+            if let Some(x) = self.get(c) {
+                return x.mounts();
+            }
+        }
+        Vec::new()
+    }
+
     /// `openvpn=2.7.8 libreswan=5.2` (empty when nothing was chosen).
     pub fn label(&self) -> String {
         self.choices.iter().map(|c| c.label()).collect::<Vec<_>>().join(" ")

@@ -351,7 +351,12 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             }
             let m = vpnlab::matrix::run(&selected, &columns, !quiet);
             print!("{}", m.text());
-            std::fs::write(&out, m.markdown(&with)).map_err(|e| EnvError { msg: format!("cannot write {}: {e}", out.display()), hint: String::new() })?;
+            // A hand-written `## Notes` section (why a cell cannot pass, with its evidence) is kept.
+            let mut md = m.markdown(&with);
+            if let Some(i) = std::fs::read_to_string(&out).unwrap_or_default().find("\n## Notes").map(|i| (i, std::fs::read_to_string(&out).unwrap_or_default())) {
+                md.push_str(&i.1[i.0..]);
+            }
+            std::fs::write(&out, md).map_err(|e| EnvError { msg: format!("cannot write {}: {e}", out.display()), hint: String::new() })?;
             std::fs::write(&json, m.json()).map_err(|e| EnvError { msg: format!("cannot write {}: {e}", json.display()), hint: String::new() })?;
             eprintln!("written to {} and {}", out.display(), json.display());
             Ok(if m.all_passed() { 0 } else { 1 })

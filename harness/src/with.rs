@@ -311,7 +311,8 @@ pub fn debian_root(suite: &str) -> Result<PathBuf> {
     let base = cache_dir().join("debian");
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let root = base.join(suite);
-    let done = |r: &Path| r.join("usr/lib").is_dir() && r.join(".vpnlab-complete").exists();
+    // Complete and merged-/usr (`/lib` -> `usr/lib`): only `/usr` is bind-mounted.
+    let done = |r: &Path| r.join("usr/lib").is_dir() && r.join(".vpnlab-complete").exists() && r.join("lib").is_symlink();
     if done(&root) {
         eprintln!("vpnlab: Debian {suite} root: cached ({})", root.display());
         return Ok(root);
@@ -333,8 +334,13 @@ pub fn debian_root(suite: &str) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&root);
     eprintln!("vpnlab: Debian {suite} root: fetching openvpn, libreswan, ppp with mmdebstrap into {} ...", root.display());
     let t0 = Instant::now();
-    let out = Command::new("mmdebstrap")
-        .args(["--mode=unshare", "--variant=apt", "--quiet", "--aptopt=Acquire::Check-Valid-Until \"false\"", "--include=openvpn,libreswan,ppp,iproute2", suite])
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args(["--mode=unshare", "--variant=apt", "--quiet", "--aptopt=Acquire::Check-Valid-Until \"false\"", "--include=openvpn,libreswan,ppp,iproute2"]);
+    // Only /usr is bind-mounted: a suite before bookworm is not merged-/usr (its libraries and
+    // loader are in /lib) and is refused below. (mmdebstrap's merged-usr hook failed for
+    // bullseye in unshare mode here.)
+    let out = cmd
+        .arg(suite)
         .arg(&tmp)
         .arg(MIRROR)
         .stdin(Stdio::null())
@@ -345,6 +351,10 @@ pub fn debian_root(suite: &str) -> Result<PathBuf> {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().filter(|l| l.starts_with("E:") || l.contains("rror")).take(4).collect();
         anyhow::bail!("mmdebstrap {suite} failed: {}", if tail.is_empty() { err.trim().to_string() } else { tail.join(" / ") });
+    }
+    if !tmp.join("lib").is_symlink() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        anyhow::bail!("the Debian {suite} root is not merged-/usr (its /lib is not a link to usr/lib), so its /usr alone cannot run there; use bookworm or later, or give a path");
     }
     std::fs::write(tmp.join(".vpnlab-complete"), format!("mmdebstrap --variant=apt {suite} in {:.1}s\n", t0.elapsed().as_secs_f64()))?;
     std::fs::rename(&tmp, &root)?;

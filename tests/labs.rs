@@ -19,6 +19,22 @@ fn main() {
     let args = Arguments::from_args();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("labs");
     vpnlab::workdir::sweep();
+    // VPNLAB_WITH="openvpn=2.7.8,libreswan=debian:sid": run the labs against other daemon builds
+    // (`vpnlab run --with`), resolved (and fetched into the cache) once, here, before any trial.
+    let with = match std::env::var("VPNLAB_WITH") {
+        Ok(v) if !v.trim().is_empty() => {
+            let args: Vec<String> = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            match vpnlab::with::resolve_all(&args) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("VPNLAB_WITH={v}: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        _ => vpnlab::with::With::default(),
+    };
+    let with = std::sync::Arc::new(with);
     let mut trials = Vec::new();
     for dir in suite::discover(&root) {
         let id = model::lab_id(&dir);
@@ -31,10 +47,27 @@ fn main() {
             }
         };
         let lab = std::sync::Arc::new(lab);
+        // One lab family also runs against a non-default daemon build (OpenVPN from Debian sid,
+        // fetched once into ~/.cache/vpnlab): `family/recipe::scenario@openvpn=debian:sid`.
+        if with.is_empty() && VERSIONED.contains(&id.as_str()) {
+            for sc in &lab.scenarios {
+                let lab = lab.clone();
+                let name = sc.name.clone();
+                trials.push(Trial::ignorable_test(format!("{id}::{name}@{VERSIONED_WITH}"), move || {
+                    let w = match versioned_with() {
+                        Ok(w) => w,
+                        Err(e) if snapshot::is_ci() => return Err(format!("{VERSIONED_WITH}: {e} (CI=true: a lab that cannot run is a failure)").into()),
+                        Err(e) => return Ok(Completion::ignored_with(format!("{VERSIONED_WITH}: {e}"))),
+                    };
+                    run_one(&lab, &name, w)
+                }));
+            }
+        }
         for sc in &lab.scenarios {
             let lab = lab.clone();
             let name = sc.name.clone();
-            trials.push(Trial::ignorable_test(format!("{id}::{name}"), move || run_one(&lab, &name)));
+            let with = with.clone();
+            trials.push(Trial::ignorable_test(format!("{id}::{name}"), move || run_one(&lab, &name, &with)));
         }
         // The same scenarios in the user-mode-linux guest (whatever the host kernel has): the
         // same snapshot whichever backend runs them, with the guest's iptables-legacy firewall.
@@ -132,7 +165,7 @@ fn run_uml(lab: &model::Lab, scenario: &str) -> Result<Completion, Failed> {
     if let Some(r) = uml_unusable() {
         return r;
     }
-    run_on(lab, scenario, Some(vpnlab::backend::Backend::Uml))
+    run_on(lab, scenario, &vpnlab::with::With::default(), Some(vpnlab::backend::Backend::Uml))
 }
 
 /// The trace's nft inet sets do not exist in Debian's UML kernel: forced into UML, the trace
@@ -144,7 +177,7 @@ fn uml_trace_is_an_error(lab: &model::Lab) -> Result<Completion, Failed> {
     if vpnlab::backend::has(vpnlab::backend::Backend::Uml, model::KernelFeature::NftInet) {
         return Ok(Completion::ignored_with("this user-mode-linux kernel has the nft inet family"));
     }
-    let opts = runner::Options { keep: false, progress: false, pcap: false };
+    let opts = runner::Options { keep: false, progress: false, pcap: false, with: Default::default() };
     let out = suite::run_checked_on(lab, "where-it-dies", &opts, false, Some(vpnlab::backend::Backend::Uml));
     let msg = out.error.clone().unwrap_or_default();
     if out.outcome != suite::Outcome::Error || !msg.contains("`nft-inet`") || !msg.contains("CONFIG_NF_TABLES_INET") {
@@ -153,11 +186,28 @@ fn uml_trace_is_an_error(lab: &model::Lab) -> Result<Completion, Failed> {
     Ok(Completion::Completed)
 }
 
-fn run_one(lab: &model::Lab, scenario: &str) -> Result<Completion, Failed> {
-    run_on(lab, scenario, None)
+/// The labs `cargo test` also runs against [`VERSIONED_WITH`].
+const VERSIONED: [&str; 2] = ["openvpn/basic-server", "openvpn/redirect-gateway"];
+const VERSIONED_WITH: &str = "openvpn=debian:sid";
+
+/// [`VERSIONED_WITH`], resolved (fetched) once, by the first trial that needs it.
+fn versioned_with() -> Result<&'static vpnlab::with::With, String> {
+    static W: std::sync::OnceLock<Result<vpnlab::with::With, String>> = std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        if !env::is_root() {
+            return Err("not root".into());
+        }
+        vpnlab::with::resolve_all(&[VERSIONED_WITH.to_string()]).map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| e.clone())
 }
 
-fn run_on(lab: &model::Lab, scenario: &str, backend: Option<vpnlab::backend::Backend>) -> Result<Completion, Failed> {
+fn run_one(lab: &model::Lab, scenario: &str, with: &vpnlab::with::With) -> Result<Completion, Failed> {
+    run_on(lab, scenario, with, None)
+}
+
+fn run_on(lab: &model::Lab, scenario: &str, with: &vpnlab::with::With, backend: Option<vpnlab::backend::Backend>) -> Result<Completion, Failed> {
     env::require_root().map_err(|e| Failed::from(e.to_string()))?;
     if let Some(why) = env::unmet(lab) {
         if snapshot::is_ci() {
@@ -166,7 +216,7 @@ fn run_on(lab: &model::Lab, scenario: &str, backend: Option<vpnlab::backend::Bac
         return Ok(Completion::ignored_with(why));
     }
     // VPNLAB_PROGRESS=1 prints every step; VPNLAB_PCAP=1 records every link (kept with failed runs).
-    let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some(), pcap: std::env::var_os("VPNLAB_PCAP").is_some() };
+    let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some(), pcap: std::env::var_os("VPNLAB_PCAP").is_some(), with: with.clone() };
     // The first line of a failure names the outcome: `check-failed: step 3 `...`: observed ...,
     // expected ...`, `drift: ...` or `error: ...`; the transcript, diff and kept work dir follow.
     let out = suite::run_checked_on(lab, scenario, &opts, false, backend);

@@ -45,6 +45,29 @@ enum Cmd {
         /// between the repetitions (with the differing lines).
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
         repeat: u32,
+        /// Run a daemon from another build: NAME is openvpn, libreswan or pppd; SPEC a path (an
+        /// executable, an install prefix), a version (`2.7.8`) or `debian:SUITE` (fetched once
+        /// into ~/.cache/vpnlab). Repeatable, one SPEC per NAME.
+        #[arg(long = "with", value_name = "NAME=SPEC")]
+        with: Vec<String>,
+    },
+    /// Run labs against several daemon versions side by side: a grid scenario x version of the
+    /// outcomes, printed and written as Markdown and JSON.
+    Matrix {
+        /// Labs (default: all that use a daemon named in --with).
+        labs: Vec<String>,
+        /// NAME=SPEC[,SPEC...], e.g. `--with openvpn=2.6.14,2.7.8 --with libreswan=4.10,5.2`.
+        #[arg(long = "with", value_name = "NAME=SPECS", required = true)]
+        with: Vec<String>,
+        /// The Markdown grid.
+        #[arg(long, default_value = "MATRIX.md")]
+        out: std::path::PathBuf,
+        /// The JSON grid.
+        #[arg(long, default_value = "matrix.json")]
+        json: std::path::PathBuf,
+        /// Print only the verdicts, not every step.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Print a lab's topology (nodes, links, addresses, services) as a diagram.
     Show {
@@ -325,7 +348,32 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             print!("{}", vpnlab::doctor::report(&labs));
             Ok(0)
         }
-        Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat } => {
+        Cmd::Matrix { labs, with, out, json, quiet } => {
+            let selected = select(&labs)?;
+            env::require_root()?;
+            for (lab, _) in &selected {
+                env::check_runnable(lab)?;
+            }
+            let mut columns: Vec<vpnlab::with::Choice> = Vec::new();
+            for a in &with {
+                let (c, specs) = vpnlab::with::parse_arg(a)?;
+                for s in specs {
+                    columns.push(vpnlab::with::resolve(c, &s)?);
+                }
+            }
+            let m = vpnlab::matrix::run(&selected, &columns, !quiet);
+            print!("{}", m.text());
+            // A hand-written `## Notes` section (why a cell cannot pass, with its evidence) is kept.
+            let mut md = m.markdown(&with);
+            if let Some(i) = std::fs::read_to_string(&out).unwrap_or_default().find("\n## Notes").map(|i| (i, std::fs::read_to_string(&out).unwrap_or_default())) {
+                md.push_str(&i.1[i.0..]);
+            }
+            std::fs::write(&out, md).map_err(|e| EnvError { msg: format!("cannot write {}: {e}", out.display()), hint: String::new() })?;
+            std::fs::write(&json, m.json()).map_err(|e| EnvError { msg: format!("cannot write {}: {e}", json.display()), hint: String::new() })?;
+            eprintln!("written to {} and {}", out.display(), json.display());
+            Ok(if m.all_passed() { 0 } else { 1 })
+        }
+        Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat, with } => {
             // Everything that can be wrong with the input or the environment is found before
             // anything runs (exit 2); after that every selected scenario runs, whatever an
             // earlier one did, and the run ends with the summary line.
@@ -335,7 +383,9 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 env::check_runnable(lab)?;
             }
             let repeat = repeat.max(1);
-            let opts = runner::Options { keep, progress: !quiet, pcap };
+            // Fetched (or found in the cache) before anything runs; a bad SPEC exits 2.
+            let with = vpnlab::with::resolve_all(&with)?;
+            let opts = runner::Options { keep, progress: !quiet, pcap, with };
             run_suite(&selected, &opts, accept, repeat, report.as_deref())
         }
     }
@@ -373,7 +423,9 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
             for rep in 1..=repeat {
                 let backend = vpnlab::backend::choose_for(lab, Some(s), None).map(|b| b.name()).unwrap_or("no");
                 let nth = if repeat > 1 { format!(", repetition {rep} of {repeat}") } else { String::new() };
-                eprintln!("== {}::{s} ({backend} backend{nth})", lab.id);
+                let w = opts.with.label();
+                let w = if w.is_empty() { w } else { format!(", with {w}") };
+                eprintln!("== {}::{s} ({backend} backend{w}{nth})", lab.id);
                 let out = suite::run_checked(lab, s, opts, accept && rep == 1);
                 eprintln!("== {}{}", out.verdict_line(), if repeat > 1 { format!(" [repetition {rep} of {repeat}]") } else { String::new() });
                 if !out.report.is_empty() {
@@ -383,7 +435,8 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
                 interrupted(&tally);
                 runs.push(out);
             }
-            let entry = vpnlab::report::ScenarioReport::new(lab, s, &runs, repeat);
+            let mut entry = vpnlab::report::ScenarioReport::new(lab, s, &runs, repeat);
+            entry.versions = vpnlab::versions::of_lab_with(lab, &opts.with);
             let mut this = suite::Tally::default();
             runs.iter().for_each(|r| this.add(r.outcome));
             if let Some(r) = runs.iter().find(|r| r.outcome == entry.outcome).filter(|_| entry.outcome != suite::Outcome::Passed) {

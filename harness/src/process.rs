@@ -150,9 +150,14 @@ impl Output {
 
 /// Runs a short command in a node and captures its output; it is killed at `timeout`.
 pub fn run_capture(netns: &NetNs, pid: &PidNs, argv: &[String], cwd: &Path, timeout: Duration) -> Result<Output> {
+    run_capture_mounts(netns, pid, argv, cwd, timeout, &[])
+}
+
+/// [`run_capture`] with bind mounts in the command's private mount namespace.
+pub fn run_capture_mounts(netns: &NetNs, pid: &PidNs, argv: &[String], cwd: &Path, timeout: Duration, mounts: &[BindMount]) -> Result<Output> {
     let (mut r, w) = std::io::pipe().context("pipe")?;
     let w2 = w.try_clone()?;
-    let cmd = command(netns, argv, cwd, Stdio::from(w), Stdio::from(w2), &[])?;
+    let cmd = command(netns, argv, cwd, Stdio::from(w), Stdio::from(w2), mounts)?;
     let mut child = pid.spawn(cmd).with_context(|| format!("node `{}`: cannot run `{}`", netns.name, argv[0]))?;
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();

@@ -9,7 +9,7 @@ use crate::model::step::{Action, PingExpect, ServiceOp, Step};
 use crate::narrate::{narrate, Line};
 use crate::model::{Lab, Service};
 use crate::ns::PidNs;
-use crate::process::{read_from, run_capture, wait_until, Daemon};
+use crate::process::{read_from, wait_until, Daemon};
 use crate::topology::Topology;
 use crate::transcript::{sanitize, Transcript};
 use crate::workdir::WorkDir;
@@ -28,6 +28,9 @@ pub struct Options {
     /// Record every link of the lab to `pcap/<node>-<if>.pcap` (and LANs to `pcap/lan-<name>.pcap`)
     /// in the work dir with tcpdump; the files stay with the work dir of a failed run.
     pub pcap: bool,
+    /// Builds of the daemons chosen with `--with` (bind mounts in each service's private mount
+    /// namespace); empty: the host's.
+    pub with: crate::with::With,
 }
 
 /// Wall time of the phases of a run.
@@ -269,6 +272,14 @@ impl<'a> Live<'a> {
         let started = *self.steps_started.get_or_insert_with(Instant::now);
         let step = self.steps[self.next];
         self.next += 1;
+        // `[openvpn >= 2.7] ...`: a step for other versions than the one running is skipped
+        // (it leaves no line in the transcript).
+        if let Some(c) = &step.when {
+            let running = crate::with::Component::of_daemon(c.daemon).and_then(|x| l.opts.with.get(x)).map(|x| x.version.clone()).unwrap_or_else(|| crate::versions::version(c.daemon));
+            if !c.holds(&running) {
+                return Some(Vec::new());
+            }
+        }
         let before = l.t.len();
         let _g = self.rt.enter();
         let r = if Instant::now() > self.deadline {
@@ -428,7 +439,10 @@ impl Lab_<'_> {
     }
 
     fn exec(&self, node: usize, argv: &[String]) -> Result<crate::process::Output> {
-        run_capture(&self.topo.nodes[node].ns, &self.pid, argv, &self.node_dir(node), self.lab.step_timeout)
+        // A command that uses a daemon's own tools (`ipsec auto ...`, `ipsec initnss`) runs them
+        // from the same build as the daemon (`--with`): whack must speak pluto's version.
+        let mounts = self.opts.with.mounts_for_command(argv);
+        crate::process::run_capture_mounts(&self.topo.nodes[node].ns, &self.pid, argv, &self.node_dir(node), self.lab.step_timeout, &mounts)
     }
 
     fn exec_ok(&self, node: usize, argv: &[String]) -> Result<()> {
@@ -449,7 +463,8 @@ impl Lab_<'_> {
         let s = self.service(i).clone();
         let node = self.lab.nodes[s.node].name.clone();
         let log = self.work.log(&s.name);
-        let d = Daemon::start(&s.name, &self.topo.nodes[s.node].ns, &self.pid, &s.argv, &self.node_dir(s.node), &log, &[])
+        let mounts = self.opts.with.mounts(&s.argv);
+        let d = Daemon::start(&s.name, &self.topo.nodes[s.node].ns, &self.pid, &s.argv, &self.node_dir(s.node), &log, &mounts)
             .map_err(|e| StepFailed(format!("{e:#}")))?;
         self.stopped[i] = false;
         let start = d.log_start;

@@ -10,6 +10,25 @@ pub fn path(lab: &Lab, scenario: &str) -> PathBuf {
     lab.dir.join("snapshots").join(format!("{scenario}.snap"))
 }
 
+/// `snapshots/<scenario>@<variant>.snap` (insta's snapshot-suffix naming): the transcript of a
+/// scenario under another daemon minor version (`basic@openvpn-2.7.snap`).
+pub fn variant_path(lab: &Lab, scenario: &str, variant: &str) -> PathBuf {
+    lab.dir.join("snapshots").join(format!("{scenario}@{variant}.snap"))
+}
+
+/// The snapshot a run is compared with: the first existing variant for the daemon versions that
+/// ran (`variants`, e.g. `["openvpn-2.7"]`), else `<scenario>.snap`. Returns the path and the
+/// variant (`None` for the base).
+pub fn choose(lab: &Lab, scenario: &str, variants: &[String]) -> (PathBuf, Option<String>) {
+    for v in variants {
+        let p = variant_path(lab, scenario, v);
+        if p.exists() {
+            return (p, Some(v.clone()));
+        }
+    }
+    (path(lab, scenario), None)
+}
+
 /// Call at the start of `main`, before any thread starts: our own message carries the diff, so
 /// insta's console output (and its "run `cargo insta test`" advice) is turned off unless the
 /// user asked for it with INSTA_OUTPUT.
@@ -62,12 +81,19 @@ pub fn compare(expected: Option<&str>, actual: &str) -> Verdict {
 /// Compares and, outside CI, records a `.snap.new` for review. Returns an error message with
 /// the diff and how to accept it when the transcript does not match.
 pub fn check(lab: &Lab, scenario: &str, actual: &str) -> Result<(), String> {
-    let p = path(lab, scenario);
+    check_variant(lab, scenario, &path(lab, scenario), None, actual)
+}
+
+/// [`check`] against the snapshot at `p` (see [`choose`]); on a mismatch the `.snap.new` is
+/// recorded as `variant` (`Some("openvpn-2.7")`: `<scenario>@openvpn-2.7.snap.new`), so
+/// `cargo insta review` writes the variant of the version that ran.
+pub fn check_variant(lab: &Lab, scenario: &str, p: &Path, variant: Option<&str>, actual: &str) -> Result<(), String> {
+    let p = p.to_path_buf();
     let verdict = compare(stored(&p)?.as_deref(), actual);
     if verdict == Verdict::Match {
         return Ok(());
     }
-    let recorded = if is_ci() { None } else { record_pending(lab, scenario, actual) };
+    let recorded = if is_ci() { None } else { record_pending(lab, scenario, variant, actual) };
     let how = match &recorded {
         Some(newp) => format!("the new transcript is in {}; accept it with `cargo insta review` or `vpnlab run --accept {}::{scenario}`", newp.display(), lab.id),
         None => format!("CI=true: nothing was written; run `vpnlab run {}::{scenario}` locally and accept with `cargo insta review`", lab.id),
@@ -80,7 +106,7 @@ pub fn check(lab: &Lab, scenario: &str, actual: &str) -> Result<(), String> {
 }
 
 /// Lets insta write `<scenario>.snap.new` (it knows the format `cargo insta review` reads).
-fn record_pending(lab: &Lab, scenario: &str, actual: &str) -> Option<PathBuf> {
+fn record_pending(lab: &Lab, scenario: &str, variant: Option<&str>, actual: &str) -> Option<PathBuf> {
     let dir = lab.dir.join("snapshots");
     std::fs::create_dir_all(&dir).ok()?;
     let mut settings = insta::Settings::clone_current();
@@ -88,6 +114,9 @@ fn record_pending(lab: &Lab, scenario: &str, actual: &str) -> Option<PathBuf> {
     settings.set_prepend_module_to_snapshot(false);
     settings.set_input_file(&lab.file);
     settings.set_omit_expression(true);
+    if let Some(v) = variant {
+        settings.set_snapshot_suffix(v);
+    }
     settings.set_description(format!("{}::{scenario} - {}", lab.id, lab.title));
     let actual = actual.to_string();
     let name = scenario.to_string();
@@ -100,13 +129,24 @@ fn record_pending(lab: &Lab, scenario: &str, actual: &str) -> Option<PathBuf> {
         settings.bind(|| insta::assert_snapshot!(name, actual));
     }));
     std::panic::set_hook(prev_hook);
-    let newp = dir.join(format!("{scenario}.snap.new"));
+    let newp = match variant {
+        Some(v) => dir.join(format!("{scenario}@{v}.snap.new")),
+        None => dir.join(format!("{scenario}.snap.new")),
+    };
     newp.exists().then_some(newp)
 }
 
 /// Writes the snapshot (`vpnlab run --accept`, or a new lab's first run).
 pub fn accept(lab: &Lab, scenario: &str, actual: &str) -> std::io::Result<PathBuf> {
-    let p = path(lab, scenario);
+    accept_variant(lab, scenario, None, actual)
+}
+
+/// Writes `<scenario>@<variant>.snap` (or the base snapshot for `None`).
+pub fn accept_variant(lab: &Lab, scenario: &str, variant: Option<&str>, actual: &str) -> std::io::Result<PathBuf> {
+    let p = match variant {
+        Some(v) => variant_path(lab, scenario, v),
+        None => path(lab, scenario),
+    };
     std::fs::create_dir_all(p.parent().unwrap())?;
     let header = format!("---\nsource: {}\ndescription: \"{}::{scenario} - {}\"\n---\n", "lab.toml", lab.id, lab.title.replace('"', "'"));
     std::fs::write(&p, format!("{header}{}\n", actual.trim_end()))?;

@@ -233,7 +233,22 @@ fn judge(lab: &Lab, scenario: &str, opts: &Options, accept: bool, id: &str, forc
         backend: Some(backend),
         duration: Duration::ZERO,
     };
-    let snap_path = snapshot::path(lab, scenario);
+    // A snapshot variant per daemon minor version (`<scenario>@openvpn-2.7.snap`) when a
+    // non-host version ran and the lab has one; else `<scenario>.snap`.
+    let variants = opts.with.variants(lab);
+    let (snap_path, variant) = snapshot::choose(lab, scenario, &variants);
+    // What `--accept` / a `.snap.new` writes: the variant of the version that ran when its
+    // transcript differs from the base snapshot, else the base.
+    let write_as: Option<String> = match variants.first() {
+        None => None,
+        Some(v) => {
+            let base = snapshot::stored(&snapshot::path(lab, scenario)).ok().flatten();
+            match base {
+                Some(b) if snapshot::compare(Some(&b), &run.transcript) == snapshot::Verdict::Match => None,
+                _ => Some(variant.clone().unwrap_or_else(|| v.clone())),
+            }
+        }
+    };
     if let Some(f) = run.failure.clone() {
         // The snapshot diff helps to see where the run left the documented path.
         let diff = match snapshot::stored(&snap_path).ok().flatten() {
@@ -269,7 +284,13 @@ fn judge(lab: &Lab, scenario: &str, opts: &Options, accept: bool, id: &str, forc
             Ok(stored) => {
                 let first = stored.is_none() && !snapshot::is_ci();
                 if (accept && !snapshot::is_ci()) || first {
-                    match snapshot::accept(lab, scenario, &run.transcript) {
+                    if write_as.is_none() {
+                        // The base holds for this version: a stale variant would shadow it.
+                        if let Some(v) = &variant {
+                            let _ = std::fs::remove_file(snapshot::variant_path(lab, scenario, v));
+                        }
+                    }
+                    match snapshot::accept_variant(lab, scenario, write_as.as_deref(), &run.transcript) {
                         Ok(p) if first => c.report = format!("{id}: no snapshot yet: the checks passed and this run's transcript was recorded as the first snapshot ({}); review and commit it", p.display()),
                         Ok(p) => c.report = format!("{id}: snapshot written to {}", p.display()),
                         Err(e) => {
@@ -280,7 +301,7 @@ fn judge(lab: &Lab, scenario: &str, opts: &Options, accept: bool, id: &str, forc
                             c.report = format!("{id}: ERROR: {msg}");
                         }
                     }
-                } else if let Err(msg) = snapshot::check(lab, scenario, &run.transcript) {
+                } else if let Err(msg) = snapshot::check_variant(lab, scenario, &snap_path, write_as.as_deref(), &run.transcript) {
                     c.outcome = Outcome::Drift;
                     c.diff = match snapshot::compare(stored.as_deref(), &run.transcript) {
                         snapshot::Verdict::Mismatch(d) => Some(d),

@@ -32,6 +32,10 @@ pub fn builtin() -> &'static [Sanitizer] {
             // ephemeral ports (32768-60999): `1.2.3.4:51234`, `port 51234`.
             s(r"(\d+\.\d+\.\d+\.\d+):(?:3276[89]|327[7-9]\d|32[89]\d\d|3[3-9]\d{3}|[45]\d{4}|60\d{3})\b", "${1}:PORT"),
             s(r"\bport (?:3276[89]|327[7-9]\d|32[89]\d\d|3[3-9]\d{3}|[45]\d{4}|60\d{3})\b", "port PORT"),
+            // daemon versions (`--with` runs other builds; the report carries the exact version).
+            // Three components for OpenVPN/pppd (a lab's prose says "OpenVPN 2.6 sees ...").
+            s(r"\b(OpenVPN|pppd|pppd version) \d+\.\d+\.\d+(?:[-~+_][\w.+~-]*)?", "${1} VERSION"),
+            s(r"\b(Libreswan|Libreswan Version|Pluto version) v?\d+\.\d+(?:\.\d+)?(?:[-~+_][\w.+~-]*)?", "${1} VERSION"),
             // durations printed by the harness itself.
             s(r"\bin \d+(?:\.\d+)?(?:ms|s)\b", "in T"),
         ]
@@ -111,6 +115,14 @@ impl Transcript {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strips_daemon_versions_but_not_prose() {
+        assert_eq!(sanitize("OpenVPN 2.7.8 x86_64-pc-linux-gnu [SSL]", &[]), "OpenVPN VERSION x86_64-pc-linux-gnu [SSL]");
+        assert_eq!(sanitize("Starting Pluto (Libreswan Version 5.2 IKEv2)", &[]), "Starting Pluto (Libreswan Version VERSION IKEv2)");
+        assert_eq!(sanitize("pppd 2.4.9 started by root", &[]), "pppd VERSION started by root");
+        assert_eq!(sanitize("# OpenVPN 2.6 sees an on-link gateway; libreswan 4.10 defaults", &[]), "# OpenVPN 2.6 sees an on-link gateway; libreswan 4.10 defaults");
+    }
 
     #[test]
     fn strips_timestamps_pids_ports() {

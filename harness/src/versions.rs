@@ -26,15 +26,31 @@ pub fn daemon_of(argv: &[String]) -> Option<&'static str> {
 /// Versions of the daemons `lab`'s services use: daemon name -> first line of its `--version`
 /// (or why it could not be read).
 pub fn of_lab(lab: &Lab) -> BTreeMap<String, String> {
+    of_lab_with(lab, &crate::with::With::default())
+}
+
+/// Like [`of_lab`], for the builds chosen with `--with` (the version of the binary that ran,
+/// not the host's).
+pub fn of_lab_with(lab: &Lab, with: &crate::with::With) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for s in &lab.services {
         if let Some(d) = daemon_of(&s.argv) {
             if !out.contains_key(d) {
-                out.insert(d.to_string(), version(d));
+                let chosen = crate::with::Component::of_daemon(d).and_then(|c| with.get(c));
+                out.insert(d.to_string(), chosen.map(|c| c.version.clone()).unwrap_or_else(|| version(d)));
             }
         }
     }
     out
+}
+
+/// The first line of the daemon's `--version` when run with `mounts` (a `--with` build), in a
+/// private mount namespace of its own; not cached.
+pub fn version_with(daemon: &str, mounts: &[crate::process::BindMount]) -> String {
+    if mounts.is_empty() {
+        return version(daemon);
+    }
+    ask_with(daemon, mounts)
 }
 
 /// The first line of the daemon's `--version`, cached for the life of the process.
@@ -49,6 +65,10 @@ pub fn version(daemon: &str) -> String {
 }
 
 fn ask(daemon: &str) -> String {
+    ask_with(daemon, &[])
+}
+
+fn ask_with(daemon: &str, mounts: &[crate::process::BindMount]) -> String {
     debug_assert!(KNOWN.contains(&daemon));
     let tries: Vec<Vec<&str>> = match daemon {
         "pluto" => vec![vec!["/usr/libexec/ipsec/pluto", "--version"], vec!["ipsec", "pluto", "--version"]],
@@ -58,7 +78,27 @@ fn ask(daemon: &str) -> String {
     for argv in tries {
         // `openvpn --version` exits 1; pppd prints to stderr: take the first non-empty line of
         // stdout, else of stderr, whatever the status.
-        match Command::new(argv[0]).args(&argv[1..]).stdin(Stdio::null()).output() {
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null());
+        if !mounts.is_empty() {
+            let binds: Vec<(std::ffi::CString, std::ffi::CString)> = mounts
+                .iter()
+                .filter_map(|m| Some((std::ffi::CString::new(m.src.to_string_lossy().as_bytes()).ok()?, std::ffi::CString::new(m.dst.to_string_lossy().as_bytes()).ok()?)))
+                .collect();
+            let root = std::ffi::CString::new("/").unwrap();
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                    check(libc::unshare(libc::CLONE_NEWNS))?;
+                    check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+                    for (src, dst) in &binds {
+                        check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+        match cmd.output() {
             Ok(o) => {
                 let pick = |b: &[u8]| String::from_utf8_lossy(b).lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string);
                 if let Some(line) = pick(&o.stdout).or_else(|| pick(&o.stderr)) {

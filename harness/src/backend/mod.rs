@@ -165,6 +165,10 @@ struct Job {
     progress: bool,
     #[serde(default)]
     pcap: bool,
+    /// The daemon builds chosen with `--with` (resolved on the host; the guest sees the host's
+    /// `/` read-only, so the cache and the paths are the same inside).
+    #[serde(default)]
+    with: crate::with::With,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -200,7 +204,7 @@ pub fn guest_main_if_requested() {
 fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
-    let opts = Options { keep: true, progress: job.progress, pcap: job.pcap };
+    let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with };
     let run = runner::run(&lab, &job.scenario, &opts)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let r = GuestResult {
@@ -267,7 +271,7 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let work = crate::workdir::WorkDir::new(&format!("{}-{scenario}-uml", lab.id))?;
     let shared = work.path().to_path_buf();
     let lab_dir = std::fs::canonicalize(&lab.dir).with_context(|| format!("lab folder {}", lab.dir.display()))?;
-    let job = Job { lab_dir: lab_dir.clone(), scenario: scenario.to_string(), progress: opts.progress, pcap: opts.pcap };
+    let job = Job { lab_dir: lab_dir.clone(), scenario: scenario.to_string(), progress: opts.progress, pcap: opts.pcap, with: opts.with.clone() };
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
@@ -282,6 +286,8 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     // The guest mounts fresh tmpfs on /tmp and /run: a lab folder there (a checkout under /tmp)
     // must be shown to it explicitly.
     uj.expose = vec![lab_dir];
+    // A `--with` build under /tmp (a release engineer's scratch build) too.
+    uj.expose.extend(opts.with.choices.iter().flat_map(|c| c.dirs()).filter(|d| d.starts_with("/tmp") || d.starts_with("/run")));
     uj.timeout = lab.deadline + Duration::from_secs(30);
     let out = uml::run(&uj).context("running the lab in user-mode-linux")?;
     if opts.progress {

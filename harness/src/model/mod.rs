@@ -753,9 +753,10 @@ impl Validator<'_> {
             list.iter()
                 .map(|s| {
                     let at = self.inner(s);
-                    let action = parse_step(s.get_ref(), &names).map_err(|e| self.err(self.at(s, e.offset), e.msg, "see the step table in LAB_FORMAT.md"))?;
+                    let (when, rest) = step::split_condition(s.get_ref()).map_err(|e| self.err(self.at(s, e.offset), e.msg, "see `Version conditions` in LAB_FORMAT.md"))?;
+                    let action = parse_step(&s.get_ref()[rest..], &names).map_err(|e| self.err(self.at(s, rest + e.offset), e.msg, "see the step table in LAB_FORMAT.md"))?;
                     self.check_step(&action, at, &nodes, &services, &ifnames)?;
-                    Ok(Step { action, text: s.get_ref().clone(), offset: at })
+                    Ok(Step { action, when, text: s.get_ref().clone(), offset: at })
                 })
                 .collect()
         };

@@ -215,9 +215,9 @@ fn shell_once(shape: Shape, n: usize, batch: bool, dir: &Path) -> Result<(Durati
     let mut host = Vec::new();
     let mut per_ns: Vec<Vec<String>> = vec![Vec::new(); n + 1];
     let mut del = Vec::new();
-    for i in 0..n {
+    for (i, cmds) in per_ns.iter_mut().enumerate().take(n) {
         host.push(format!("netns add {}", ns(i)));
-        per_ns[i].push("link set lo up".into());
+        cmds.push("link set lo up".into());
         del.push(format!("netns del {}", ns(i)));
     }
     match shape {

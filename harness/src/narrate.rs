@@ -189,9 +189,9 @@ fn stop_line(s: &StopFact) -> String {
 }
 
 pub fn human(n: u64) -> String {
-    if n % 1_000_000 == 0 {
+    if n.is_multiple_of(1_000_000) {
         format!("{}MB", n / 1_000_000)
-    } else if n % 1000 == 0 {
+    } else if n.is_multiple_of(1000) {
         format!("{}KB", n / 1000)
     } else {
         format!("{n}B")

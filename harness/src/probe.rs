@@ -21,16 +21,6 @@ pub struct PingResult {
     pub notes: Vec<String>,
 }
 
-impl PingResult {
-    pub fn loss_pct(&self) -> u32 {
-        if self.transmitted == 0 {
-            100
-        } else {
-            100 - (self.received * 100 / self.transmitted)
-        }
-    }
-}
-
 /// Parses iputils ping output.
 pub fn parse_ping(out: &str) -> PingResult {
     let mut r = PingResult { transmitted: 0, received: 0, ttl: None, notes: Vec::new() };
@@ -220,7 +210,6 @@ mod tests {
         let out = "PING 10.198.0.1 (10.198.0.1) 56(84) bytes of data.\n64 bytes from 10.198.0.1: icmp_seq=1 ttl=63 time=0.1 ms\n64 bytes from 10.198.0.1: icmp_seq=2 ttl=63 time=0.1 ms\n\n--- 10.198.0.1 ping statistics ---\n2 packets transmitted, 2 received, 0% packet loss, time 51ms\n";
         let r = parse_ping(out);
         assert_eq!((r.transmitted, r.received, r.ttl), (2, 2, Some(63)));
-        assert_eq!(r.loss_pct(), 0);
     }
 
     #[test]
@@ -229,6 +218,5 @@ mod tests {
         let r = parse_ping(out);
         assert_eq!((r.transmitted, r.received), (2, 0));
         assert_eq!(r.notes, vec!["From 10.198.0.1: Destination Net Unreachable".to_string()]);
-        assert_eq!(r.loss_pct(), 100);
     }
 }

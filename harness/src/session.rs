@@ -171,14 +171,13 @@ pub fn step(key: &str) -> Result<String> {
 /// `vpnlab down LAB`: full teardown (also of a lab whose server died).
 pub fn down(key: &str) -> Result<()> {
     let st = read_state(key)?;
-    if alive(st.server_pid) {
-        if request(key, "down").is_ok() {
+    if alive(st.server_pid)
+        && request(key, "down").is_ok() {
             let deadline = Instant::now() + Duration::from_secs(15);
             while alive(st.server_pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-    }
     cleanup_stale(key, &st);
     Ok(())
 }

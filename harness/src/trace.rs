@@ -990,6 +990,22 @@ fn icmp_desc(itype: &str, code: &str) -> String {
     }
 }
 
+/// Traces a short real ping (`ping -c 2 -i 0.05 -W 0.3`) from `spaces[src]` to `dest`: the
+/// runner's `trace` step, its automatic trace of a failed reachability check, and `vpnlab trace`.
+pub fn run_ping_trace(spaces: &[NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
+    run_ping_trace_refs(&spaces.iter().collect::<Vec<_>>(), pid, cwd, src, dest)
+}
+
+pub fn run_ping_trace_refs(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
+    let nodes: Vec<TraceNode> = spaces.iter().map(|ns| TraceNode { name: &ns.name, netns: ns }).collect();
+    let argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).chain([dest.to_string()]).collect();
+    let t = trace(&nodes, pid, cwd, src, dest, || {
+        crate::process::run_capture(spaces[src], pid, &argv, cwd, std::time::Duration::from_secs(10))?;
+        Ok(())
+    })?;
+    Ok(t.lines)
+}
+
 // ---------------------------------------------------------------- tests
 
 #[cfg(test)]
@@ -1399,20 +1415,4 @@ steps = []
             ]
         );
     }
-}
-
-/// Traces a short real ping (`ping -c 2 -i 0.05 -W 0.3`) from `spaces[src]` to `dest`: the
-/// runner's `trace` step, its automatic trace of a failed reachability check, and `vpnlab trace`.
-pub fn run_ping_trace(spaces: &[NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
-    run_ping_trace_refs(&spaces.iter().collect::<Vec<_>>(), pid, cwd, src, dest)
-}
-
-pub fn run_ping_trace_refs(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
-    let nodes: Vec<TraceNode> = spaces.iter().map(|ns| TraceNode { name: &ns.name, netns: ns }).collect();
-    let argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).chain([dest.to_string()]).collect();
-    let t = trace(&nodes, pid, cwd, src, dest, || {
-        crate::process::run_capture(&spaces[src], pid, &argv, cwd, std::time::Duration::from_secs(10))?;
-        Ok(())
-    })?;
-    Ok(t.lines)
 }

@@ -122,11 +122,10 @@ pub fn sweep() -> usize {
             continue;
         }
         let Ok(lock) = File::open(p.join(LOCK)) else { continue };
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            if std::fs::remove_dir_all(&p).is_ok() {
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
+            && std::fs::remove_dir_all(&p).is_ok() {
                 n += 1;
             }
-        }
     }
     n
 }

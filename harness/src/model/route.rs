@@ -235,11 +235,10 @@ fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
         i += 1;
     }
     if kind == RouteType::Unicast {
-        if hop.via.is_none() && hop.dev.is_none() && need_hop {
-            if !in_nexthop || route.hops.is_empty() {
+        if hop.via.is_none() && hop.dev.is_none() && need_hop
+            && (!in_nexthop || route.hops.is_empty()) {
                 return Err(err(text.len(), "a route needs `via GATEWAY` or `dev IFNAME` (or `nexthop ...`)"));
             }
-        }
         route.hops.push(hop);
     }
     Ok(route)

@@ -193,7 +193,7 @@ pub enum Fact {
     Show { node: String, cmd: String, ok: bool, status: String, output: String },
     Chmod { node: String, mode: u32, path: String, result: Result<(), String> },
     Sysctl { node: String, key: String, value: String, result: Result<(), String> },
-    Trace { node: String, dest: IpAddr, lines: Vec<String> },
+    Trace { node: String, dest: IpAddr, lines: Vec<String>, end: crate::trace::TraceEnd },
     Tcp(TcpFact),
     /// `impair IF SPEC|off`: the impairment it ended (with its counters), then what it started.
     Impair { node: String, ifname: String, ended: Option<ImpairEnded>, started: Option<String> },

@@ -82,6 +82,21 @@ pub fn judge(action: &Action, fact: &Fact) -> Result<(), Miss> {
                 ImpairExpect::Idle => miss(counts, "idle (acted on no packet)"),
             }
         }
+        (Action::Trace { expect: Some(e), .. }, Fact::Trace { end, .. }) => {
+            use crate::model::step::TraceExpect;
+            use crate::trace::TraceEnd;
+            let observed = match end {
+                TraceEnd::Delivered => "delivered (the reply came back)".to_string(),
+                TraceEnd::DroppedAt(n) => format!("dropped at {n}"),
+                TraceEnd::Other => "neither delivered nor dropped with a reason (see the trace)".to_string(),
+            };
+            match (e, end) {
+                (TraceExpect::Delivered, TraceEnd::Delivered) => Ok(()),
+                (TraceExpect::DroppedAt(want), TraceEnd::DroppedAt(got)) if want == got => Ok(()),
+                (TraceExpect::Delivered, _) => miss(observed, "delivered"),
+                (TraceExpect::DroppedAt(want), _) => miss(observed, format!("dropped at {want}")),
+            }
+        }
         _ => Ok(()),
     }
 }
@@ -195,6 +210,20 @@ mod tests {
         assert!(judge(&a, &Fact::Start(s(StartOutcome::NotReady))).is_err());
         let m = judge(&a, &Fact::Start(s(StartOutcome::Exited(Exit::Code(1))))).unwrap_err();
         assert_eq!(m.observed, "exited (1) before /Init/");
+    }
+
+    #[test]
+    fn a_trace_is_judged_on_where_it_ended() {
+        use crate::model::step::TraceExpect;
+        use crate::trace::TraceEnd;
+        let a = |e| Action::Trace { node: 0, dest: "10.0.0.1".parse().unwrap(), expect: Some(e) };
+        let f = |end| Fact::Trace { node: "c".into(), dest: "10.0.0.1".parse().unwrap(), lines: vec![], end };
+        assert!(judge(&a(TraceExpect::DroppedAt("gw".into())), &f(TraceEnd::DroppedAt("gw".into()))).is_ok());
+        let m = judge(&a(TraceExpect::DroppedAt("gw".into())), &f(TraceEnd::DroppedAt("upstream".into()))).unwrap_err();
+        assert_eq!((m.observed.as_str(), m.expected.as_str()), ("dropped at upstream", "dropped at gw"));
+        assert!(judge(&a(TraceExpect::Delivered), &f(TraceEnd::Delivered)).is_ok());
+        assert!(judge(&a(TraceExpect::Delivered), &f(TraceEnd::Other)).is_err());
+        assert!(judge(&a(TraceExpect::DroppedAt("gw".into())), &f(TraceEnd::Delivered)).is_err());
     }
 
     #[test]

@@ -668,9 +668,10 @@ impl Lab_<'_> {
                 Fact::Tcp(TcpFact { node: node_name(node), dest: *dest, send: *send, within: *within, outcome })
             }
             Action::Impair { node, ifname, spec, .. } => self.impair(*node, ifname, spec)?,
-            Action::Trace { node, dest } => {
-                let lines = self.trace_lines(*node, *dest).map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
-                Fact::Trace { node: node_name(node), dest: *dest, lines }
+            Action::Trace { node, dest, .. } => {
+                let refs: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
+                let t = crate::trace::run_ping_trace_full(&refs, &self.pid, &self.node_dir(*node), *node, *dest).map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
+                Fact::Trace { node: node_name(node), dest: *dest, lines: t.lines, end: t.end }
             }
             Action::Service { op, service } => match op {
                 ServiceOp::Start => Fact::Start(self.start(*service)?),

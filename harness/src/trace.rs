@@ -43,6 +43,19 @@ pub struct TraceNode<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
     pub lines: Vec<String>,
+    /// Where the probe's round trip ended, as data (a `trace DEST -> ...` step judges it).
+    pub end: TraceEnd,
+}
+
+/// Where a traced round trip ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum TraceEnd {
+    /// The reply came back to the source.
+    Delivered,
+    /// The request or its reply was dropped at this node (a reason the kernel gave).
+    DroppedAt(String),
+    /// Anything else (lost in a tunnel, looped, delivered elsewhere, nothing seen).
+    Other,
 }
 
 const TABLE: &str = "vpnlab_trace";
@@ -96,9 +109,9 @@ pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest
     installed.remove()?;
     probed.context("the probe of the trace failed")?;
 
-    let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new() };
+    let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other };
     w.explain(src_node);
-    Ok(Trace { lines: w.lines })
+    Ok(Trace { lines: w.lines, end: w.end })
 }
 
 /// `VPNLAB_TRACE_DEBUG=1`: the ruleset, every node's sets and its SNMP deltas, on stderr.
@@ -502,6 +515,7 @@ struct Walker<'a, 'b> {
     before: Vec<Counters>,
     after: Vec<Counters>,
     lines: Vec<String>,
+    end: TraceEnd,
 }
 
 impl Walker<'_, '_> {
@@ -680,6 +694,11 @@ impl Walker<'_, '_> {
         }
         let summary = self.summary(src, &req_ends, reply_to, &rep_ends);
         self.lines.push(format!("=> {summary}"));
+        self.end = match (req_ends.first(), rep_ends.first()) {
+            (Some(End::Delivered { .. }), Some(End::Delivered { node, .. })) if *node == src => TraceEnd::Delivered,
+            (Some(End::Delivered { .. }), Some(End::Dropped { node, .. })) | (Some(End::Dropped { node, .. }), _) => TraceEnd::DroppedAt(self.name(*node).to_string()),
+            _ => TraceEnd::Other,
+        };
     }
 
     /// Why a node that received an echo request sent no reply.
@@ -997,13 +1016,18 @@ pub fn run_ping_trace(spaces: &[NetNs], pid: &PidNs, cwd: &Path, src: usize, des
 }
 
 pub fn run_ping_trace_refs(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
+    run_ping_trace_full(spaces, pid, cwd, src, dest).map(|t| t.lines)
+}
+
+/// [`run_ping_trace_refs`] with where the round trip ended.
+pub fn run_ping_trace_full(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Trace> {
     let nodes: Vec<TraceNode> = spaces.iter().map(|ns| TraceNode { name: &ns.name, netns: ns }).collect();
     let argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).chain([dest.to_string()]).collect();
     let t = trace(&nodes, pid, cwd, src, dest, || {
         crate::process::run_capture(spaces[src], pid, &argv, cwd, std::time::Duration::from_secs(10))?;
         Ok(())
     })?;
-    Ok(t.lines)
+    Ok(t)
 }
 
 // ---------------------------------------------------------------- tests

@@ -107,3 +107,19 @@ steps = ["wan: impair eth1 drop every 2 icmp", "client: ping -c 4 10.198.0.10", 
     assert_eq!(f.expected, "acted (on at least one packet)");
     assert!(f.observed.starts_with("acted on 0 of "), "{f:?}");
 }
+
+#[test]
+fn a_trace_expectation_is_judged_on_where_the_round_trip_ended() {
+    let (_t, lab) = lab_with(
+        r#"
+[scenarios.right-place]
+steps = ["client: trace 10.198.1.12 -> dropped at upstream", "client: trace 10.198.0.10 -> delivered"]
+[scenarios.wrong-place]
+steps = ["client: trace 10.198.1.12 -> dropped at gateway"]
+"#,
+    );
+    let r = run(&lab, "right-place");
+    assert!(r.failure.is_none(), "{:?}\n{}", r.failure, r.transcript);
+    let f = run(&lab, "wrong-place").failed_step.expect("the reply dies at upstream, not at the gateway");
+    assert_eq!((f.observed.as_str(), f.expected.as_str()), ("dropped at upstream", "dropped at gateway"));
+}

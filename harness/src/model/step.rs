@@ -42,6 +42,13 @@ impl TcpExpect {
     }
 }
 
+/// `trace DEST -> delivered|dropped at NODE`: where the traced round trip must end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceExpect {
+    Delivered,
+    DroppedAt(String),
+}
+
 /// `impair IF off -> acted|idle`: did the impairment that ends act on any packet?
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImpairExpect {
@@ -77,7 +84,8 @@ pub enum Action {
     Sysctl { node: usize, key: String, value: String },
     Show { node: usize, cmd: String },
     /// Where a short ping from the node to `dest` goes, hop by hop (nft sets in every node).
-    Trace { node: usize, dest: IpAddr },
+    /// `-> delivered` / `-> dropped at NODE` judges where the round trip ended.
+    Trace { node: usize, dest: IpAddr, expect: Option<TraceExpect> },
     Tcp { node: usize, dest: SocketAddr, send: Option<u64>, within: Duration, expect: TcpExpect },
     /// NFQUEUE impairment of packets leaving `ifname`; `None` = `off`.
     Impair { node: usize, ifname: String, spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>, expect: Option<ImpairExpect> },
@@ -407,12 +415,20 @@ fn node_action(
             Ok(Action::Tcp { node, dest, send, within, expect })
         }
         "trace" => {
-            no_expect("trace")?;
             let (o, d) = *args.first().ok_or_else(|| err(verb_at, "trace DEST"))?;
             if let Some((o2, _)) = args.get(1) {
                 return Err(err(*o2, "trace DEST takes nothing more"));
             }
-            Ok(Action::Trace { node, dest: parse_addr(d, o)? })
+            let expect = match expect {
+                None => None,
+                Some((_, "delivered")) => Some(TraceExpect::Delivered),
+                Some((o, e)) => match e.strip_prefix("dropped at ").map(str::trim) {
+                    Some(n) if _names.node(n).is_some() => Some(TraceExpect::DroppedAt(n.to_string())),
+                    Some(n) => return Err(err(o, format!("unknown node `{n}` (nodes: {})", _names.node_names()))),
+                    None => return Err(err(o, format!("`{e}`: a trace expects `delivered` or `dropped at NODE`"))),
+                },
+            };
+            Ok(Action::Trace { node, dest: parse_addr(d, o)?, expect })
         }
         "impair" => {
             let (io, ifname) = *args.first().ok_or_else(|| err(verb_at, "impair IFNAME SPEC|off (e.g. `impair eth0 reorder every 10 hold 3 udp`)"))?;

@@ -194,6 +194,8 @@ pub enum Fact {
     Chmod { node: String, mode: u32, path: String, result: Result<(), String> },
     Sysctl { node: String, key: String, value: String, result: Result<(), String> },
     Trace { node: String, dest: IpAddr, lines: Vec<String>, end: crate::trace::TraceEnd },
+    /// A kernel counter's value (`None`: the kernel has no counter of that name).
+    Counter { node: String, name: String, value: Option<i64> },
     Tcp(TcpFact),
     /// `impair IF SPEC|off`: the impairment it ended (with its counters), then what it started.
     Impair { node: String, ifname: String, ended: Option<ImpairEnded>, started: Option<String> },

@@ -82,6 +82,11 @@ pub fn judge(action: &Action, fact: &Fact) -> Result<(), Miss> {
                 ImpairExpect::Idle => miss(counts, "idle (acted on no packet)"),
             }
         }
+        (Action::Counter { expect: Some((op, n)), .. }, Fact::Counter { value, .. }) => match value {
+            Some(v) if op.holds(*v, *n) => Ok(()),
+            Some(v) => miss(v.to_string(), format!("{} {n}", op.as_str())),
+            None => miss("no such counter", format!("{} {n}", op.as_str())),
+        },
         (Action::Trace { expect: Some(e), .. }, Fact::Trace { end, .. }) => {
             use crate::model::step::TraceExpect;
             use crate::trace::TraceEnd;
@@ -210,6 +215,17 @@ mod tests {
         assert!(judge(&a, &Fact::Start(s(StartOutcome::NotReady))).is_err());
         let m = judge(&a, &Fact::Start(s(StartOutcome::Exited(Exit::Code(1))))).unwrap_err();
         assert_eq!(m.observed, "exited (1) before /Init/");
+    }
+
+    #[test]
+    fn a_counter_is_compared() {
+        use crate::model::counter::CmpOp;
+        let a = |op, n| Action::Counter { node: 0, name: "IpExtInNoRoutes".into(), expect: Some((op, n)) };
+        let f = |v| Fact::Counter { node: "gw".into(), name: "IpExtInNoRoutes".into(), value: v };
+        assert!(judge(&a(CmpOp::Gt, 0), &f(Some(4))).is_ok());
+        let m = judge(&a(CmpOp::Eq, 0), &f(Some(4))).unwrap_err();
+        assert_eq!((m.observed.as_str(), m.expected.as_str()), ("4", "= 0"));
+        assert!(judge(&a(CmpOp::Ge, 0), &f(None)).is_err(), "a counter the kernel lacks is no zero");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod counters;
 pub mod diagram;
 pub mod doctor;
 pub mod env;

@@ -51,6 +51,7 @@ pub fn narrate(action: &Action, fact: &Fact) -> Vec<Line> {
         Fact::Chmod { node, mode, path, result } => vec![say(format!("{node}# chmod {mode:o} {path}{}", refused(result)))],
         Fact::Sysctl { node, key, value, result } => vec![say(format!("{node}# sysctl -w {key}={value}{}", refused(result)))],
         Fact::Trace { node, dest, lines, .. } => vec![say(format!("{node}$ vpnlab trace {dest}")), Line::Block(lines.join("\n"))],
+        Fact::Counter { node, name, value } => vec![say(format!("{node}$ counter {name}  -> {}", value.map(|v| v.to_string()).unwrap_or_else(|| "no such counter".into())))],
         Fact::Tcp(t) => vec![say(format!("{}$ tcp {}{}  -> {}", t.node, t.dest, t.send.map(|n| format!(" send {}", human(n))).unwrap_or_default(), tcp_outcome(t)))],
         Fact::Impair { node, ifname, ended, started } => {
             let line = match (started, ended) {

@@ -668,6 +668,10 @@ impl Lab_<'_> {
                 Fact::Tcp(TcpFact { node: node_name(node), dest: *dest, send: *send, within: *within, outcome })
             }
             Action::Impair { node, ifname, spec, .. } => self.impair(*node, ifname, spec)?,
+            Action::Counter { node, name, .. } => {
+                let all = crate::counters::read(&self.topo.nodes[*node].ns).map_err(|e| fail(format!("counter {name}: {e:#}")))?;
+                Fact::Counter { node: node_name(node), name: name.clone(), value: all.get(name).copied() }
+            }
             Action::Trace { node, dest, .. } => {
                 let refs: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
                 let t = crate::trace::run_ping_trace_full(&refs, &self.pid, &self.node_dir(*node), *node, *dest).map_err(|e| fail(format!("trace {dest}: {e:#}")))?;

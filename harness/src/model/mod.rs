@@ -2,6 +2,7 @@
 //! the rest of the harness trusts. Every problem becomes one [`InputError`] that names
 //! `file:line:column` and the fix; nothing is built from an invalid lab.
 
+pub mod counter;
 mod ppp;
 pub mod route;
 pub mod step;

@@ -86,6 +86,8 @@ pub enum Action {
     /// Where a short ping from the node to `dest` goes, hop by hop (nft sets in every node).
     /// `-> delivered` / `-> dropped at NODE` judges where the round trip ended.
     Trace { node: usize, dest: IpAddr, expect: Option<TraceExpect> },
+    /// A kernel counter of the node by its nstat name, optionally compared (`-> > 0`).
+    Counter { node: usize, name: String, expect: Option<(super::counter::CmpOp, i64)> },
     Tcp { node: usize, dest: SocketAddr, send: Option<u64>, within: Duration, expect: TcpExpect },
     /// NFQUEUE impairment of packets leaving `ifname`; `None` = `off`.
     Impair { node: usize, ifname: String, spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>, expect: Option<ImpairExpect> },
@@ -101,7 +103,7 @@ impl Action {
     /// Does this step change the lab (routes, firewall, files, services, impairments)? A
     /// `log` check reads, by default, only the lines logged since the last such step began.
     pub fn changes(&self) -> bool {
-        !matches!(self, Action::Ping { .. } | Action::Show { .. } | Action::Trace { .. } | Action::Tcp { .. } | Action::Log { .. } | Action::NoLog { .. })
+        !matches!(self, Action::Ping { .. } | Action::Show { .. } | Action::Trace { .. } | Action::Counter { .. } | Action::Tcp { .. } | Action::Log { .. } | Action::NoLog { .. })
     }
 }
 
@@ -414,6 +416,10 @@ fn node_action(
             };
             Ok(Action::Tcp { node, dest, send, within, expect })
         }
+        "counter" => {
+            let (name, expect) = super::counter::parse(args, verb_at, expect)?;
+            Ok(Action::Counter { node, name, expect })
+        }
         "trace" => {
             let (o, d) = *args.first().ok_or_else(|| err(verb_at, "trace DEST"))?;
             if let Some((o2, _)) = args.get(1) {
@@ -448,7 +454,7 @@ fn node_action(
             };
             Ok(Action::Impair { node, ifname: ifname.to_string(), spec, expect })
         }
-        _ => Err(err(verb_at, format!("unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, trace, impair)"))),
+        _ => Err(err(verb_at, format!("unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, trace, counter, impair)"))),
     }
 }
 

@@ -156,7 +156,8 @@ fn a_passing_run_leaves_nothing() {
 /// Starts `vpnlab run LAB` with its own work root and waits until both daemons are up.
 fn start_half_way(root: &Path) -> (std::process::Child, Vec<(u32, String)>, HashSet<String>) {
     let child = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
-        .args(["run", "-q", &labs().join(LAB).to_string_lossy()])
+        // One scenario at a time: the test counts one scenario's two daemons and one work dir.
+        .args(["run", "-q", "-j", "1", &labs().join(LAB).to_string_lossy()])
         .env("VPNLAB_WORK_ROOT", root)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -177,7 +177,7 @@ fn uml_trace_is_an_error(lab: &model::Lab) -> Result<Completion, Failed> {
     if vpnlab::backend::has(vpnlab::backend::Backend::Uml, model::KernelFeature::NftInet) {
         return Ok(Completion::ignored_with("this user-mode-linux kernel has the nft inet family"));
     }
-    let opts = runner::Options { keep: false, progress: false, pcap: false, with: Default::default() };
+    let opts = runner::Options { keep: false, progress: false, pcap: false, with: Default::default(), sink: None };
     let out = suite::run_checked_on(lab, "where-it-dies", &opts, false, Some(vpnlab::backend::Backend::Uml));
     let msg = out.error.clone().unwrap_or_default();
     if out.outcome != suite::Outcome::Error || !msg.contains("`nft-inet`") || !msg.contains("CONFIG_NF_TABLES_INET") {
@@ -216,7 +216,7 @@ fn run_on(lab: &model::Lab, scenario: &str, with: &vpnlab::with::With, backend: 
         return Ok(Completion::ignored_with(why));
     }
     // VPNLAB_PROGRESS=1 prints every step; VPNLAB_PCAP=1 records every link (kept with failed runs).
-    let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some(), pcap: std::env::var_os("VPNLAB_PCAP").is_some(), with: with.clone() };
+    let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some(), pcap: std::env::var_os("VPNLAB_PCAP").is_some(), with: with.clone(), sink: None };
     // The first line of a failure names the outcome: `check-failed: step 3 `...`: observed ...,
     // expected ...`, `drift: ...` or `error: ...`; the transcript, diff and kept work dir follow.
     let out = suite::run_checked_on(lab, scenario, &opts, false, backend);

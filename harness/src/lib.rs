@@ -14,6 +14,7 @@ pub mod error;
 pub mod facts;
 pub mod impair;
 pub mod judge;
+pub mod junit;
 pub mod matrix;
 pub mod model;
 pub mod newlab;

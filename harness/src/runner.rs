@@ -18,19 +18,43 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Where a run's progress lines go instead of stderr: called with each whole line
+/// (`  [lab::scenario] client$ ping ...`), from the thread running the scenario.
+pub type ProgressSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// How a run reports progress and what it keeps.
 #[derive(Clone, Default)]
 pub struct Options {
     /// Keep the work dir even when the scenario passes.
     pub keep: bool,
-    /// Print each step as it runs (to stderr).
+    /// Print each step as it runs (to stderr, or to `sink` when there is one).
     pub progress: bool,
+    /// Receives the progress lines instead of stderr (`vpnlab run -j N` keeps each scenario's
+    /// lines together; the progress bar shows the current step). When set, lines are produced
+    /// even without `progress`: the sink decides what to show.
+    pub sink: Option<ProgressSink>,
     /// Record every link of the lab to `pcap/<node>-<if>.pcap` (and LANs to `pcap/lan-<name>.pcap`)
     /// in the work dir with tcpdump; the files stay with the work dir of a failed run.
     pub pcap: bool,
     /// Builds of the daemons chosen with `--with` (bind mounts in each service's private mount
     /// namespace); empty: the host's.
     pub with: crate::with::With,
+}
+
+impl Options {
+    /// Whether progress lines are wanted at all (printed, or for the sink).
+    pub fn wants_progress(&self) -> bool {
+        self.progress || self.sink.is_some()
+    }
+
+    /// A progress line: to the sink when there is one, else to stderr with `progress`.
+    pub fn emit(&self, line: &str) {
+        match &self.sink {
+            Some(sink) => sink(line),
+            None if self.progress => eprintln!("{line}"),
+            None => {}
+        }
+    }
 }
 
 /// Wall time of the phases of a run.
@@ -345,9 +369,7 @@ impl<'a> Live<'a> {
 
 impl Lab_<'_> {
     fn progress(&self, line: &str) {
-        if self.opts.progress {
-            eprintln!("  [{}] {line}", self.label);
-        }
+        self.opts.emit(&format!("  [{}] {line}", self.label));
     }
 
     fn say(&mut self, line: String) {

@@ -290,7 +290,7 @@ pub fn logs(key: &str, service: Option<&str>, follow: bool, out: &mut dyn Write)
 pub fn serve(lab_dir: &Path, scenario: &str, until: &str) -> Result<()> {
     let lab = model::load(lab_dir).map_err(|e| anyhow!("{e}"))?;
     let key = key_of(&lab.id);
-    let opts = Options { keep: false, progress: true, pcap: false, with: Default::default() };
+    let opts = Options { keep: false, progress: true, pcap: false, with: Default::default(), sink: None };
     let mut live = Live::start(&lab, scenario, &opts)?;
     // Run up to the requested step.
     let total = live.remaining().len();

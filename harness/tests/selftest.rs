@@ -156,7 +156,8 @@ fn a_passing_run_leaves_nothing() {
 /// Starts `vpnlab run LAB` with its own work root and waits until both daemons are up.
 fn start_half_way(root: &Path) -> (std::process::Child, Vec<(u32, String)>, HashSet<String>) {
     let child = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
-        .args(["run", "-q", &labs().join(LAB).to_string_lossy()])
+        // One scenario at a time: the test counts one scenario's two daemons and one work dir.
+        .args(["run", "-q", "-j", "1", &labs().join(LAB).to_string_lossy()])
         .env("VPNLAB_WORK_ROOT", root)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -183,6 +184,35 @@ fn sigterm_and_sigint_leave_nothing_at_all() {
         wait_for("the lab's namespaces to go", Duration::from_secs(5), || !old_process_in(&spaces, &old));
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "no work dir left, without any sweep");
     }
+}
+
+/// `-j 2`: two scenarios up at once; SIGTERM stops both, removes both work dirs, and the run
+/// still ends with its summary so far.
+#[test]
+fn sigterm_during_a_parallel_run_leaves_nothing_and_prints_the_summary_so_far() {
+    work_root();
+    let root = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .args(["run", "-q", "-j", "2", &labs().join(LAB).to_string_lossy()])
+        .env("VPNLAB_WORK_ROOT", root.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Two scenarios' daemons (two openvpn each) at the same time.
+    wait_for("two scenarios' daemons at once", Duration::from_secs(30), || procs_under(root.path()).iter().filter(|(_, c)| c == "openvpn").count() >= 4);
+    let daemons = procs_under(root.path());
+    let spaces = lab_spaces(daemons.iter().map(|(p, _)| *p));
+    let old = all_pids();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "vpnlab exits 128+signal after cleaning up");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    assert!(last.starts_with("vpnlab: ") && last.ends_with("(interrupted)"), "the summary so far ends the run: {stdout:?}");
+    wait_for("the labs' processes to die", Duration::from_secs(5), || daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists()));
+    wait_for("the labs' namespaces to go", Duration::from_secs(5), || !old_process_in(&spaces, &old));
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "no work dir left, without any sweep");
 }
 
 #[test]

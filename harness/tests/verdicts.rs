@@ -167,7 +167,8 @@ fn a_daemon_that_dies_at_start_is_check_failed_and_the_next_scenario_still_runs(
     copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/daemon-exits-at-start"), &dies);
     lab(labs.path(), "t/good", GOOD);
     let report = work.path().join("report.json");
-    let out = vpnlab(&["run", "-q", "--report", &report.to_string_lossy(), "t/daemon-exits-at-start", "t/good"], labs.path(), work.path());
+    // -j 1: one after the other, so the order of the verdicts shows that the next one still ran.
+    let out = vpnlab(&["run", "-q", "-j", "1", "--report", &report.to_string_lossy(), "t/daemon-exits-at-start", "t/good"], labs.path(), work.path());
     assert_eq!(out.code, Some(1), "{}", out.text);
     let dead = out.text.find("== t/daemon-exits-at-start::s: check-failed in ").unwrap_or_else(|| panic!("{}", out.text));
     let next = out.text.find("== t/good::ping: passed in ").unwrap_or_else(|| panic!("the next scenario ran: {}", out.text));
@@ -235,7 +236,7 @@ fn the_report_of_a_mixed_run_matches_its_schema() {
     assert_eq!(r["repeat"], 1);
     assert_eq!(r["summary"], serde_json::json!({"passed": 1, "check_failed": 1, "drift": 1, "error": 1, "runs": 4, "scenarios": 4, "differed": 0, "not_passed": 3}));
     let ids: Vec<&str> = r["scenarios"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["t/good::ping", "t/dies::s", "t/drift::ping", "t/unbuildable::ping"], "in the order run");
+    assert_eq!(ids, ["t/good::ping", "t/dies::s", "t/drift::ping", "t/unbuildable::ping"], "in the selection order, whatever order they ended in");
     assert_eq!(scenario(&r, "t/good::ping")["outcome"], "passed");
     assert_eq!(scenario(&r, "t/good::ping")["passed"], true);
     assert!(scenario(&r, "t/good::ping")["workdir"].is_null(), "a passing run keeps nothing");
@@ -308,5 +309,120 @@ fn an_unwritable_report_path_is_refused_before_anything_runs() {
     let out = vpnlab(&["run", "-q", "--report", "/nonexistent-dir/r.json", "t/good"], labs.path(), work.path());
     assert_eq!(out.code, Some(2), "{}", out.text);
     assert!(out.text.contains("/nonexistent-dir/r.json"), "{}", out.text);
+    assert!(!out.text.contains("== t/good"), "nothing ran: {}", out.text);
+}
+
+/// Records the snapshots of t/good and t/drift, then edits t/drift's so that it drifts.
+fn mixed_labs() -> tempfile::TempDir {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    lab(labs.path(), "t/good", GOOD);
+    let drift = lab(labs.path(), "t/drift", GOOD);
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/daemon-exits-at-start"), &labs.path().join("t/dies"));
+    lab(labs.path(), "t/unbuildable", UNBUILDABLE);
+    let out = vpnlab(&["run", "-q", "--accept", "t/good", "t/drift"], labs.path(), work.path());
+    assert_eq!(out.code, Some(0), "{}", out.text);
+    let snap = drift.join("snapshots/ping.snap");
+    let text = std::fs::read_to_string(&snap).unwrap();
+    std::fs::write(&snap, text.replace("    verdicts-test-line\n", "    verdicts-test-line, edited\n")).unwrap();
+    labs
+}
+
+#[test]
+fn junit_of_a_mixed_run_has_a_testcase_per_scenario() {
+    let labs = mixed_labs();
+    let work = tempfile::tempdir().unwrap();
+    let junit = work.path().join("junit.xml");
+    let out = vpnlab(&["run", "-q", "-j", "2", "--junit", &junit.to_string_lossy(), "t/good", "t/dies", "t/drift", "t/unbuildable"], labs.path(), work.path());
+    assert_eq!(out.code, Some(1), "{}", out.text);
+    assert_summary(&out, "1 passed, 1 check-failed, 1 drift, 1 error");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("the JUnit file parses: {e}\n{xml}"));
+    let suites: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("testsuite")).collect();
+    assert_eq!(suites.len(), 1, "{xml}");
+    let suite = suites[0];
+    assert_eq!(suite.attribute("name"), Some("vpnlab"));
+    assert_eq!(suite.attribute("tests"), Some("4"), "{xml}");
+    assert_eq!(suite.attribute("failures"), Some("2"), "{xml}");
+    assert_eq!(suite.attribute("errors"), Some("1"), "{xml}");
+    let cases: Vec<_> = suite.children().filter(|n| n.has_tag_name("testcase")).collect();
+    let names: Vec<(&str, &str)> = cases.iter().map(|c| (c.attribute("classname").unwrap(), c.attribute("name").unwrap())).collect();
+    assert_eq!(names, [("t/good", "ping"), ("t/dies", "s"), ("t/drift", "ping"), ("t/unbuildable", "ping")], "one testcase per scenario, in selection order");
+    for c in &cases {
+        let t: f64 = c.attribute("time").expect("a time").parse().unwrap();
+        assert!(t >= 0.0);
+    }
+    let child = |i: usize, tag: &str| cases[i].children().find(|n| n.has_tag_name(tag));
+    assert!(child(0, "failure").is_none() && child(0, "error").is_none(), "passed: {xml}");
+    let f = child(1, "failure").unwrap_or_else(|| panic!("check-failed is a failure: {xml}"));
+    assert_eq!(f.attribute("type"), Some("check-failed"));
+    assert!(f.attribute("message").unwrap().contains("`start vpn`"), "the failing step in the message: {xml}");
+    let d = child(2, "failure").unwrap_or_else(|| panic!("drift is a failure: {xml}"));
+    assert_eq!(d.attribute("type"), Some("drift"));
+    assert!(d.attribute("message").unwrap().contains("-    verdicts-test-line, edited"), "the first differing lines in the message: {xml}");
+    assert!(d.text().unwrap_or("").contains("+    verdicts-test-line"), "the diff in the body: {xml}");
+    let e = child(3, "error").unwrap_or_else(|| panic!("error is an error: {xml}"));
+    assert!(e.attribute("message").unwrap().contains("nft"), "{xml}");
+    // The daemons' versions as properties (the fixture's daemon is sh: no VPN daemon, none).
+    let props: Vec<&str> = suite.descendants().filter(|n| n.has_tag_name("property")).filter_map(|p| p.attribute("name")).collect();
+    assert!(props.contains(&"schema") && props.contains(&"repeat"), "{xml}");
+}
+
+#[test]
+fn parallel_runs_print_each_scenario_together_and_report_in_selection_order() {
+    let labs = mixed_labs();
+    let work = tempfile::tempdir().unwrap();
+    let report = work.path().join("r.json");
+    let order = ["t/unbuildable", "t/drift", "t/good", "t/dies"];
+    let mut args = vec!["run", "-j", "2", "--repeat", "2", "--report"];
+    let rp = report.to_string_lossy().to_string();
+    args.push(&rp);
+    args.extend(order);
+    let out = vpnlab(&args, labs.path(), work.path());
+    assert_eq!(out.code, Some(1), "{}", out.text);
+    assert!(out.last_line().starts_with("vpnlab: 2 passed, 2 check-failed, 2 drift, 2 error in "), "{}", out.text);
+    // Every run's lines sit between its header and its verdict, nothing of another run between.
+    let lines: Vec<&str> = out.text.lines().collect();
+    let mut i = 0;
+    let mut runs = 0;
+    while i < lines.len() {
+        let Some(rest) = lines[i].strip_prefix("== ").filter(|l| l.contains(" backend")) else {
+            i += 1;
+            continue;
+        };
+        let id = rest.split(' ').next().unwrap();
+        let verdict = (i + 1..lines.len()).find(|&j| lines[j].starts_with(&format!("== {id}: "))).unwrap_or_else(|| panic!("a verdict for {id}:\n{}", out.text));
+        for l in &lines[i + 1..verdict] {
+            assert!(!l.starts_with("== ") && (!l.starts_with("  [") || l.starts_with(&format!("  [{id}]"))), "{l:?} inside {id}'s block:\n{}", out.text);
+        }
+        runs += 1;
+        i = verdict + 1;
+    }
+    assert_eq!(runs, 8, "4 scenarios x 2 repetitions:\n{}", out.text);
+    let np = out.text.split("not passed:\n").nth(1).unwrap_or_else(|| panic!("{}", out.text));
+    let listed: Vec<&str> = np.lines().take_while(|l| l.starts_with("  ")).map(|l| l.split_whitespace().nth(1).unwrap().trim_end_matches(':')).collect();
+    assert_eq!(listed, ["t/unbuildable::ping", "t/drift::ping", "t/dies::s"], "not passed, in selection order:\n{}", out.text);
+    let r = read_report(&report);
+    assert_matches_schema(&r);
+    let ids: Vec<&str> = r["scenarios"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["t/unbuildable::ping", "t/drift::ping", "t/good::ping", "t/dies::s"]);
+    assert_eq!(r["summary"]["runs"], 8);
+    assert_eq!(r["complete"], true);
+}
+
+#[test]
+fn a_bad_job_count_or_junit_path_is_refused_before_anything_runs() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    lab(labs.path(), "t/good", GOOD);
+    for bad in [["-j", "0"], ["-j", "two"]] {
+        let out = vpnlab(&["run", "-q", bad[0], bad[1], "t/good"], labs.path(), work.path());
+        assert_eq!(out.code, Some(2), "{}", out.text);
+        assert!(out.text.contains("-j"), "{}", out.text);
+        assert!(!out.text.contains("== t/good"), "nothing ran: {}", out.text);
+    }
+    let out = vpnlab(&["run", "-q", "--junit", "/nonexistent-dir/j.xml", "t/good"], labs.path(), work.path());
+    assert_eq!(out.code, Some(2), "{}", out.text);
+    assert!(out.text.contains("/nonexistent-dir/j.xml"), "{}", out.text);
     assert!(!out.text.contains("== t/good"), "nothing ran: {}", out.text);
 }

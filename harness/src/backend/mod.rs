@@ -204,7 +204,7 @@ pub fn guest_main_if_requested() {
 fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
-    let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with };
+    let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None };
     let run = runner::run(&lab, &job.scenario, &opts)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let r = GuestResult {
@@ -271,7 +271,7 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let work = crate::workdir::WorkDir::new(&format!("{}-{scenario}-uml", lab.id))?;
     let shared = work.path().to_path_buf();
     let lab_dir = std::fs::canonicalize(&lab.dir).with_context(|| format!("lab folder {}", lab.dir.display()))?;
-    let job = Job { lab_dir: lab_dir.clone(), scenario: scenario.to_string(), progress: opts.progress, pcap: opts.pcap, with: opts.with.clone() };
+    let job = Job { lab_dir: lab_dir.clone(), scenario: scenario.to_string(), progress: opts.wants_progress(), pcap: opts.pcap, with: opts.with.clone() };
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
@@ -290,11 +290,11 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     uj.expose.extend(opts.with.choices.iter().flat_map(|c| c.dirs()).filter(|d| d.starts_with("/tmp") || d.starts_with("/run")));
     uj.timeout = lab.deadline + Duration::from_secs(30);
     let out = uml::run(&uj).context("running the lab in user-mode-linux")?;
-    if opts.progress {
+    if opts.wants_progress() {
         for l in out.console.lines().filter(|l| l.contains(&format!("[{}::{scenario}]", lab.id))) {
-            eprintln!("{l}");
+            opts.emit(l);
         }
-        eprintln!("  (user-mode-linux: boot {:.0} ms, total {:.0} ms)", out.boot.as_secs_f64() * 1e3, out.total.as_secs_f64() * 1e3);
+        opts.emit(&format!("  (user-mode-linux: boot {:.0} ms, total {:.0} ms)", out.boot.as_secs_f64() * 1e3, out.total.as_secs_f64() * 1e3));
     }
     let res_path = shared.join("result.toml");
     let res: GuestResult = match std::fs::read_to_string(&res_path) {

@@ -1,0 +1,102 @@
+//! Tests of the one-line step syntax.
+
+use super::*;
+
+struct N;
+impl Names for N {
+    fn node(&self, n: &str) -> Option<usize> {
+        ["client", "gateway"].iter().position(|x| *x == n)
+    }
+    fn service(&self, n: &str) -> Option<usize> {
+        ["server", "client"].iter().position(|x| *x == n)
+    }
+    fn node_names(&self) -> String {
+        "client, gateway".into()
+    }
+    fn service_names(&self) -> String {
+        "server, client".into()
+    }
+}
+
+#[test]
+fn ping_steps() {
+    match parse_step("client: ping 10.198.0.1 -> unreachable", &N).unwrap() {
+        Action::Ping { node: 0, dest, count: 2, expect: PingExpect::Unreachable, src: None, size: None } => assert_eq!(dest.to_string(), "10.198.0.1"),
+        a => panic!("{a:?}"),
+    }
+    match parse_step("client: ping -c 50 -I 10.198.0.10 10.200.0.1 -> loss 5%..20%", &N).unwrap() {
+        Action::Ping { count: 50, expect: PingExpect::Loss(5, 20), src: Some(_), .. } => {}
+        a => panic!("{a:?}"),
+    }
+    let e = parse_step("client: ping 10.198.0.1 -> maybe", &N).unwrap_err();
+    assert_eq!(e.offset, 26);
+}
+
+#[test]
+fn unknown_node_and_service_are_located() {
+    let e = parse_step("clinet: ping 10.0.0.1", &N).unwrap_err();
+    assert_eq!(e.offset, 0);
+    assert!(e.msg.contains("unknown node `clinet`") && e.msg.contains("client, gateway"), "{}", e.msg);
+    let e = parse_step("restart sever", &N).unwrap_err();
+    assert_eq!(e.offset, 8);
+    assert!(e.msg.contains("unknown service"));
+}
+
+#[test]
+fn route_steps_shift_offsets() {
+    assert!(matches!(parse_step("gateway: ip route add 10.200.0.0/24 via 10.198.0.10", &N).unwrap(), Action::RouteAdd { node: 1, .. }));
+    let e = parse_step("gateway: ip route add 10.200.0.0/24 via 10.198.0.x", &N).unwrap_err();
+    assert_eq!(e.offset, 40, "{e:?}");
+}
+
+#[test]
+fn log_steps() {
+    match parse_step("log server 'MULTI: bad source address from client [192.168.4.66]' within 3s", &N).unwrap() {
+        Action::Log { service: 0, pattern, within, scope: LogScope::SinceChange } => {
+            assert!(pattern.re.is_match("x MULTI: bad source address from client [192.168.4.66], packet dropped"));
+            assert_eq!(within, Duration::from_secs(3));
+        }
+        a => panic!("{a:?}"),
+    }
+    match parse_step("nolog client /Incoming packet rejected/ for 500ms", &N).unwrap() {
+        Action::NoLog { service: 1, watch: Some(d), .. } => assert_eq!(d, Duration::from_millis(500)),
+        a => panic!("{a:?}"),
+    }
+    assert!(parse_step("log server /a(/", &N).unwrap_err().msg.contains("bad regex"));
+    match parse_step("log server /internal route 192.168.4.0/24 -> client1/", &N).unwrap() {
+        Action::Log { pattern, .. } => assert!(pattern.re.is_match("MULTI: internal route 192.168.4.0/24 -> client1/192.0.2.2")),
+        a => panic!("{a:?}"),
+    }
+    assert!(parse_step("log server /x/ whenever", &N).unwrap_err().msg.contains("not understood"));
+}
+
+#[test]
+fn misc_steps() {
+    assert!(matches!(parse_step("gateway: chmod 700 ccd", &N).unwrap(), Action::Chmod { mode: 0o700, .. }));
+    assert!(parse_step("gateway: chmod 700 /etc", &N).is_err());
+    assert!(matches!(parse_step("gateway: sysctl net.ipv4.ip_forward=1", &N).unwrap(), Action::Sysctl { .. }));
+    assert!(parse_step("gateway: sysctl kernel.panic=1", &N).unwrap_err().msg.contains("host"));
+    assert!(matches!(parse_step("client: sh false -> fails", &N).unwrap(), Action::Sh { expect_fail: true, .. }));
+    assert!(matches!(parse_step("client: tcp 10.0.0.1:5001 send 100KB within 3s -> stalls", &N).unwrap(), Action::Tcp { send: Some(100_000), expect: TcpExpect::Stalls, .. }));
+    assert!(parse_step("client: frobnicate", &N).unwrap_err().msg.contains("unknown step"));
+}
+
+#[test]
+fn impair_steps() {
+    match parse_step("gateway: impair eth0 reorder every 10 hold 3 udp", &N).unwrap() {
+        Action::Impair { node: 1, ifname, spec: Some((crate::impair::Impairment::Reorder { every: 10, hold: 3 }, Some(crate::impair::Proto::Udp))), .. } => assert_eq!(ifname, "eth0"),
+        a => panic!("{a:?}"),
+    }
+    assert!(matches!(parse_step("gateway: impair eth0 off", &N).unwrap(), Action::Impair { spec: None, .. }));
+    let e = parse_step("gateway: impair eth0 drop every 1", &N).unwrap_err();
+    assert!(e.offset > 20, "{e:?}");
+}
+
+#[test]
+fn durations_and_sizes() {
+    assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
+    assert_eq!(parse_duration("5"), None);
+    assert_eq!(parse_size("64KiB"), Some(65536));
+    assert_eq!(parse_size("1MB"), Some(1_000_000));
+}

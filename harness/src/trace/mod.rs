@@ -1,0 +1,154 @@
+//! Hop-by-hop explanation of a failed reachability check, from the kernel's own view.
+//!
+//! [`trace`] loads, in every node (with the real `nft`, run inside the node), a table
+//! `inet vpnlab_trace` whose base chains sit first (priority -500) and last (priority 500) on
+//! each of the five IP hooks. Their only rules add the probe's ICMP packets to dynamic sets with
+//! per-element counters: echo requests to `dest` and echo replies from `dest` keyed by
+//! `ttl . interface . saddr . daddr`, and ICMP errors whose quoted packet is one of those keyed by
+//! `ttl . interface . icmp type . icmp code` (nft 1.0.6 mishandles `typeof` concatenations of more
+//! than four fields). No rule has a verdict and nothing needs conntrack, so the lab behaves as
+//! before; the table is deleted again before `trace` returns (also on error).
+//!
+//! The TTL in the key orders the hops (every router decrements it before its forward hook; a
+//! tunnel through a userspace VPN daemon leaves it alone) and tells apart passes of a looping
+//! packet. A packet seen at a hook's first chain but not at its last one was dropped by a rule
+//! on that hook (a firewall); one seen at prerouting but at neither input nor forward was
+//! refused by the routing decision, which `ip route get ... iif ...` in that node then names
+//! (no route, forwarding off, reverse-path filter); a locally generated packet (an echo reply)
+//! that never reached output found no route (`ip route get` again). The per-namespace SNMP
+//! counters (/proc/thread-self/net/snmp, .../netstat read from a thread inside the node) are
+//! quoted only as supporting evidence, when they rose by at least the packets that the sets say
+//! the probe put there (background traffic can only add to them).
+//!
+//! The lines carry no packet counts, so they do not depend on how many probes the closure sent.
+//! `VPNLAB_TRACE_DEBUG=1` prints the ruleset, the raw sets and the SNMP deltas to stderr.
+
+use crate::ns::{NetNs, PidNs};
+use anyhow::{bail, Context, Result};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+mod explain;
+mod ruleset;
+mod walk;
+#[cfg(test)]
+mod tests;
+
+use ruleset::{collect, nft, par, parse_sets, ruleset, snmp, Counters, Fam, Installed, Obs};
+use walk::Walker;
+
+/// A node of the lab to observe.
+pub struct TraceNode<'a> {
+    pub name: &'a str,
+    pub netns: &'a NetNs,
+}
+
+/// The explanation: one line per hop (`request r: in eth0 -> forwarded out eth1`), then a
+/// summary line starting with `=> `.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    pub lines: Vec<String>,
+    /// Where the probe's round trip ended, as data (a `trace DEST -> ...` step judges it).
+    pub end: TraceEnd,
+}
+
+/// Where a traced round trip ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum TraceEnd {
+    /// The reply came back to the source.
+    Delivered,
+    /// The request or its reply was dropped at this node (a reason the kernel gave).
+    DroppedAt(String),
+    /// Anything else (lost in a tunnel, looped, delivered elsewhere, nothing seen).
+    Other,
+}
+
+const TABLE: &str = "vpnlab_trace";
+const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Installs per-node observation, runs `probe` (a closure that sends the traffic, e.g. the real
+/// ping of the failed check, re-run), collects, removes the observation, and explains.
+pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest: IpAddr, probe: impl FnOnce() -> Result<()>) -> Result<Trace> {
+    if src_node >= nodes.len() {
+        bail!("trace: source node index {src_node} out of range ({} nodes)", nodes.len());
+    }
+    let fam = Fam { v6: dest.is_ipv6() };
+    let ruleset = ruleset(fam, dest);
+    // `nft -f FILE` (as the runner loads rulesets): a temporary file in the node's directory, so
+    // that even a killed run leaves it only inside its work dir (swept with it).
+    let mut file = tempfile::Builder::new().prefix(".vpnlab-trace-").suffix(".nft").tempfile_in(cwd).context("creating the trace ruleset file")?;
+    std::io::Write::write_all(&mut file, ruleset.as_bytes()).context("writing the trace ruleset file")?;
+    let path = file.path().to_string_lossy().into_owned();
+    let installed = Installed { nodes, pid, cwd, done: false };
+    par(nodes, |n| {
+        let out = nft(n.netns, pid, cwd, &["-f", path.as_str()])?;
+        if !out.success() {
+            let first: Vec<&str> = out.text.lines().take(3).collect();
+            let hint = if out.text.contains("Operation not supported") { " (this kernel has no nftables inet family, like Debian's user-mode-linux kernel: trace needs the native backend)" } else { "" };
+            bail!("node `{}`: loading the trace table failed ({}){hint}:\n{}", n.name, out.describe_status(), first.join("\n"));
+        }
+        Ok(())
+    })?;
+    let before = par(nodes, |n| snmp(n.netns))?;
+    let probed = probe();
+    // Let packets still in flight (a reply on its way back through a tunnel) land: collect until
+    // three readings 50 ms apart agree (the sets only count the probe's ICMP, nothing else); on a
+    // loaded machine a userspace VPN daemon can hold a packet for a while.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut texts = collect(nodes, pid, cwd)?;
+    let mut agreeing = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let again = collect(nodes, pid, cwd)?;
+        agreeing = if again == texts { agreeing + 1 } else { 0 };
+        texts = again;
+        if agreeing >= 2 || Instant::now() >= deadline {
+            break;
+        }
+    }
+    let after = par(nodes, |n| snmp(n.netns))?;
+    if std::env::var_os("VPNLAB_TRACE_DEBUG").is_some() {
+        debug_dump(nodes, &ruleset, &texts, &before, &after);
+    }
+    let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect();
+    installed.remove()?;
+    probed.context("the probe of the trace failed")?;
+
+    let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other };
+    w.explain(src_node);
+    Ok(Trace { lines: w.lines, end: w.end })
+}
+
+/// `VPNLAB_TRACE_DEBUG=1`: the ruleset, every node's sets and its SNMP deltas, on stderr.
+fn debug_dump(nodes: &[TraceNode], ruleset: &str, texts: &[String], before: &[Counters], after: &[Counters]) {
+    eprintln!("{ruleset}");
+    for (i, n) in nodes.iter().enumerate() {
+        let delta = |k: &String, v: &i64| v - before[i].get(k).copied().unwrap_or(0);
+        let mut d: Vec<String> = after[i].iter().filter(|(k, v)| delta(k, v) != 0).map(|(k, v)| format!("{k}+{}", delta(k, v))).collect();
+        d.sort();
+        eprintln!("--- node {}\n{}\nsnmp: {}", n.name, texts[i], d.join(" "));
+    }
+}
+
+
+/// Traces a short real ping (`ping -c 2 -i 0.05 -W 0.3`) from `spaces[src]` to `dest`: the
+/// runner's `trace` step, its automatic trace of a failed reachability check, and `vpnlab trace`.
+pub fn run_ping_trace(spaces: &[NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
+    run_ping_trace_refs(&spaces.iter().collect::<Vec<_>>(), pid, cwd, src, dest)
+}
+
+pub fn run_ping_trace_refs(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
+    run_ping_trace_full(spaces, pid, cwd, src, dest).map(|t| t.lines)
+}
+
+/// [`run_ping_trace_refs`] with where the round trip ended.
+pub fn run_ping_trace_full(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Trace> {
+    let nodes: Vec<TraceNode> = spaces.iter().map(|ns| TraceNode { name: &ns.name, netns: ns }).collect();
+    let argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).chain([dest.to_string()]).collect();
+    let t = trace(&nodes, pid, cwd, src, dest, || {
+        crate::process::run_capture(spaces[src], pid, &argv, cwd, std::time::Duration::from_secs(10))?;
+        Ok(())
+    })?;
+    Ok(t)
+}

@@ -1,0 +1,360 @@
+//! The observation points: the `inet vpnlab_trace` ruleset (hooks, first/last chains, the
+//! kinds of counted packet), loading and removing it with `nft` in every node, reading the sets
+//! back from `nft list` text, and the per-namespace SNMP counters.
+
+use crate::ns::{NetNs, PidNs};
+use crate::process::run_capture;
+use anyhow::{bail, Result};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use super::{NFT_TIMEOUT, TABLE, TraceNode};
+
+// ---------------------------------------------------------------- observation points
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(super) enum Hook {
+    Pre,
+    In,
+    Fwd,
+    Out,
+    Post,
+}
+
+pub(super) const HOOKS: [Hook; 5] = [Hook::Pre, Hook::In, Hook::Fwd, Hook::Out, Hook::Post];
+
+impl Hook {
+    pub(super) fn short(self) -> &'static str {
+        match self {
+            Hook::Pre => "pre",
+            Hook::In => "in",
+            Hook::Fwd => "fwd",
+            Hook::Out => "out",
+            Hook::Post => "post",
+        }
+    }
+    /// The nft hook name (also the word used in the explanation).
+    pub(super) fn nft(self) -> &'static str {
+        match self {
+            Hook::Pre => "prerouting",
+            Hook::In => "input",
+            Hook::Fwd => "forward",
+            Hook::Out => "output",
+            Hook::Post => "postrouting",
+        }
+    }
+    /// The interface a packet is keyed by at this hook.
+    pub(super) fn dev(self) -> &'static str {
+        match self {
+            Hook::Pre | Hook::In => "iif",
+            Hook::Fwd | Hook::Out | Hook::Post => "oif",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(super) enum Pos {
+    First,
+    Last,
+}
+
+impl Pos {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Pos::First => "first",
+            Pos::Last => "last",
+        }
+    }
+    pub(super) fn priority(self) -> i32 {
+        match self {
+            Pos::First => -500,
+            Pos::Last => 500,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(super) enum Kind {
+    /// Echo request to `dest`.
+    Req,
+    /// Echo reply from `dest`.
+    Rep,
+    /// ICMP error quoting an echo request to `dest`.
+    ErrReq,
+    /// ICMP error quoting an echo reply from `dest`.
+    ErrRep,
+}
+
+pub(super) const KINDS: [Kind; 4] = [Kind::Req, Kind::Rep, Kind::ErrReq, Kind::ErrRep];
+
+impl Kind {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Kind::Req => "req",
+            Kind::Rep => "rep",
+            Kind::ErrReq => "ereq",
+            Kind::ErrRep => "erep",
+        }
+    }
+}
+
+pub(super) fn set_name(h: Hook, p: Pos, k: Kind) -> String {
+    format!("{}_{}_{}", h.short(), p.name(), k.name())
+}
+
+/// Address-family specifics of the nft expressions.
+#[derive(Clone, Copy)]
+pub(super) struct Fam {
+    pub(super) v6: bool,
+}
+
+impl Fam {
+    pub(super) fn ip(self) -> &'static str {
+        if self.v6 {
+            "ip6"
+        } else {
+            "ip"
+        }
+    }
+    pub(super) fn icmp(self) -> &'static str {
+        if self.v6 {
+            "icmpv6"
+        } else {
+            "icmp"
+        }
+    }
+    pub(super) fn ttl(self) -> &'static str {
+        if self.v6 {
+            "ip6 hoplimit"
+        } else {
+            "ip ttl"
+        }
+    }
+    /// The key of a set (nft 1.0.6 handles at most four `typeof` fields in a concatenation):
+    /// echo packets by both addresses, ICMP errors by what they say.
+    pub(super) fn key(self, k: Kind, dev: &str) -> String {
+        let (ip, icmp) = (self.ip(), self.icmp());
+        match k {
+            Kind::Req | Kind::Rep => format!("{} . {dev} . {ip} saddr . {ip} daddr", self.ttl()),
+            Kind::ErrReq | Kind::ErrRep => format!("{} . {dev} . {icmp} type . {icmp} code", self.ttl()),
+        }
+    }
+    /// The match of one kind of packet of the probe.
+    pub(super) fn matcher(self, k: Kind, dest: IpAddr) -> String {
+        let (ip, icmp) = (self.ip(), self.icmp());
+        // Offsets into the ICMP header (@th) of the packet an ICMP error quotes.
+        let hex: String = match dest {
+            IpAddr::V4(a) => a.octets().iter().map(|b| format!("{b:02x}")).collect(),
+            IpAddr::V6(a) => a.octets().iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        let (errs, proto, saddr, daddr, itype, echo_req, echo_rep) = if self.v6 {
+            ("destination-unreachable, packet-too-big, time-exceeded, parameter-problem", "@th,112,8 58", "@th,128,128", "@th,256,128", "@th,384,8", 128, 129)
+        } else {
+            ("destination-unreachable, time-exceeded, parameter-problem, redirect", "@th,136,8 1", "@th,160,32", "@th,192,32", "@th,224,8", 8, 0)
+        };
+        match k {
+            Kind::Req => format!("{ip} daddr {dest} {icmp} type echo-request"),
+            Kind::Rep => format!("{ip} saddr {dest} {icmp} type echo-reply"),
+            Kind::ErrReq => format!("{icmp} type {{ {errs} }} {proto} {daddr} 0x{hex} {itype} {echo_req}"),
+            Kind::ErrRep => format!("{icmp} type {{ {errs} }} {proto} {saddr} 0x{hex} {itype} {echo_rep}"),
+        }
+    }
+    pub(super) fn route_get(self) -> Vec<String> {
+        let mut v = vec!["ip".to_string()];
+        if self.v6 {
+            v.push("-6".into());
+        }
+        v.extend(["route".into(), "get".into()]);
+        v
+    }
+    pub(super) fn sysctl_dir(self) -> &'static str {
+        if self.v6 {
+            "ipv6"
+        } else {
+            "ipv4"
+        }
+    }
+}
+
+/// The whole table, replacing any left over from an interrupted trace (one transaction).
+pub(super) fn ruleset(fam: Fam, dest: IpAddr) -> String {
+    let mut s = format!("add table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
+    for h in HOOKS {
+        for p in [Pos::First, Pos::Last] {
+            for k in KINDS {
+                let _ = writeln!(s, "  set {} {{ typeof {}; flags dynamic; counter; }}", set_name(h, p, k), fam.key(k, "iif"));
+            }
+        }
+    }
+    for h in HOOKS {
+        for p in [Pos::First, Pos::Last] {
+            let _ = writeln!(s, "  chain {}_{} {{\n    type filter hook {} priority {}; policy accept;", h.short(), p.name(), h.nft(), p.priority());
+            for k in KINDS {
+                let _ = writeln!(s, "    {} add @{} {{ {} }}", fam.matcher(k, dest), set_name(h, p, k), fam.key(k, h.dev()));
+            }
+            s.push_str("  }\n");
+        }
+    }
+    s.push_str("}\n");
+    s
+}
+
+pub(super) fn nft(ns: &NetNs, pid: &PidNs, cwd: &Path, args: &[&str]) -> Result<crate::process::Output> {
+    let mut argv = vec!["nft".to_string()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    run_capture(ns, pid, &argv, cwd, NFT_TIMEOUT)
+}
+
+/// Runs `f` for every node at once (one thread each) and returns the results in node order.
+pub(super) fn par<T: Send>(nodes: &[TraceNode], f: impl Fn(&TraceNode) -> Result<T> + Sync) -> Result<Vec<T>> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = nodes.iter().map(|n| s.spawn(|| f(n))).collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("trace thread panicked")))).collect()
+    })
+}
+
+pub(super) fn collect(nodes: &[TraceNode], pid: &PidNs, cwd: &Path) -> Result<Vec<String>> {
+    par(nodes, |n| {
+        let out = nft(n.netns, pid, cwd, &["list", "table", "inet", TABLE])?;
+        if !out.success() {
+            bail!("node `{}`: reading the trace table failed ({}):\n{}", n.name, out.describe_status(), out.text.trim_end());
+        }
+        Ok(out.text)
+    })
+}
+
+/// The trace tables, removed on drop if [`Installed::remove`] was not reached (error, panic).
+pub(super) struct Installed<'a, 'b> {
+    pub(super) nodes: &'a [TraceNode<'b>],
+    pub(super) pid: &'a PidNs,
+    pub(super) cwd: &'a Path,
+    pub(super) done: bool,
+}
+
+impl Installed<'_, '_> {
+    pub(super) fn remove(mut self) -> Result<()> {
+        self.done = true;
+        let r = par(self.nodes, |n| {
+            let out = nft(n.netns, self.pid, self.cwd, &["delete", "table", "inet", TABLE])?;
+            if !out.success() {
+                bail!("node `{}`: removing the trace table failed ({}):\n{}", n.name, out.describe_status(), out.text.trim_end());
+            }
+            Ok(())
+        });
+        r.map(|_| ())
+    }
+}
+
+impl Drop for Installed<'_, '_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = par(self.nodes, |n| nft(n.netns, self.pid, self.cwd, &["delete", "table", "inet", TABLE]).map(|_| ()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- reading the sets
+
+/// One element of a set: packets of one kind seen with this key at one point.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Elem {
+    pub(super) ttl: u8,
+    pub(super) dev: String,
+    /// Addresses are not recorded for ICMP errors (see [`Fam::key`]).
+    pub(super) saddr: Option<IpAddr>,
+    pub(super) daddr: Option<IpAddr>,
+    /// nft's names, e.g. `destination-unreachable` / `net-unreachable` (ICMP errors only).
+    pub(super) itype: String,
+    pub(super) code: String,
+    pub(super) packets: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Obs {
+    pub(super) sets: HashMap<String, Vec<Elem>>,
+}
+
+/// Parses `nft list table` output: `set NAME { ... elements = { K . K . K counter packets N bytes M, ... } }`.
+pub(super) fn parse_sets(text: &str) -> Obs {
+    let mut obs = Obs::default();
+    let mut cur: Option<String> = None;
+    let mut buf: Option<String> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(b) = buf.as_mut() {
+            b.push(' ');
+            b.push_str(t);
+        } else if let Some(rest) = t.strip_prefix("set ") {
+            cur = rest.split_whitespace().next().map(str::to_string);
+            continue;
+        } else if let Some(rest) = t.strip_prefix("elements = {") {
+            buf = Some(rest.to_string());
+        } else {
+            continue;
+        }
+        let b = buf.as_ref().unwrap();
+        if let Some(end) = b.find('}') {
+            let body = b[..end].to_string();
+            buf = None;
+            if let Some(name) = &cur {
+                let err = name.ends_with("_ereq") || name.ends_with("_erep");
+                let v: Vec<Elem> = body.split(',').filter_map(|e| parse_elem(e, err)).collect();
+                obs.sets.entry(name.clone()).or_default().extend(v);
+            }
+        }
+    }
+    obs
+}
+
+pub(super) fn parse_elem(s: &str, err: bool) -> Option<Elem> {
+    let s = s.trim();
+    let (key, ctr) = s.split_once(" counter packets ")?;
+    let packets = ctr.split_whitespace().next()?.parse().ok()?;
+    let f: Vec<&str> = key.split(" . ").map(str::trim).collect();
+    let (ttl, dev) = (f.first()?.parse().ok()?, f.get(1)?.trim_matches('"').to_string());
+    if f.len() != 4 {
+        return None;
+    }
+    if err {
+        Some(Elem { ttl, dev, saddr: None, daddr: None, itype: f[2].to_string(), code: f[3].to_string(), packets })
+    } else {
+        Some(Elem { ttl, dev, saddr: Some(f[2].parse().ok()?), daddr: Some(f[3].parse().ok()?), itype: String::new(), code: String::new(), packets })
+    }
+}
+
+// ---------------------------------------------------------------- SNMP counters
+
+pub(super) type Counters = HashMap<String, i64>;
+
+/// The node's IP/ICMP counters (`IpExt.InNoRoutes`, `TcpExt.IPReversePathFilter`, `Ip6InNoRoutes`),
+/// read on a thread inside the node (/proc/thread-self/net follows the thread's namespace).
+pub(super) fn snmp(ns: &NetNs) -> Result<Counters> {
+    let texts = ns.run(|| ["snmp", "netstat", "snmp6"].map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()))?;
+    let mut m = Counters::new();
+    for t in &texts[..2] {
+        let lines: Vec<&str> = t.lines().collect();
+        for pair in lines.chunks(2) {
+            if let [names, values] = pair {
+                let (Some((p1, n)), Some((p2, v))) = (names.split_once(':'), values.split_once(':')) else { continue };
+                if p1 != p2 {
+                    continue;
+                }
+                for (k, val) in n.split_whitespace().zip(v.split_whitespace()) {
+                    if let Ok(x) = val.parse::<i64>() {
+                        m.insert(format!("{p1}.{k}"), x);
+                    }
+                }
+            }
+        }
+    }
+    for l in texts[2].lines() {
+        let mut w = l.split_whitespace();
+        if let (Some(k), Some(v)) = (w.next(), w.next()) {
+            if let Ok(x) = v.parse::<i64>() {
+                m.insert(k.to_string(), x);
+            }
+        }
+    }
+    Ok(m)
+}

@@ -1,0 +1,408 @@
+//! Tests of the trace: set parsing, the ruleset, and explanations of real small labs.
+
+use super::*;
+use crate::process::run_capture;
+use crate::topology::Topology;
+
+#[test]
+fn parses_set_listing() {
+    let text = r#"table inet vpnlab_trace {
+	set pre_first_req {
+		typeof ip ttl . iif . ip saddr . ip daddr
+		size 65535
+		flags dynamic
+		counter
+		elements = { 64 . "eth0" . 10.0.1.2 . 10.0.2.2 counter packets 2 bytes 168,
+			     63 . "tun0" . 10.0.1.2 . 10.0.2.2 counter packets 1 bytes 84 }
+	}
+	set pre_last_req {
+		typeof ip ttl . iif . ip daddr . icmp type . icmp code
+		flags dynamic
+		counter
+	}
+}"#;
+    let o = parse_sets(text);
+    let v = &o.sets["pre_first_req"];
+    assert_eq!(v.len(), 2);
+    assert_eq!((v[0].ttl, v[0].dev.as_str(), v[0].packets), (64, "eth0", 2));
+    assert_eq!((v[1].ttl, v[1].dev.as_str(), v[1].packets), (63, "tun0", 1));
+    assert!(!o.sets.contains_key("pre_last_req"));
+}
+
+/// a - r - b; `{A}`, `{R}`, `{B}` are more keys of the nodes, `{A_ADDRS}` extra addresses of
+/// a:eth0.
+const CHAIN: &str = r#"
+[lab]
+title = "trace"
+[nodes.a]
+routes = ["default via 10.0.1.1"]
+{A}
+[nodes.r]
+{R}
+[nodes.b]
+{B}
+[[links]]
+a = "a:eth0 10.0.1.2/24{A_ADDRS}"
+b = "r:eth0 10.0.1.1/24"
+[[links]]
+a = "r:eth1 10.0.2.1/24"
+b = "b:eth0 10.0.2.2/24"
+[scenarios.s]
+steps = []
+"#;
+
+const FORWARDING: &str = "sysctl = { \"net.ipv4.ip_forward\" = \"1\" }";
+const B_ROUTE: &str = "routes = [\"default via 10.0.2.1\"]";
+
+fn chain(r: &str, b: &str, a_addrs: &str) -> String {
+    CHAIN.replace("{R}", r).replace("{B}", b).replace("{A_ADDRS}", a_addrs).replace("{A}", if a_addrs.is_empty() { "" } else { "sysctl = { \"net.ipv4.conf.all.arp_announce\" = \"2\" }" })
+}
+
+/// Builds the lab, runs `ping -c 2 -W 0.3 [ping_args] dest` in node 0 under the trace,
+/// checks that nothing of the trace is left, and returns its lines.
+fn run(lab_src: &str, dest: &str, ping_args: &[&str]) -> Option<Vec<String>> {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: building namespaces needs root");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lab = crate::model::parse(&dir.path().join("lab.toml"), lab_src).unwrap_or_else(|e| panic!("{e:?}"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let pid = PidNs::create().unwrap();
+    let topo = rt.block_on(Topology::build(&lab)).unwrap();
+    for (i, n) in lab.nodes.iter().enumerate() {
+        if let Some(rules) = &n.nft {
+            let f = dir.path().join(format!("{}.nft", n.name));
+            std::fs::write(&f, rules).unwrap();
+            let out = nft(&topo.nodes[i].ns, &pid, dir.path(), &["-f", &f.to_string_lossy()]).unwrap();
+            assert!(out.success(), "{}", out.text);
+        }
+    }
+    let nodes: Vec<TraceNode> = lab.nodes.iter().zip(&topo.nodes).map(|(n, h)| TraceNode { name: &n.name, netns: &h.ns }).collect();
+    let t = trace(&nodes, &pid, dir.path(), 0, dest.parse().unwrap(), || {
+        let mut argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).collect();
+        argv.extend(ping_args.iter().map(|s| s.to_string()));
+        argv.push(dest.to_string());
+        run_capture(&topo.nodes[0].ns, &pid, &argv, dir.path(), Duration::from_secs(10))?;
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for n in &nodes {
+        let out = nft(n.netns, &pid, dir.path(), &["list", "tables"]).unwrap();
+        assert!(!out.text.contains(TABLE), "{}: {}", n.name, out.text);
+    }
+    for l in &t.lines {
+        eprintln!("{l}");
+    }
+    Some(t.lines)
+}
+
+#[test]
+fn trace_no_route_back() {
+    let Some(lines) = run(&chain(FORWARDING, "", ""), "10.0.2.2", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out eth0 (10.0.1.2 -> 10.0.2.2)",
+            "request r: in eth0 -> forwarded out eth1",
+            "request b: in eth0 -> delivered",
+            "reply   b: to 10.0.1.2: found no route (Network is unreachable) -> dropped at b",
+            "=> echo request reached b (10.0.2.2); its reply to 10.0.1.2 found no route (Network is unreachable) -> dropped at b",
+        ]
+    );
+}
+
+#[test]
+fn trace_forward_firewall() {
+    let r = format!("{FORWARDING}\nnft = \"\"\"\ntable inet f {{\n  chain fw {{ type filter hook forward priority 0; policy drop; }}\n}}\n\"\"\"");
+    let Some(lines) = run(&chain(&r, B_ROUTE, ""), "10.0.2.2", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out eth0 (10.0.1.2 -> 10.0.2.2)",
+            "request r: in eth0 -> routed out eth1 -> was dropped in forward at r (firewall: inet f fw, policy drop)",
+            "=> echo request to 10.0.2.2 reached r; it was dropped in forward at r (firewall: inet f fw, policy drop)",
+        ]
+    );
+}
+
+#[test]
+fn trace_forwarding_off() {
+    let r = "sysctl = { \"net.ipv4.ip_forward\" = \"0\" }";
+    let Some(lines) = run(&chain(r, B_ROUTE, ""), "10.0.2.2", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out eth0 (10.0.1.2 -> 10.0.2.2)",
+            "request r: in eth0 -> was not forwarded: forwarding is off (net.ipv4.conf.eth0.forwarding=0) [Ip InAddrErrors rose] -> dropped at r",
+            "=> echo request to 10.0.2.2 reached r; it was not forwarded: forwarding is off (net.ipv4.conf.eth0.forwarding=0) -> dropped at r",
+        ]
+    );
+}
+
+#[test]
+fn trace_working() {
+    let Some(lines) = run(&chain(FORWARDING, B_ROUTE, ""), "10.0.2.2", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out eth0 (10.0.1.2 -> 10.0.2.2)",
+            "request r: in eth0 -> forwarded out eth1",
+            "request b: in eth0 -> delivered",
+            "reply   b: out eth0 (10.0.2.2 -> 10.0.1.2)",
+            "reply   r: in eth1 -> forwarded out eth0",
+            "reply   a: in eth0 -> delivered",
+            "=> echo request delivered to b (10.0.2.2); reply delivered back to a",
+        ]
+    );
+}
+
+/// r has no route to the destination: it drops the request and tells a so (ICMP).
+#[test]
+fn trace_no_route_at_router() {
+    let Some(lines) = run(&chain(FORWARDING, B_ROUTE, ""), "10.9.9.9", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out eth0 (10.0.1.2 -> 10.9.9.9)",
+            "request r: in eth0 -> found no route to 10.9.9.9 (Network is unreachable) [IpExt InNoRoutes rose] -> dropped at r",
+            "error   r: ICMP destination-unreachable (net-unreachable) about the request, out eth0",
+            "error   a: in eth0 -> delivered",
+            "=> echo request to 10.9.9.9 reached r; it found no route to 10.9.9.9 (Network is unreachable) -> dropped at r",
+        ]
+    );
+}
+
+/// A source r has no route back to fails r's strict reverse-path filter.
+#[test]
+fn trace_reverse_path_filter() {
+    let r = "sysctl = { \"net.ipv4.ip_forward\" = \"1\", \"net.ipv4.conf.all.rp_filter\" = \"1\" }";
+    let Some(lines) = run(&chain(r, B_ROUTE, " 10.5.0.2/24"), "10.0.2.2", &["-I", "10.5.0.2"]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out eth0 (10.5.0.2 -> 10.0.2.2)",
+            "request r: in eth0 -> failed the reverse-path filter (no route back to 10.5.0.2 via eth0; rp_filter) [TcpExt IPReversePathFilter rose] -> dropped at r",
+            "=> echo request to 10.0.2.2 reached r; it failed the reverse-path filter (no route back to 10.5.0.2 via eth0; rp_filter) -> dropped at r",
+        ]
+    );
+}
+
+/// The source itself has no route: nothing leaves it.
+#[test]
+fn trace_no_route_at_source() {
+    let src = chain(FORWARDING, B_ROUTE, "").replace("routes = [\"default via 10.0.1.1\"]", "");
+    let Some(lines) = run(&src, "10.0.2.2", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: to 10.0.2.2: found no route (Network is unreachable) [Ip OutNoRoutes rose] -> never left a",
+            "=> echo request to 10.0.2.2 found no route (Network is unreachable) -> never left a",
+        ]
+    );
+}
+
+/// The book's lab with real OpenVPN: the probe enters tun0 on the client, leaves tun0 on the
+/// server, and the LAN gateway has no route back to the VPN (then: masquerading fixes it).
+#[test]
+fn trace_openvpn_missing_return_route() {
+    use crate::process::{wait_until, Daemon};
+    use std::os::unix::fs::PermissionsExt;
+    if unsafe { libc::geteuid() } != 0 || crate::env::which("openvpn").is_none() {
+        eprintln!("skipped: needs root and openvpn");
+        return;
+    }
+    let lab_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../labs/openvpn/missing-return-route");
+    let lab = crate::model::load(&lab_dir).unwrap_or_else(|e| panic!("{e:?}"));
+    let work = crate::workdir::WorkDir::new("trace-test").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let pid = PidNs::create().unwrap();
+    let topo = rt.block_on(Topology::build(&lab)).unwrap();
+    let pki = work.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    crate::pki::generate(lab.pki.as_ref().unwrap(), &pki).unwrap();
+    for n in &lab.nodes {
+        let d = work.node_dir(&n.name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for f in &n.files {
+            std::fs::copy(lab.dir.join(&f.rel), d.join(&f.rel)).unwrap();
+        }
+        for e in std::fs::read_dir(&pki).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+    }
+    let mut daemons = Vec::new();
+    for s in &lab.services {
+        let log = work.log(&s.name);
+        let d = Daemon::start(&s.name, &topo.nodes[s.node].ns, &pid, &s.argv, &work.node_dir(&lab.nodes[s.node].name), &log, &[]).unwrap();
+        let re = s.ready.clone().unwrap();
+        let ok = wait_until(Instant::now() + Duration::from_secs(15), || crate::process::read_from(&log, 0).lines().any(|l| re.is_match(l)).then_some(()));
+        assert!(ok.is_some(), "{} not ready:\n{}", s.name, d.tail(20));
+        daemons.push(d);
+    }
+    let idx = |n: &str| lab.node_index(n).unwrap();
+    let nodes: Vec<TraceNode> = lab.nodes.iter().zip(&topo.nodes).map(|(n, h)| TraceNode { name: &n.name, netns: &h.ns }).collect();
+    let client = idx("client");
+    let cwd = work.node_dir("client");
+    let go_from = |src: usize, dest: &str| -> Vec<String> {
+        let t = trace(&nodes, &pid, &cwd, src, dest.parse().unwrap(), || {
+            let argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3", dest].iter().map(|s| s.to_string()).collect();
+            run_capture(&topo.nodes[src].ns, &pid, &argv, &cwd, Duration::from_secs(10))?;
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        for l in &t.lines {
+            eprintln!("{l}");
+        }
+        t.lines
+    };
+    let go = |dest: &str| go_from(client, dest);
+    let gw = go("10.198.0.1");
+    // An address of the VPN subnet that no client has: the server's OpenVPN drops it.
+    let nobody = go_from(idx("server"), "10.200.0.77");
+    let lanhost = go("10.198.1.12");
+    // Without its upstream, the gateway's own reply finds no route at all.
+    let out = run_capture(&topo.nodes[idx("gateway")].ns, &pid, &["ip".into(), "route".into(), "del".into(), "default".into()], &cwd, Duration::from_secs(10)).unwrap();
+    assert!(out.success(), "{}", out.text);
+    let gw_no_upstream = go("10.198.0.1");
+    let out = run_capture(
+        &topo.nodes[idx("server")].ns,
+        &pid,
+        &["iptables".into(), "-t".into(), "nat".into(), "-A".into(), "POSTROUTING".into(), "-o".into(), "eth1".into(), "-j".into(), "MASQUERADE".into()],
+        &cwd,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(out.success(), "{}", out.text);
+    let fixed = go("10.198.0.1");
+    for d in &mut daemons {
+        let _ = d.stop(Duration::from_secs(2));
+    }
+    assert_eq!(
+        gw,
+        [
+            "request client: out tun0 (10.200.0.2 -> 10.198.0.1)",
+            "request server: in tun0 -> forwarded out eth1",
+            "request gateway: in eth0 -> delivered",
+            "reply   gateway: out eth1 (10.198.0.1 -> 10.200.0.2)",
+            "reply   upstream: in eth0 -> found no route to 10.200.0.2 (Network is unreachable) [IpExt InNoRoutes rose] -> dropped at upstream",
+            "error   upstream: ICMP destination-unreachable (net-unreachable) about the reply, out eth0",
+            "error   gateway: in eth1 -> delivered",
+            "=> echo request reached gateway (10.198.0.1); its reply to 10.200.0.2 found no route (Network is unreachable) -> dropped at upstream",
+        ]
+    );
+    assert_eq!(
+        lanhost,
+        [
+            "request client: out tun0 (10.200.0.2 -> 10.198.1.12)",
+            "request server: in tun0 -> forwarded out eth1",
+            "request lanhost: in eth0 -> delivered",
+            "reply   lanhost: out eth0 (10.198.1.12 -> 10.200.0.2)",
+            "reply   gateway: in eth0 -> forwarded out eth1",
+            "reply   upstream: in eth0 -> found no route to 10.200.0.2 (Network is unreachable) [IpExt InNoRoutes rose] -> dropped at upstream",
+            "error   upstream: ICMP destination-unreachable (net-unreachable) about the reply, out eth0",
+            "error   gateway: in eth1 -> forwarded out eth0",
+            "error   lanhost: in eth0 -> delivered",
+            "=> echo request reached lanhost (10.198.1.12); its reply to 10.200.0.2 found no route (Network is unreachable) -> dropped at upstream",
+        ]
+    );
+    assert_eq!(
+        gw_no_upstream,
+        [
+            "request client: out tun0 (10.200.0.2 -> 10.198.0.1)",
+            "request server: in tun0 -> forwarded out eth1",
+            "request gateway: in eth0 -> delivered",
+            "reply   gateway: to 10.200.0.2: found no route (Network is unreachable) -> dropped at gateway",
+            "=> echo request reached gateway (10.198.0.1); its reply to 10.200.0.2 found no route (Network is unreachable) -> dropped at gateway",
+        ]
+    );
+    assert_eq!(
+        nobody,
+        [
+            "request server: out tun0 (10.200.0.1 -> 10.200.0.77) -> entered tun0 (a tunnel served by a userspace daemon) and came out at no node: the VPN daemon did not deliver it to 10.200.0.77",
+            "=> echo request to 10.200.0.77 entered tun0 at server (a tunnel served by a userspace daemon) and came out at no node: the VPN daemon did not deliver it to 10.200.0.77",
+        ]
+    );
+    assert_eq!(
+        fixed,
+        [
+            "request client: out tun0 (10.200.0.2 -> 10.198.0.1)",
+            "request server: in tun0 -> forwarded out eth1 (source NATed to 10.198.0.10)",
+            "request gateway: in eth0 -> delivered",
+            "reply   gateway: out eth0 (10.198.0.1 -> 10.198.0.10)",
+            "reply   server: in eth1 (destination NATed to 10.200.0.2) -> forwarded out tun0",
+            "reply   client: in tun0 -> delivered",
+            "=> echo request delivered to gateway (10.198.0.1); reply delivered back to client",
+        ]
+    );
+}
+
+/// Nobody answers ARP for the destination on r's LAN side.
+#[test]
+fn trace_no_arp_answer() {
+    let Some(lines) = run(&chain(FORWARDING, B_ROUTE, ""), "10.0.2.99", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out eth0 (10.0.1.2 -> 10.0.2.99)",
+            "request r: in eth0 -> forwarded out eth1 -> left via eth1 towards 10.0.2.99, which did not answer ARP",
+            "=> echo request to 10.0.2.99 left r via eth1 towards 10.0.2.99, which did not answer ARP",
+        ]
+    );
+}
+
+/// A node's own address: through lo and back.
+#[test]
+fn trace_own_address() {
+    let Some(lines) = run(&chain(FORWARDING, B_ROUTE, ""), "10.0.1.2", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out lo (10.0.1.2 -> 10.0.1.2)",
+            "request a: in lo -> delivered",
+            "reply   a: out lo (10.0.1.2 -> 10.0.1.2)",
+            "reply   a: in lo -> delivered",
+            "=> echo request delivered to a (10.0.1.2); reply delivered back to a",
+        ]
+    );
+}
+
+/// r routes 10.7.0.0/24 to b, whose default route points back at r.
+#[test]
+fn trace_routing_loop() {
+    let r = format!("{FORWARDING}\nroutes = [\"10.7.0.0/24 via 10.0.2.2\"]");
+    let b = format!("{FORWARDING}\n{B_ROUTE}");
+    let Some(lines) = run(&chain(&r, &b, ""), "10.7.0.1", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out eth0 (10.0.1.2 -> 10.7.0.1)",
+            "request r: in eth0 -> forwarded out eth1",
+            "request b: in eth0 -> forwarded out eth0",
+            "request r: arrives again: routing loop r -> b -> r",
+            "request b: in with TTL 1 -> TTL exceeded, dropped at b",
+            "error   b: ICMP time-exceeded about the request, out eth0",
+            "error   r: in eth1 -> forwarded out eth0",
+            "error   a: in eth0 -> delivered",
+            "=> echo request to 10.7.0.1 looped (r -> b -> r) until its TTL ran out at b",
+        ]
+    );
+}
+
+/// b's input hook drops echo requests (a rule, not the policy).
+#[test]
+fn trace_input_firewall() {
+    let b = format!("{B_ROUTE}\nnft = \"\"\"\ntable inet f {{\n  chain i {{ type filter hook input priority 0; icmp type echo-request drop; }}\n}}\n\"\"\"");
+    let Some(lines) = run(&chain(FORWARDING, &b, ""), "10.0.2.2", &[]) else { return };
+    assert_eq!(
+        lines,
+        [
+            "request a: out eth0 (10.0.1.2 -> 10.0.2.2)",
+            "request r: in eth0 -> forwarded out eth1",
+            "request b: in eth0 -> was dropped in input at b (firewall: inet f i, policy accept)",
+            "=> echo request to 10.0.2.2 reached b; it was dropped in input at b (firewall: inet f i, policy accept)",
+        ]
+    );
+}

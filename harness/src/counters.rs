@@ -9,14 +9,24 @@ use std::collections::BTreeMap;
 
 const FILES: [&str; 4] = ["snmp", "netstat", "snmp6", "xfrm_stat"];
 
-/// Every counter of the namespace.
+/// Every counter of the namespace, by its nstat name.
 pub fn read(ns: &NetNs) -> Result<BTreeMap<String, i64>> {
-    let texts = ns.run(|| FILES.map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()))?;
-    Ok(parse(&texts))
+    read_with(ns, "")
 }
 
-/// Parses the four files' texts (in [`FILES`] order).
+/// Every counter of the namespace; the snmp/netstat ones named `{group}{sep}{name}` (`sep` = ""
+/// gives nstat's `IpExtInNoRoutes`, "." gives `IpExt.InNoRoutes`).
+pub fn read_with(ns: &NetNs, sep: &'static str) -> Result<BTreeMap<String, i64>> {
+    let texts = ns.run(|| FILES.map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()))?;
+    Ok(parse_with(&texts, sep))
+}
+
+/// Parses the four files' texts (in [`FILES`] order), nstat names.
 pub fn parse(texts: &[String; 4]) -> BTreeMap<String, i64> {
+    parse_with(texts, "")
+}
+
+fn parse_with(texts: &[String; 4], sep: &str) -> BTreeMap<String, i64> {
     let mut m = BTreeMap::new();
     for t in &texts[..2] {
         let lines: Vec<&str> = t.lines().collect();
@@ -28,7 +38,7 @@ pub fn parse(texts: &[String; 4]) -> BTreeMap<String, i64> {
                 }
                 for (k, val) in n.split_whitespace().zip(v.split_whitespace()) {
                     if let Ok(x) = val.parse::<i64>() {
-                        m.insert(format!("{p1}{k}"), x);
+                        m.insert(format!("{p1}{sep}{k}"), x);
                     }
                 }
             }

@@ -330,31 +330,6 @@ pub(super) type Counters = HashMap<String, i64>;
 /// The node's IP/ICMP counters (`IpExt.InNoRoutes`, `TcpExt.IPReversePathFilter`, `Ip6InNoRoutes`),
 /// read on a thread inside the node (/proc/thread-self/net follows the thread's namespace).
 pub(super) fn snmp(ns: &NetNs) -> Result<Counters> {
-    let texts = ns.run(|| ["snmp", "netstat", "snmp6"].map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()))?;
-    let mut m = Counters::new();
-    for t in &texts[..2] {
-        let lines: Vec<&str> = t.lines().collect();
-        for pair in lines.chunks(2) {
-            if let [names, values] = pair {
-                let (Some((p1, n)), Some((p2, v))) = (names.split_once(':'), values.split_once(':')) else { continue };
-                if p1 != p2 {
-                    continue;
-                }
-                for (k, val) in n.split_whitespace().zip(v.split_whitespace()) {
-                    if let Ok(x) = val.parse::<i64>() {
-                        m.insert(format!("{p1}.{k}"), x);
-                    }
-                }
-            }
-        }
-    }
-    for l in texts[2].lines() {
-        let mut w = l.split_whitespace();
-        if let (Some(k), Some(v)) = (w.next(), w.next()) {
-            if let Ok(x) = v.parse::<i64>() {
-                m.insert(k.to_string(), x);
-            }
-        }
-    }
-    Ok(m)
+    // xfrm_stat's names are kept too; the trace only looks up the ones it knows.
+    Ok(crate::counters::read_with(ns, ".")?.into_iter().collect())
 }

@@ -56,7 +56,9 @@ fn main() {
                 trials.push(Trial::ignorable_test(format!("{id}::{name}@{VERSIONED_WITH}"), move || {
                     let w = match versioned_with() {
                         Ok(w) => w,
-                        Err(e) if snapshot::is_ci() => return Err(format!("{VERSIONED_WITH}: {e} (CI=true: a lab that cannot run is a failure)").into()),
+                        Err(e) if snapshot::is_ci() => {
+                            return Err(format!("{VERSIONED_WITH}: {e} (CI=true: a lab that cannot run is a failure)").into())
+                        }
                         Err(e) => return Ok(Completion::ignored_with(format!("{VERSIONED_WITH}: {e}"))),
                     };
                     run_one(&lab, &name, w)
@@ -181,7 +183,12 @@ fn uml_trace_is_an_error(lab: &model::Lab) -> Result<Completion, Failed> {
     let out = suite::run_checked_on(lab, "where-it-dies", &opts, false, Some(vpnlab::backend::Backend::Uml));
     let msg = out.error.clone().unwrap_or_default();
     if out.outcome != suite::Outcome::Error || !msg.contains("`nft-inet`") || !msg.contains("CONFIG_NF_TABLES_INET") {
-        return Err(format!("expected an error naming nft-inet and CONFIG_NF_TABLES_INET, got {:?}: {}", out.outcome, out.failure_message()).into());
+        return Err(format!(
+            "expected an error naming nft-inet and CONFIG_NF_TABLES_INET, got {:?}: {}",
+            out.outcome,
+            out.failure_message()
+        )
+        .into());
     }
     Ok(Completion::Completed)
 }
@@ -207,7 +214,12 @@ fn run_one(lab: &model::Lab, scenario: &str, with: &vpnlab::with::With) -> Resul
     run_on(lab, scenario, with, None)
 }
 
-fn run_on(lab: &model::Lab, scenario: &str, with: &vpnlab::with::With, backend: Option<vpnlab::backend::Backend>) -> Result<Completion, Failed> {
+fn run_on(
+    lab: &model::Lab,
+    scenario: &str,
+    with: &vpnlab::with::With,
+    backend: Option<vpnlab::backend::Backend>,
+) -> Result<Completion, Failed> {
     env::require_root().map_err(|e| Failed::from(e.to_string()))?;
     if let Some(why) = env::unmet(lab) {
         if snapshot::is_ci() {
@@ -216,7 +228,13 @@ fn run_on(lab: &model::Lab, scenario: &str, with: &vpnlab::with::With, backend: 
         return Ok(Completion::ignored_with(why));
     }
     // VPNLAB_PROGRESS=1 prints every step; VPNLAB_PCAP=1 records every link (kept with failed runs).
-    let opts = runner::Options { keep: false, progress: std::env::var_os("VPNLAB_PROGRESS").is_some(), pcap: std::env::var_os("VPNLAB_PCAP").is_some(), with: with.clone(), sink: None };
+    let opts = runner::Options {
+        keep: false,
+        progress: std::env::var_os("VPNLAB_PROGRESS").is_some(),
+        pcap: std::env::var_os("VPNLAB_PCAP").is_some(),
+        with: with.clone(),
+        sink: None,
+    };
     // The first line of a failure names the outcome: `check-failed: step 3 `...`: observed ...,
     // expected ...`, `drift: ...` or `error: ...`; the transcript, diff and kept work dir follow.
     let out = suite::run_checked_on(lab, scenario, &opts, false, backend);

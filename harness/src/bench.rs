@@ -111,7 +111,11 @@ fn raw_once(shape: Shape, n: usize) -> Result<(Duration, Duration)> {
         next[a] += 1;
         next[b] += 1;
         // (a veth cannot be created up: its peer is not attached yet, ENOTCONN)
-        let peer = LinkMessageBuilder::<LinkUnspec>::new().name(b_if.to_string()).index(ib).append_extra_attribute(LinkAttribute::NetNsFd(spaces[b].raw_fd())).build();
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(b_if.to_string())
+            .index(ib)
+            .append_extra_attribute(LinkAttribute::NetNsFd(spaces[b].raw_fd()))
+            .build();
         let msg = LinkVeth::new(a_if, b_if).index(ia).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
         p1[a].push(RouteNetlinkMessage::NewLink(msg));
         (ia, ib)
@@ -128,7 +132,8 @@ fn raw_once(shape: Shape, n: usize) -> Result<(Duration, Duration)> {
                 p2[i].push(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(ia).up().build()));
                 p2[i + 1].push(RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(ib).up().build()));
                 p2[i].push(RouteNetlinkMessage::NewAddress(AddressMessageBuilder::<Ipv4Addr>::new().index(ia).address(v4(&a), 30).build()));
-                p2[i + 1].push(RouteNetlinkMessage::NewAddress(AddressMessageBuilder::<Ipv4Addr>::new().index(ib).address(v4(&b), 30).build()));
+                p2[i + 1]
+                    .push(RouteNetlinkMessage::NewAddress(AddressMessageBuilder::<Ipv4Addr>::new().index(ib).address(v4(&b), 30).build()));
             }
         }
         Shape::Star => {
@@ -287,7 +292,10 @@ fn shell_once(shape: Shape, n: usize, batch: bool, dir: &Path) -> Result<(Durati
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!("{cores} cores ({cpu}), kernel {}", kernel.trim())
@@ -322,11 +330,23 @@ fn run_pool(labs: &[model::Lab], threads: usize) -> Result<()> {
 
 /// Runs the benchmarks (`reps` repetitions each) and writes the report to `out`. `labs` are
 /// timed one scenario at a time; `suite` (when not empty) is run whole with 1 and 2 threads.
-pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], compare_backends: bool, suite: &[model::Lab], out: Option<&Path>) -> Result<String> {
+pub fn run(
+    sizes: &[usize],
+    reps: usize,
+    labs: &[model::Lab],
+    compare_backends: bool,
+    suite: &[model::Lab],
+    out: Option<&Path>,
+) -> Result<String> {
     crate::env::require_root()?;
     let tmp = tempfile::tempdir()?;
     let mut md = String::new();
-    let _ = writeln!(md, "# vpnlab benchmarks\n\nMeasured by `vpnlab bench` on {} ({}), {reps} repetitions, min / median / max in ms.\n", machine(), time_now());
+    let _ = writeln!(
+        md,
+        "# vpnlab benchmarks\n\nMeasured by `vpnlab bench` on {} ({}), {reps} repetitions, min / median / max in ms.\n",
+        machine(),
+        time_now()
+    );
     let _ = writeln!(md, "## Topology build and teardown\n\nEvery node gets its namespace, loopback up, interfaces with an address, links up. `ip -batch` = one `ip -batch` for namespaces and veths plus one `ip -n NS -batch` per namespace; `ip per op` = one `ip` process per operation (a plain shell script). The shell variants run in a private mount namespace so their named namespaces never reach the host.\n");
     let _ = writeln!(md, "`raw floor` = the same netlink operations sent raw: one socket per namespace, all of a namespace's operations in one batched send (indices chosen up front), two phases (links, then addresses). Teardown is the time until the last fd is closed; the kernel frees namespaces asynchronously after that, for all variants alike.\n");
     let _ = writeln!(md, "| shape | N | vpnlab build | raw floor build | ip -batch build | ip per op build | vpnlab / ip -batch | vpnlab / floor | vpnlab teardown | ip -batch teardown |");
@@ -352,7 +372,15 @@ pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], compare_backends: 
             let ratio = v.1.as_secs_f64() / b.1.as_secs_f64();
             let floor = v.1.as_secs_f64() / r.1.as_secs_f64();
             let per_op = if pb.is_empty() { "(skipped)".to_string() } else { fmt3(stats(pb)) };
-            let line = format!("| {} | {n} | {} | {} | {} | {per_op} | {ratio:.2}x | {floor:.2}x | {} | {} |", shape.name(), fmt3(v), fmt3(r), fmt3(b), fmt3(stats(vt)), fmt3(stats(bt)));
+            let line = format!(
+                "| {} | {n} | {} | {} | {} | {per_op} | {ratio:.2}x | {floor:.2}x | {} | {} |",
+                shape.name(),
+                fmt3(v),
+                fmt3(r),
+                fmt3(b),
+                fmt3(stats(vt)),
+                fmt3(stats(bt))
+            );
             eprintln!("{line}");
             let _ = writeln!(md, "{line}");
         }
@@ -388,13 +416,29 @@ pub fn run(sizes: &[usize], reps: usize, labs: &[model::Lab], compare_backends: 
                         }
                     }
                     if let Some(f) = failed {
-                        let line = format!("| {}::{} | {} | does not run there: {} | | | | |", lab.id, sc.name, backend.name(), f.replace('|', "/"));
+                        let line = format!(
+                            "| {}::{} | {} | does not run there: {} | | | | |",
+                            lab.id,
+                            sc.name,
+                            backend.name(),
+                            f.replace('|', "/")
+                        );
                         eprintln!("{line}");
                         let _ = writeln!(md, "{line}");
                         continue;
                     }
                     let [b, d, s, t] = ph;
-                    let line = format!("| {}::{} | {} | {} | {} | {} | {} | {} |", lab.id, sc.name, backend.name(), fmt3(stats(tot)), ms(stats(b).1), ms(stats(d).1), ms(stats(s).1), ms(stats(t).1));
+                    let line = format!(
+                        "| {}::{} | {} | {} | {} | {} | {} | {} |",
+                        lab.id,
+                        sc.name,
+                        backend.name(),
+                        fmt3(stats(tot)),
+                        ms(stats(b).1),
+                        ms(stats(d).1),
+                        ms(stats(s).1),
+                        ms(stats(t).1)
+                    );
                     eprintln!("{line}");
                     let _ = writeln!(md, "{line}");
                 }

@@ -82,7 +82,14 @@ pub fn dot(lab: &Lab) -> String {
         let _ = writeln!(s, "  \"{}\" [label=\"{}\"];", lab.nodes[i].name, node_label(lab, i, "\\n"));
     }
     for l in &lab.links {
-        let _ = writeln!(s, "  \"{}\" -- \"{}\" [taillabel=\"{}\", headlabel=\"{}\", fontsize=9];", lab.nodes[l.a.node].name, lab.nodes[l.b.node].name, tail(&l.a), tail(&l.b));
+        let _ = writeln!(
+            s,
+            "  \"{}\" -- \"{}\" [taillabel=\"{}\", headlabel=\"{}\", fontsize=9];",
+            lab.nodes[l.a.node].name,
+            lab.nodes[l.b.node].name,
+            tail(&l.a),
+            tail(&l.b)
+        );
     }
     for lan in &lab.lans {
         let _ = writeln!(s, "  \"lan:{}\" [shape=ellipse, label=\"LAN {}\"];", lan.name, lan.name);

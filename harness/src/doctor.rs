@@ -107,10 +107,16 @@ pub fn report(labs: &[Lab]) -> String {
                     l.extend(p.uml.clone().unwrap_or_default());
                     l.sort();
                     l.dedup();
-                    notes.push(format!("{}::{} runs nowhere here: native lacks {}{}", lab.id, p.scenario, names(&p.native), match &p.uml {
-                        Some(u) => format!(", uml lacks {}", names(u)),
-                        None => ", uml not usable".into(),
-                    }));
+                    notes.push(format!(
+                        "{}::{} runs nowhere here: native lacks {}{}",
+                        lab.id,
+                        p.scenario,
+                        names(&p.native),
+                        match &p.uml {
+                            Some(u) => format!(", uml lacks {}", names(u)),
+                            None => ", uml not usable".into(),
+                        }
+                    ));
                     wanted.extend(p.native.iter().copied());
                 }
             }

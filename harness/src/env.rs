@@ -56,10 +56,14 @@ pub fn require_root() -> Result<(), EnvError> {
 pub fn missing_programs(lab: &Lab) -> Vec<(String, &'static str)> {
     let mut progs = lab.programs();
     progs.push("sleep".into()); // the PID-namespace holder
-    progs.into_iter().filter(|p| which(p).is_none()).map(|p| {
-        let pkg = package_of(&p);
-        (p, pkg)
-    }).collect()
+    progs
+        .into_iter()
+        .filter(|p| which(p).is_none())
+        .map(|p| {
+            let pkg = package_of(&p);
+            (p, pkg)
+        })
+        .collect()
 }
 
 /// Does the running kernel offer this feature? (probed once per process, in a scratch network
@@ -92,12 +96,15 @@ fn probe_native(f: KernelFeature) -> bool {
     if f == KernelFeature::Ppp {
         let p = Path::new("/dev/ppp");
         use std::os::unix::fs::FileTypeExt;
-        return std::fs::metadata(p).is_ok_and(|m| m.file_type().is_char_device()) && std::fs::OpenOptions::new().read(true).write(true).open(p).is_ok();
+        return std::fs::metadata(p).is_ok_and(|m| m.file_type().is_char_device())
+            && std::fs::OpenOptions::new().read(true).write(true).open(p).is_ok();
     }
     let Ok(ns) = crate::ns::NetNs::create_many(&["probe".to_string()]) else { return false };
     let Ok(pid) = crate::ns::PidNs::create() else { return false };
     let argv: Vec<String> = vec!["/bin/sh".into(), "-c".into(), probe_script(f).into()];
-    crate::process::run_capture(&ns[0], &pid, &argv, Path::new("/"), std::time::Duration::from_secs(5)).map(|o| o.success()).unwrap_or(false)
+    crate::process::run_capture(&ns[0], &pid, &argv, Path::new("/"), std::time::Duration::from_secs(5))
+        .map(|o| o.success())
+        .unwrap_or(false)
 }
 
 /// The running kernel's release (`uname -r`).
@@ -115,10 +122,19 @@ pub fn missing_sysctls(lab: &Lab) -> Vec<String> {
             continue;
         }
         let needs = match crate::model::KernelFeature::of_sysctl(&u.key) {
-            Some((f, version)) => format!("it exists from Linux {version} (kernel feature `{}`, which vpnlab adds to the lab's needs)", f.name()),
+            Some((f, version)) => {
+                format!("it exists from Linux {version} (kernel feature `{}`, which vpnlab adds to the lab's needs)", f.name())
+            }
             None => "the key may be misspelled or need a kernel module or a newer kernel".to_string(),
         };
-        out.push(format!("{}:{}:{}: warning: sysctl `{}` does not exist on this kernel ({}): {needs}", lab.file.display(), u.line, u.col, u.key, kernel_release()));
+        out.push(format!(
+            "{}:{}:{}: warning: sysctl `{}` does not exist on this kernel ({}): {needs}",
+            lab.file.display(),
+            u.line,
+            u.col,
+            u.key,
+            kernel_release()
+        ));
     }
     out
 }
@@ -140,7 +156,11 @@ pub fn check_runnable(lab: &Lab) -> Result<(), anyhow::Error> {
         }
     }
     if let Some(why) = unmet(lab) {
-        return Err(EnvError { msg: format!("{} cannot run here: {why}", lab.id), hint: "run `sudo ci/setup` to install what the labs need".into() }.into());
+        return Err(EnvError {
+            msg: format!("{} cannot run here: {why}", lab.id),
+            hint: "run `sudo ci/setup` to install what the labs need".into(),
+        }
+        .into());
     }
     Ok(())
 }

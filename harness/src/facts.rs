@@ -186,19 +186,59 @@ pub struct LogFact {
 pub enum Fact {
     Ping(PingFact),
     /// `ip route|rule add|del`, done over netlink; `result` is the kernel's answer.
-    Netlink { node: String, command: String, result: Result<(), String> },
+    Netlink {
+        node: String,
+        command: String,
+        result: Result<(), String>,
+    },
     /// `sh CMD`: its exit status and output.
-    Command { node: String, cmd: String, ok: bool, status: String, output: String },
+    Command {
+        node: String,
+        cmd: String,
+        ok: bool,
+        status: String,
+        output: String,
+    },
     /// `show CMD`: its output (no verdict).
-    Show { node: String, cmd: String, ok: bool, status: String, output: String },
-    Chmod { node: String, mode: u32, path: String, result: Result<(), String> },
-    Sysctl { node: String, key: String, value: String, result: Result<(), String> },
-    Trace { node: String, dest: IpAddr, lines: Vec<String>, end: crate::trace::TraceEnd },
+    Show {
+        node: String,
+        cmd: String,
+        ok: bool,
+        status: String,
+        output: String,
+    },
+    Chmod {
+        node: String,
+        mode: u32,
+        path: String,
+        result: Result<(), String>,
+    },
+    Sysctl {
+        node: String,
+        key: String,
+        value: String,
+        result: Result<(), String>,
+    },
+    Trace {
+        node: String,
+        dest: IpAddr,
+        lines: Vec<String>,
+        end: crate::trace::TraceEnd,
+    },
     /// A kernel counter's value (`None`: the kernel has no counter of that name).
-    Counter { node: String, name: String, value: Option<i64> },
+    Counter {
+        node: String,
+        name: String,
+        value: Option<i64>,
+    },
     Tcp(TcpFact),
     /// `impair IF SPEC|off`: the impairment it ended (with its counters), then what it started.
-    Impair { node: String, ifname: String, ended: Option<ImpairEnded>, started: Option<String> },
+    Impair {
+        node: String,
+        ifname: String,
+        ended: Option<ImpairEnded>,
+        started: Option<String>,
+    },
     Start(StartFact),
     Stop(StopFact),
     /// `restart`: a stop, then a start.

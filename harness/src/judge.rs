@@ -62,7 +62,9 @@ pub fn judge(action: &Action, fact: &Fact) -> Result<(), Miss> {
         (_, Fact::Sysctl { result: Err(e), .. }) => miss(format!("failed: {e}"), "done"),
         (_, Fact::Start(s)) | (_, Fact::Restart(_, s)) => match &s.outcome {
             StartOutcome::Started | StartOutcome::Ready(_) => Ok(()),
-            StartOutcome::Exited(_) | StartOutcome::NotReady => miss(crate::narrate::start_outcome(s), format!("ready: /{}/", s.ready.clone().unwrap_or_default())),
+            StartOutcome::Exited(_) | StartOutcome::NotReady => {
+                miss(crate::narrate::start_outcome(s), format!("ready: /{}/", s.ready.clone().unwrap_or_default()))
+            }
         },
         (Action::Log { .. }, Fact::Log(l)) => match &l.found {
             Some(_) => Ok(()),
@@ -126,7 +128,16 @@ mod tests {
     use std::time::Duration;
 
     fn ping(sent: u32, received: u32) -> PingFact {
-        PingFact { node: "c".into(), shown: "ping -c2 10.0.0.1".into(), sent, received, ttl: (received > 0).then_some(64), errors: vec![], not_sent: None, waited: Duration::from_secs(1) }
+        PingFact {
+            node: "c".into(),
+            shown: "ping -c2 10.0.0.1".into(),
+            sent,
+            received,
+            ttl: (received > 0).then_some(64),
+            errors: vec![],
+            not_sent: None,
+            waited: Duration::from_secs(1),
+        }
     }
     fn ping_action(expect: PingExpect) -> Action {
         Action::Ping { node: 0, src: None, dest: "10.0.0.1".parse().unwrap(), count: 2, size: None, expect }
@@ -156,7 +167,8 @@ mod tests {
 
     fn tcp(outcome: TcpOutcome, expect: TcpExpect) -> Result<(), Miss> {
         let send = matches!(expect, TcpExpect::Complete | TcpExpect::Stalls | TcpExpect::Closed).then_some(1000);
-        let f = Fact::Tcp(TcpFact { node: "c".into(), dest: "10.0.0.1:5001".parse().unwrap(), send, within: Duration::from_secs(5), outcome });
+        let f =
+            Fact::Tcp(TcpFact { node: "c".into(), dest: "10.0.0.1:5001".parse().unwrap(), send, within: Duration::from_secs(5), outcome });
         judge(&Action::Tcp { node: 0, dest: "10.0.0.1:5001".parse().unwrap(), send, within: Duration::from_secs(5), expect }, &f)
     }
 
@@ -179,7 +191,13 @@ mod tests {
     }
 
     fn log_fact(found: Option<&str>) -> LogFact {
-        LogFact { service: "server".into(), pattern: "/OPTIONS IMPORT/".into(), scope: LogScope::SinceChange, waited: Some(Duration::from_secs(5)), found: found.map(String::from) }
+        LogFact {
+            service: "server".into(),
+            pattern: "/OPTIONS IMPORT/".into(),
+            scope: LogScope::SinceChange,
+            waited: Some(Duration::from_secs(5)),
+            found: found.map(String::from),
+        }
     }
 
     #[test]
@@ -196,7 +214,13 @@ mod tests {
 
     #[test]
     fn sh_and_refused_operations() {
-        let f = |ok| Fact::Command { node: "n".into(), cmd: "true".into(), ok, status: if ok { "exit 0".into() } else { "exit 1".into() }, output: String::new() };
+        let f = |ok| Fact::Command {
+            node: "n".into(),
+            cmd: "true".into(),
+            ok,
+            status: if ok { "exit 0".into() } else { "exit 1".into() },
+            output: String::new(),
+        };
         let sh = |expect_fail| Action::Sh { node: 0, cmd: "true".into(), expect_fail };
         assert!(judge(&sh(false), &f(true)).is_ok());
         assert!(judge(&sh(false), &f(false)).is_err());
@@ -209,7 +233,14 @@ mod tests {
 
     #[test]
     fn a_service_that_never_became_ready_fails() {
-        let s = |outcome| StartFact { node: "n".into(), service: "server".into(), cmdline: "openvpn".into(), ready: Some("Init".into()), timeout: Duration::from_secs(5), outcome };
+        let s = |outcome| StartFact {
+            node: "n".into(),
+            service: "server".into(),
+            cmdline: "openvpn".into(),
+            ready: Some("Init".into()),
+            timeout: Duration::from_secs(5),
+            outcome,
+        };
         let a = Action::Service { op: crate::model::step::ServiceOp::Start, service: 0 };
         assert!(judge(&a, &Fact::Start(s(StartOutcome::Ready("Init".into())))).is_ok());
         assert!(judge(&a, &Fact::Start(s(StartOutcome::NotReady))).is_err());
@@ -244,7 +275,14 @@ mod tests {
 
     #[test]
     fn impairment_counters_can_be_asserted() {
-        let ended = |acted| Some(ImpairEnded { node: "wan".into(), ifname: "eth0".into(), spec: "drop every 5".into(), counts: ImpairCounts { seen: 10, dropped: acted, ..Default::default() } });
+        let ended = |acted| {
+            Some(ImpairEnded {
+                node: "wan".into(),
+                ifname: "eth0".into(),
+                spec: "drop every 5".into(),
+                counts: ImpairCounts { seen: 10, dropped: acted, ..Default::default() },
+            })
+        };
         let a = |e| Action::Impair { node: 0, ifname: "eth0".into(), spec: None, expect: Some(e) };
         let f = |e| Fact::Impair { node: "wan".into(), ifname: "eth0".into(), ended: e, started: None };
         assert!(judge(&a(ImpairExpect::Acted), &f(ended(2))).is_ok());

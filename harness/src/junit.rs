@@ -30,7 +30,10 @@ const DIFF_LINES_IN_MESSAGE: usize = 4;
 
 /// The first lines a unified diff adds or removes (`-old`, `+new`), without its headers.
 pub fn first_changed_lines(diff: &str, n: usize) -> Vec<&str> {
-    diff.lines().filter(|l| (l.starts_with('-') && !l.starts_with("---")) || (l.starts_with('+') && !l.starts_with("+++"))).take(n).collect()
+    diff.lines()
+        .filter(|l| (l.starts_with('-') && !l.starts_with("---")) || (l.starts_with('+') && !l.starts_with("+++")))
+        .take(n)
+        .collect()
 }
 
 /// The one-line message of a scenario that did not pass (`None` when it passed).
@@ -40,7 +43,11 @@ pub fn message(e: &ScenarioReport) -> Option<String> {
         Outcome::Passed => {
             let r = e.repetitions.as_ref().filter(|r| r.differed)?;
             let first = r.differences.first().map(|d| diff_head(&d.diff)).unwrap_or_default();
-            format!("the transcript differed between repetitions ({} of {} differ from repetition 1): {first}", r.differences.len(), r.count)
+            format!(
+                "the transcript differed between repetitions ({} of {} differ from repetition 1): {first}",
+                r.differences.len(),
+                r.count
+            )
         }
         Outcome::CheckFailed => match &e.failed_step {
             Some(f) => format!("check-failed: {}", describe_failed_step(f)),
@@ -50,7 +57,9 @@ pub fn message(e: &ScenarioReport) -> Option<String> {
             Some(d) => format!("drift: every check held, but the transcript differs from the snapshot: {}", diff_head(d)),
             None => "drift: every check held, but there is no snapshot".to_string(),
         },
-        Outcome::Error => format!("error: {}", e.error.as_deref().and_then(|s| s.lines().next()).unwrap_or("the scenario could not be run")),
+        Outcome::Error => {
+            format!("error: {}", e.error.as_deref().and_then(|s| s.lines().next()).unwrap_or("the scenario could not be run"))
+        }
     })
 }
 
@@ -152,11 +161,22 @@ mod tests {
     #[test]
     fn messages_name_the_step_or_the_first_differing_lines() {
         let mut cf = entry("a/b::c", Outcome::CheckFailed);
-        cf.failed_step = Some(FailedStep { index: Some(6), step: "client: ping 10.198.0.1 -> reachable".into(), observed: "unreachable (100% loss)".into(), expected: "reachable".into() });
-        assert_eq!(message(&cf).unwrap(), "check-failed: step 7 `client: ping 10.198.0.1 -> reachable`: observed unreachable (100% loss), expected reachable");
+        cf.failed_step = Some(FailedStep {
+            index: Some(6),
+            step: "client: ping 10.198.0.1 -> reachable".into(),
+            observed: "unreachable (100% loss)".into(),
+            expected: "reachable".into(),
+        });
+        assert_eq!(
+            message(&cf).unwrap(),
+            "check-failed: step 7 `client: ping 10.198.0.1 -> reachable`: observed unreachable (100% loss), expected reachable"
+        );
         let mut d = entry("a/b::d", Outcome::Drift);
         d.diff = Some("--- snapshot (expected)\n+++ this run (actual)\n@@ -3 +3 @@\n ctx\n-    old line\n+    new line\n".into());
-        assert_eq!(message(&d).unwrap(), "drift: every check held, but the transcript differs from the snapshot: -    old line | +    new line");
+        assert_eq!(
+            message(&d).unwrap(),
+            "drift: every check held, but the transcript differs from the snapshot: -    old line | +    new line"
+        );
         let mut e = entry("a/b::e", Outcome::Error);
         e.error = Some("nft refused the ruleset\nline 2".into());
         assert_eq!(message(&e).unwrap(), "error: nft refused the ruleset");
@@ -169,7 +189,8 @@ mod tests {
         let mut e = entry("a/b::e", Outcome::Error);
         e.error = Some("bad \u{1b}[31mred\u{1b}[0m <&> \u{7} \"quoted\"".into());
         r.push(e, &crate::suite::Tally { error: 1, ..Default::default() });
-        let details = BTreeMap::from([("a/b::e".to_string(), Details { body: "body \u{0} <tag>".into(), transcript: "t\u{8}x ]]>".into() })]);
+        let details =
+            BTreeMap::from([("a/b::e".to_string(), Details { body: "body \u{0} <tag>".into(), transcript: "t\u{8}x ]]>".into() })]);
         let xml = build(&r, &details).to_string().unwrap();
         let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|err| panic!("{err}\n{xml}"));
         let tc = doc.descendants().find(|n| n.has_tag_name("testcase")).unwrap();

@@ -169,7 +169,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Commands that own labs clean up on SIGINT/SIGTERM; `exec`/`shell` leave signals to the
     // program they run (Ctrl-C belongs to the shell).
-    if !matches!(cli.cmd, Cmd::Exec { .. } | Cmd::Shell { .. } | Cmd::Logs { .. } | Cmd::New { .. } | Cmd::Show { .. } | Cmd::List | Cmd::Check { .. }) {
+    if !matches!(
+        cli.cmd,
+        Cmd::Exec { .. } | Cmd::Shell { .. } | Cmd::Logs { .. } | Cmd::New { .. } | Cmd::Show { .. } | Cmd::List | Cmd::Check { .. }
+    ) {
         vpnlab::ns::install_signal_cleanup();
     }
     match real_main(cli) {
@@ -190,7 +193,11 @@ fn select(args: &[String]) -> anyhow::Result<Vec<(model::Lab, Vec<String>)>> {
         args.iter().map(|a| suite::resolve(a, &root)).collect::<Result<_, EnvError>>()?
     };
     if targets.is_empty() {
-        return Err(EnvError { msg: format!("no labs found under {}", root.display()), hint: "run from the repository root or set VPNLAB_LABS".into() }.into());
+        return Err(EnvError {
+            msg: format!("no labs found under {}", root.display()),
+            hint: "run from the repository root or set VPNLAB_LABS".into(),
+        }
+        .into());
     }
     let mut out: Vec<(model::Lab, Vec<String>)> = Vec::new();
     for (dir, sc) in targets {
@@ -263,12 +270,20 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             let (lab, _) = select(&[lab])?.remove(0);
             env::check_runnable(&lab)?;
             if vpnlab::backend::choose(&lab) != Ok(vpnlab::backend::Backend::Native) {
-                return Err(EnvError { msg: format!("{} needs the user-mode-linux backend; `vpnlab up` keeps native labs only", lab.id), hint: "run it with `vpnlab run` instead".into() }.into());
+                return Err(EnvError {
+                    msg: format!("{} needs the user-mode-linux backend; `vpnlab up` keeps native labs only", lab.id),
+                    hint: "run it with `vpnlab run` instead".into(),
+                }
+                .into());
             }
             let sc = scenario.unwrap_or_else(|| lab.scenarios[0].name.clone());
             if lab.scenario(&sc).is_none() {
                 let known: Vec<&str> = lab.scenarios.iter().map(|s| s.name.as_str()).collect();
-                return Err(EnvError { msg: format!("{} has no scenario `{sc}`", lab.id), hint: format!("scenarios: {}", known.join(", ")) }.into());
+                return Err(EnvError {
+                    msg: format!("{} has no scenario `{sc}`", lab.id),
+                    hint: format!("scenarios: {}", known.join(", ")),
+                }
+                .into());
             }
             let st = vpnlab::session::up(&lab, &sc, until.as_deref())?;
             print!("{}", vpnlab::session::describe(&st));
@@ -335,7 +350,10 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             for w in &made.warnings {
                 println!("  warning: {w}");
             }
-            println!("next: `vpnlab run {}` checks that it connects and records the first snapshot; then add the symptom's steps", made.dir.display());
+            println!(
+                "next: `vpnlab run {}` checks that it connects and records the first snapshot; then add the symptom's steps",
+                made.dir.display()
+            );
             Ok(0)
         }
         Cmd::Serve { lab_dir, scenario, until } => {
@@ -374,11 +392,16 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             print!("{}", m.text());
             // A hand-written `## Notes` section (why a cell cannot pass, with its evidence) is kept.
             let mut md = m.markdown(&with);
-            if let Some(i) = std::fs::read_to_string(&out).unwrap_or_default().find("\n## Notes").map(|i| (i, std::fs::read_to_string(&out).unwrap_or_default())) {
+            if let Some(i) = std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .find("\n## Notes")
+                .map(|i| (i, std::fs::read_to_string(&out).unwrap_or_default()))
+            {
                 md.push_str(&i.1[i.0..]);
             }
             std::fs::write(&out, md).map_err(|e| EnvError { msg: format!("cannot write {}: {e}", out.display()), hint: String::new() })?;
-            std::fs::write(&json, m.json()).map_err(|e| EnvError { msg: format!("cannot write {}: {e}", json.display()), hint: String::new() })?;
+            std::fs::write(&json, m.json())
+                .map_err(|e| EnvError { msg: format!("cannot write {}: {e}", json.display()), hint: String::new() })?;
             eprintln!("written to {} and {}", out.display(), json.display());
             Ok(if m.all_passed() { 0 } else { 1 })
         }
@@ -444,7 +467,10 @@ impl Display {
         use std::io::IsTerminal;
         // Plain lines when stderr is not a terminal, so logs and tests see exactly the lines.
         let bar = (runs > 1 && std::io::stderr().is_terminal()).then(|| {
-            let style = indicatif::ProgressStyle::with_template("{spinner} [{bar:24}] {pos}/{len} {prefix} {elapsed} (ETA {eta}) {wide_msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> ");
+            let style =
+                indicatif::ProgressStyle::with_template("{spinner} [{bar:24}] {pos}/{len} {prefix} {elapsed} (ETA {eta}) {wide_msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> ");
             let b = indicatif::ProgressBar::new(runs as u64).with_style(style).with_prefix(if repeat > 1 { "runs" } else { "scenarios" });
             b.enable_steady_tick(std::time::Duration::from_millis(200));
             b
@@ -462,7 +488,8 @@ impl Display {
 
     fn refresh(&self) {
         if let Some(b) = &self.bar {
-            let msg: Vec<String> = self.running.values().map(|(id, step)| if step.is_empty() { id.clone() } else { format!("{id}: {step}") }).collect();
+            let msg: Vec<String> =
+                self.running.values().map(|(id, step)| if step.is_empty() { id.clone() } else { format!("{id}: {step}") }).collect();
             b.set_message(msg.join("  |  "));
         }
     }
@@ -504,7 +531,14 @@ impl Display {
 /// The repetitions of one scenario run one after the other on the same worker (scenarios run
 /// in parallel): `--accept` writes the snapshot in the first repetition and the others are
 /// compared with it, and a scenario's repetitions never compete with each other.
-fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, accept: bool, repeat: u32, jobs: usize, outputs: Outputs) -> anyhow::Result<u8> {
+fn run_suite(
+    selected: &[(model::Lab, Vec<String>)],
+    opts: &runner::Options,
+    accept: bool,
+    repeat: u32,
+    jobs: usize,
+    outputs: Outputs,
+) -> anyhow::Result<u8> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let repeat = repeat as usize;
     let t0 = Instant::now();
@@ -532,7 +566,8 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
             }
         }
         if let Some(p) = outputs.junit {
-            let details: std::collections::BTreeMap<String, vpnlab::junit::Details> = slots.iter().filter_map(|s| s.done.as_ref()).map(|(e, _, d)| (e.id.clone(), d.clone())).collect();
+            let details: std::collections::BTreeMap<String, vpnlab::junit::Details> =
+                slots.iter().filter_map(|s| s.done.as_ref()).map(|(e, _, d)| (e.id.clone(), d.clone())).collect();
             if let Err(e) = vpnlab::junit::write(&r, &details, p) {
                 *write_error = Some(format!("vpnlab: cannot write the JUnit file {}: {e}", p.display()));
             }
@@ -541,10 +576,16 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
     // An unwritable report or JUnit file is an environment problem: found before anything runs.
     save(&slots, false, &mut write_error);
     if let Some(e) = write_error.take() {
-        return Err(EnvError { msg: e.trim_start_matches("vpnlab: ").to_string(), hint: "give --report / --junit a path in a writable directory".into() }.into());
+        return Err(EnvError {
+            msg: e.trim_start_matches("vpnlab: ").to_string(),
+            hint: "give --report / --junit a path in a writable directory".into(),
+        }
+        .into());
     }
     let mut tally = suite::Tally::default();
-    let interrupted = |tally: &suite::Tally| vpnlab::ns::set_interrupted_summary(format!("vpnlab: {} in {:.2}s (interrupted)", tally.counts(), t0.elapsed().as_secs_f64()));
+    let interrupted = |tally: &suite::Tally| {
+        vpnlab::ns::set_interrupted_summary(format!("vpnlab: {} in {:.2}s (interrupted)", tally.counts(), t0.elapsed().as_secs_f64()))
+    };
     interrupted(&tally);
     let workers = jobs.clamp(1, work.len().max(1));
     // With one worker every step is printed as it runs (as always); with more, a scenario's
@@ -609,7 +650,11 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
                 }
                 Event::Done { job, rep, out } => {
                     let mut block = std::mem::take(&mut slots[job].lines);
-                    block.push(format!("== {}{}", out.verdict_line(), if repeat > 1 { format!(" [repetition {rep} of {repeat}]") } else { String::new() }));
+                    block.push(format!(
+                        "== {}{}",
+                        out.verdict_line(),
+                        if repeat > 1 { format!(" [repetition {rep} of {repeat}]") } else { String::new() }
+                    ));
                     if !out.report.is_empty() {
                         block.push(out.report.clone());
                     }
@@ -630,7 +675,10 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
                         if let Some(r) = rep_run.filter(|_| entry.outcome != suite::Outcome::Passed) {
                             slot.not_passed = Some((entry.outcome.to_string(), r.headline.clone()));
                         }
-                        let details = vpnlab::junit::Details { body: rep_run.map(|r| r.report.clone()).unwrap_or_default(), transcript: runs.first().map(|r| r.transcript.clone()).unwrap_or_default() };
+                        let details = vpnlab::junit::Details {
+                            body: rep_run.map(|r| r.report.clone()).unwrap_or_default(),
+                            transcript: runs.first().map(|r| r.transcript.clone()).unwrap_or_default(),
+                        };
                         slot.done = Some((entry, this, details));
                         save(&slots, false, &mut write_error);
                     }
@@ -641,15 +689,25 @@ fn run_suite(selected: &[(model::Lab, Vec<String>)], opts: &runner::Options, acc
     display.finish();
     for (e, _, _) in slots.iter().filter_map(|s| s.done.as_ref()) {
         if let Some(reps) = e.repetitions.as_ref().filter(|r| r.differed) {
-            eprintln!("== {}: the transcript differed between repetitions ({} of {} differ from repetition 1):", e.id, reps.differences.len(), reps.count);
+            eprintln!(
+                "== {}: the transcript differed between repetitions ({} of {} differ from repetition 1):",
+                e.id,
+                reps.differences.len(),
+                reps.count
+            );
             for d in &reps.differences {
                 eprint!("{}", d.diff);
             }
         }
     }
-    let differed = slots.iter().filter_map(|s| s.done.as_ref()).filter(|(e, _, _)| e.repetitions.as_ref().is_some_and(|r| r.differed)).count();
+    let differed =
+        slots.iter().filter_map(|s| s.done.as_ref()).filter(|(e, _, _)| e.repetitions.as_ref().is_some_and(|r| r.differed)).count();
     // In selection order, whatever order the scenarios ended in.
-    let not_passed: Vec<(String, &str, &str)> = slots.iter().filter_map(|s| Some((s.done.as_ref()?.0.id.clone(), s.not_passed.as_ref()?))).map(|(id, (o, h))| (id, o.as_str(), h.as_str())).collect();
+    let not_passed: Vec<(String, &str, &str)> = slots
+        .iter()
+        .filter_map(|s| Some((s.done.as_ref()?.0.id.clone(), s.not_passed.as_ref()?)))
+        .map(|(id, (o, h))| (id, o.as_str(), h.as_str()))
+        .collect();
     if !not_passed.is_empty() {
         eprintln!("not passed:");
         for (id, outcome, why) in &not_passed {

@@ -53,7 +53,11 @@ fn uses(lab: &Lab, c: &Choice) -> bool {
 
 /// The changed lines of a unified diff (no headers, no context).
 pub fn changed_lines(diff: &str, n: usize) -> Vec<String> {
-    diff.lines().filter(|l| (l.starts_with('-') || l.starts_with('+')) && !l.starts_with("---") && !l.starts_with("+++")).take(n).map(str::to_string).collect()
+    diff.lines()
+        .filter(|l| (l.starts_with('-') || l.starts_with('+')) && !l.starts_with("---") && !l.starts_with("+++"))
+        .take(n)
+        .map(str::to_string)
+        .collect()
 }
 
 /// Runs the grid. Labs that use none of the columns' daemons are left out.
@@ -90,7 +94,11 @@ pub fn run(selected: &[(Lab, Vec<String>)], columns: &[Choice], progress: bool) 
             rows.push(Row { id, cells });
         }
     }
-    Matrix { schema: "vpnlab-matrix/1", columns: columns.iter().map(|c| Column { label: c.label(), spec: c.spec.clone(), version: c.version.clone() }).collect(), rows }
+    Matrix {
+        schema: "vpnlab-matrix/1",
+        columns: columns.iter().map(|c| Column { label: c.label(), spec: c.spec.clone(), version: c.version.clone() }).collect(),
+        rows,
+    }
 }
 
 impl Matrix {

@@ -51,12 +51,24 @@ pub fn narrate(action: &Action, fact: &Fact) -> Vec<Line> {
         Fact::Chmod { node, mode, path, result } => vec![say(format!("{node}# chmod {mode:o} {path}{}", refused(result)))],
         Fact::Sysctl { node, key, value, result } => vec![say(format!("{node}# sysctl -w {key}={value}{}", refused(result)))],
         Fact::Trace { node, dest, lines, .. } => vec![say(format!("{node}$ vpnlab trace {dest}")), Line::Block(lines.join("\n"))],
-        Fact::Counter { node, name, value } => vec![say(format!("{node}$ counter {name}  -> {}", value.map(|v| v.to_string()).unwrap_or_else(|| "no such counter".into())))],
-        Fact::Tcp(t) => vec![say(format!("{}$ tcp {}{}  -> {}", t.node, t.dest, t.send.map(|n| format!(" send {}", human(n))).unwrap_or_default(), tcp_outcome(t)))],
+        Fact::Counter { node, name, value } => {
+            vec![say(format!("{node}$ counter {name}  -> {}", value.map(|v| v.to_string()).unwrap_or_else(|| "no such counter".into())))]
+        }
+        Fact::Tcp(t) => vec![say(format!(
+            "{}$ tcp {}{}  -> {}",
+            t.node,
+            t.dest,
+            t.send.map(|n| format!(" send {}", human(n))).unwrap_or_default(),
+            tcp_outcome(t)
+        ))],
         Fact::Impair { node, ifname, ended, started } => {
             let line = match (started, ended) {
                 (Some(spec), None) => format!("{node}# impair {ifname} {spec}   (NFQUEUE, harness-native)"),
-                (Some(spec), Some(e)) => format!("{node}# impair {ifname} {spec}   (NFQUEUE, harness-native; the previous `{}` had {})", e.spec, impair_counts(&e.counts)),
+                (Some(spec), Some(e)) => format!(
+                    "{node}# impair {ifname} {spec}   (NFQUEUE, harness-native; the previous `{}` had {})",
+                    e.spec,
+                    impair_counts(&e.counts)
+                ),
                 (None, Some(e)) => format!("{node}# impair {ifname} off  -> `{}` had {}", e.spec, impair_counts(&e.counts)),
                 (None, None) => format!("{node}# impair {ifname} off  -> no impairment was on"),
             };
@@ -71,7 +83,9 @@ pub fn narrate(action: &Action, fact: &Fact) -> Vec<Line> {
         },
         Fact::NoLog(l) => match &l.found {
             Some(line) => vec![Line::Log { service: l.service.clone(), line: line.clone() }],
-            None => vec![say(format!("{}.log: no {}{}", l.service, l.pattern, l.waited.map(|w| format!(" for {w:?}")).unwrap_or_default()))],
+            None => {
+                vec![say(format!("{}.log: no {}{}", l.service, l.pattern, l.waited.map(|w| format!(" for {w:?}")).unwrap_or_default()))]
+            }
         },
     }
 }
@@ -185,7 +199,9 @@ fn stop_line(s: &StopFact) -> String {
     }
     match s.killed_after {
         None => format!("{}# stop {} (SIGTERM)  -> {}", s.node, s.service, exit_words(&s.exit)),
-        Some(g) => format!("{}# stop {} (SIGTERM)  -> still running after {}, SIGKILL: {}", s.node, s.service, secs(g), exit_words(&s.exit)),
+        Some(g) => {
+            format!("{}# stop {} (SIGTERM)  -> still running after {}, SIGKILL: {}", s.node, s.service, secs(g), exit_words(&s.exit))
+        }
     }
 }
 
@@ -205,7 +221,16 @@ mod tests {
     use crate::facts::*;
 
     fn p(sent: u32, received: u32) -> PingFact {
-        PingFact { node: "client".into(), shown: "ping -c2 10.198.0.1".into(), sent, received, ttl: (received > 0).then_some(63), errors: vec![], not_sent: None, waited: Duration::from_secs(1) }
+        PingFact {
+            node: "client".into(),
+            shown: "ping -c2 10.198.0.1".into(),
+            sent,
+            received,
+            ttl: (received > 0).then_some(63),
+            errors: vec![],
+            not_sent: None,
+            waited: Duration::from_secs(1),
+        }
     }
     fn ping_action(expect: PingExpect) -> Action {
         Action::Ping { node: 0, src: None, dest: "10.198.0.1".parse().unwrap(), count: 2, size: None, expect }
@@ -215,40 +240,82 @@ mod tests {
     fn ping_lines_say_how_the_verdict_was_reached() {
         let line = |f: PingFact, e| narrate(&ping_action(e), &Fact::Ping(f));
         assert_eq!(line(p(2, 2), PingExpect::Reachable), vec![Line::Say("client$ ping -c2 10.198.0.1  -> reachable (ttl=63)".into())]);
-        assert_eq!(line(p(2, 0), PingExpect::Unreachable), vec![Line::Say("client$ ping -c2 10.198.0.1  -> unreachable (100% loss, no reply within 1s)".into())]);
+        assert_eq!(
+            line(p(2, 0), PingExpect::Unreachable),
+            vec![Line::Say("client$ ping -c2 10.198.0.1  -> unreachable (100% loss, no reply within 1s)".into())]
+        );
         let mut e = p(2, 0);
         e.errors.push(IcmpError { from: "10.198.0.1".into(), what: "Destination Net Unreachable".into() });
-        assert_eq!(line(e, PingExpect::Unreachable), vec![Line::Say("client$ ping -c2 10.198.0.1  -> unreachable (100% loss; From 10.198.0.1: Destination Net Unreachable)".into())]);
+        assert_eq!(
+            line(e, PingExpect::Unreachable),
+            vec![Line::Say("client$ ping -c2 10.198.0.1  -> unreachable (100% loss; From 10.198.0.1: Destination Net Unreachable)".into())]
+        );
         let mut n = p(0, 0);
         n.not_sent = Some("connect: Network is unreachable".into());
-        assert_eq!(line(n, PingExpect::Loss(100, 100)), vec![Line::Say("client$ ping -c2 10.198.0.1  -> unreachable (not sent: connect: Network is unreachable)".into())]);
-        assert_eq!(line(p(55, 50), PingExpect::Loss(5, 20)), vec![Line::Say("client$ ping -c2 10.198.0.1  -> loss 9% (50 of 55 received)".into())]);
+        assert_eq!(
+            line(n, PingExpect::Loss(100, 100)),
+            vec![Line::Say("client$ ping -c2 10.198.0.1  -> unreachable (not sent: connect: Network is unreachable)".into())]
+        );
+        assert_eq!(
+            line(p(55, 50), PingExpect::Loss(5, 20)),
+            vec![Line::Say("client$ ping -c2 10.198.0.1  -> loss 9% (50 of 55 received)".into())]
+        );
     }
 
     #[test]
     fn a_stop_shows_what_the_harness_did() {
-        let s = StopFact { node: "client".into(), service: "client".into(), already_exited: false, killed_after: None, exit: Exit::Code(0) };
-        assert_eq!(narrate(&Action::Service { op: crate::model::step::ServiceOp::Stop, service: 0 }, &Fact::Stop(s.clone())), vec![Line::Say("client# stop client (SIGTERM)  -> exited (0)".into())]);
+        let s =
+            StopFact { node: "client".into(), service: "client".into(), already_exited: false, killed_after: None, exit: Exit::Code(0) };
+        assert_eq!(
+            narrate(&Action::Service { op: crate::model::step::ServiceOp::Stop, service: 0 }, &Fact::Stop(s.clone())),
+            vec![Line::Say("client# stop client (SIGTERM)  -> exited (0)".into())]
+        );
         let k = StopFact { killed_after: Some(Duration::from_secs(5)), exit: Exit::Signal("SIGKILL".into()), ..s };
         assert_eq!(stop_line(&k), "client# stop client (SIGTERM)  -> still running after 5s, SIGKILL: killed by SIGKILL");
     }
 
     #[test]
     fn impairment_counters_are_shown_when_it_ends() {
-        let e = ImpairEnded { node: "wan".into(), ifname: "eth0".into(), spec: "reorder every 10 hold 3".into(), counts: ImpairCounts { seen: 120, reordered: 12, ..Default::default() } };
+        let e = ImpairEnded {
+            node: "wan".into(),
+            ifname: "eth0".into(),
+            spec: "reorder every 10 hold 3".into(),
+            counts: ImpairCounts { seen: 120, reordered: 12, ..Default::default() },
+        };
         let a = Action::Impair { node: 0, ifname: "eth0".into(), spec: None, expect: None };
         let f = Fact::Impair { node: "wan".into(), ifname: "eth0".into(), ended: Some(e.clone()), started: None };
-        assert_eq!(narrate(&a, &f), vec![Line::Say("wan# impair eth0 off  -> `reorder every 10 hold 3` had reordered 12 of 120 packets".into())]);
-        assert_eq!(impair_at_end(&e), Line::Say("wan: impair eth0 `reorder every 10 hold 3` was on until the end: it had reordered 12 of 120 packets".into()));
+        assert_eq!(
+            narrate(&a, &f),
+            vec![Line::Say("wan# impair eth0 off  -> `reorder every 10 hold 3` had reordered 12 of 120 packets".into())]
+        );
+        assert_eq!(
+            impair_at_end(&e),
+            Line::Say("wan: impair eth0 `reorder every 10 hold 3` was on until the end: it had reordered 12 of 120 packets".into())
+        );
         assert_eq!(impair_counts(&ImpairCounts { seen: 7, ..Default::default() }), "acted on 0 of 7 packets");
     }
 
     #[test]
     fn tcp_lines() {
-        let t = |outcome| TcpFact { node: "c".into(), dest: "10.0.0.1:5001".parse().unwrap(), send: Some(200_000), within: Duration::from_secs(5), outcome };
+        let t = |outcome| TcpFact {
+            node: "c".into(),
+            dest: "10.0.0.1:5001".parse().unwrap(),
+            send: Some(200_000),
+            within: Duration::from_secs(5),
+            outcome,
+        };
         assert_eq!(tcp_outcome(&t(TcpOutcome::Stalled)), "stalls (connected; the transfer did not finish within 5s)");
         assert_eq!(tcp_outcome(&t(TcpOutcome::ConnectTimedOut)), "stalls (no answer to the SYN within 5s)");
-        let a = Action::Tcp { node: 0, dest: "10.0.0.1:5001".parse().unwrap(), send: Some(200_000), within: Duration::from_secs(5), expect: crate::model::step::TcpExpect::Complete };
-        assert_eq!(narrate(&a, &Fact::Tcp(t(TcpOutcome::Complete))), vec![Line::Say("c$ tcp 10.0.0.1:5001 send 200KB  -> complete".into())]);
+        let a = Action::Tcp {
+            node: 0,
+            dest: "10.0.0.1:5001".parse().unwrap(),
+            send: Some(200_000),
+            within: Duration::from_secs(5),
+            expect: crate::model::step::TcpExpect::Complete,
+        };
+        assert_eq!(
+            narrate(&a, &Fact::Tcp(t(TcpOutcome::Complete))),
+            vec![Line::Say("c$ tcp 10.0.0.1:5001 send 200KB  -> complete".into())]
+        );
     }
 }

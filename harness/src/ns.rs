@@ -10,9 +10,9 @@
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sched::{setns, unshare, CloneFlags};
 use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -32,7 +32,8 @@ impl NetNs {
         std::thread::spawn(move || -> Result<Vec<NetNs>> {
             let mut out = Vec::with_capacity(names.len());
             for name in names {
-                unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET): creating a network namespace needs root (CAP_SYS_ADMIN)")?;
+                unshare(CloneFlags::CLONE_NEWNET)
+                    .context("unshare(CLONE_NEWNET): creating a network namespace needs root (CAP_SYS_ADMIN)")?;
                 let f = File::open("/proc/thread-self/ns/net").context("open /proc/thread-self/ns/net")?;
                 out.push(NetNs { fd: f.into(), name });
             }
@@ -105,7 +106,8 @@ impl PidNs {
     /// A handle on the PID namespace of a lab another process keeps up (`vpnlab up`); dropping
     /// it leaves that lab alone.
     pub fn attach(holder_pid: u32) -> Result<PidNs> {
-        let fd = File::open(format!("/proc/{holder_pid}/ns/pid")).with_context(|| format!("the lab's PID namespace (holder {holder_pid}) is gone"))?;
+        let fd = File::open(format!("/proc/{holder_pid}/ns/pid"))
+            .with_context(|| format!("the lab's PID namespace (holder {holder_pid}) is gone"))?;
         Ok(PidNs { holder: None, holder_pid, fd: fd.into() })
     }
 
@@ -123,7 +125,11 @@ impl PidNs {
             let mut r = cmd.spawn();
             for _ in 0..3 {
                 match &r {
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && crate::env::which(&cmd.get_program().to_string_lossy()).is_some() => r = cmd.spawn(),
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::ENOENT) && crate::env::which(&cmd.get_program().to_string_lossy()).is_some() =>
+                    {
+                        r = cmd.spawn()
+                    }
                     _ => break,
                 }
             }
@@ -300,5 +306,3 @@ fn unname_all() {
         unname(&p);
     }
 }
-
-

@@ -15,8 +15,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -53,17 +53,11 @@ pub fn generate(spec: &PkiSpec, dir: &Path) -> Result<()> {
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = dn(CA_CN);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-    ];
+    ca_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca_params.not_before = not_before;
     ca_params.not_after = not_after;
     ca_params.serial_number = Some(random_serial());
-    let ca_cert = ca_params
-        .self_signed(&ca_key)
-        .context("self-signing the CA certificate")?;
+    let ca_cert = ca_params.self_signed(&ca_key).context("self-signing the CA certificate")?;
     let issuer = Issuer::new(ca_params, ca_key);
     write_file(&dir.join("ca.crt"), ca_cert.pem().as_bytes(), 0o644)?;
 
@@ -72,41 +66,23 @@ pub fn generate(spec: &PkiSpec, dir: &Path) -> Result<()> {
         .servers
         .iter()
         .map(|n| (n, ExtendedKeyUsagePurpose::ServerAuth))
-        .chain(
-            spec.clients
-                .iter()
-                .map(|n| (n, ExtendedKeyUsagePurpose::ClientAuth)),
-        );
+        .chain(spec.clients.iter().map(|n| (n, ExtendedKeyUsagePurpose::ClientAuth)));
     for (name, eku) in leaves {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .with_context(|| format!("generating key for {name:?}"))?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).with_context(|| format!("generating key for {name:?}"))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(name);
         // ExplicitNoCa: writes BasicConstraints CA:FALSE and a SubjectKeyIdentifier.
         params.is_ca = IsCa::ExplicitNoCa;
         // EC keys sign (ECDHE/TLS 1.3) and could do static ECDH; keyEncipherment is RSA-only.
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyAgreement,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyAgreement];
         params.extended_key_usages = vec![eku];
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before;
         params.not_after = not_after;
         params.serial_number = Some(random_serial());
-        let cert = params
-            .signed_by(&key, &issuer)
-            .with_context(|| format!("signing certificate for {name:?}"))?;
-        write_file(
-            &dir.join(format!("{name}.crt")),
-            cert.pem().as_bytes(),
-            0o644,
-        )?;
-        write_file(
-            &dir.join(format!("{name}.key")),
-            key.serialize_pem().as_bytes(),
-            0o600,
-        )?;
+        let cert = params.signed_by(&key, &issuer).with_context(|| format!("signing certificate for {name:?}"))?;
+        write_file(&dir.join(format!("{name}.crt")), cert.pem().as_bytes(), 0o644)?;
+        write_file(&dir.join(format!("{name}.key")), key.serialize_pem().as_bytes(), 0o600)?;
     }
 
     // --- tls-auth ---
@@ -119,9 +95,7 @@ fn validate_names(spec: &PkiSpec) -> Result<()> {
     for name in spec.servers.iter().chain(&spec.clients) {
         let ok = !name.is_empty()
             && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !ok {
             bail!(
                 "PKI name {name:?} is not a plain file name: use letters, digits, '.', '_', '-' \
@@ -191,10 +165,8 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     // `mode` above only applies to new files (and is masked by the umask): force it.
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {:o} {}", mode, path.display()))?;
-    f.write_all(contents)
-        .with_context(|| format!("writing {}", path.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {:o} {}", mode, path.display()))?;
+    f.write_all(contents).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -204,32 +176,18 @@ mod tests {
     use std::process::Command;
 
     fn spec(servers: &[&str], clients: &[&str]) -> PkiSpec {
-        PkiSpec {
-            servers: servers.iter().map(|s| s.to_string()).collect(),
-            clients: clients.iter().map(|s| s.to_string()).collect(),
-        }
+        PkiSpec { servers: servers.iter().map(|s| s.to_string()).collect(), clients: clients.iter().map(|s| s.to_string()).collect() }
     }
 
     /// Runs openssl in `dir`, returns (success, stdout+stderr).
     fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("running openssl (is it installed?)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("running openssl (is it installed?)");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
     }
 
     fn verify(dir: &Path, purpose: &str, cert: &str) -> (bool, String) {
-        openssl(
-            dir,
-            &["verify", "-CAfile", "ca.crt", "-purpose", purpose, cert],
-        )
+        openssl(dir, &["verify", "-CAfile", "ca.crt", "-purpose", purpose, cert])
     }
 
     #[test]
@@ -240,11 +198,7 @@ mod tests {
         generate(&spec(&["server"], &["client", "client2"]), dir).unwrap();
         eprintln!("pki::generate (1 server, 2 clients): {:?}", start.elapsed());
 
-        for (purpose, cert) in [
-            ("sslserver", "server.crt"),
-            ("sslclient", "client.crt"),
-            ("sslclient", "client2.crt"),
-        ] {
+        for (purpose, cert) in [("sslserver", "server.crt"), ("sslclient", "client.crt"), ("sslclient", "client2.crt")] {
             let (ok, text) = verify(dir, purpose, cert);
             assert!(ok, "openssl verify -purpose {purpose} {cert}: {text}");
             assert!(text.contains(&format!("{cert}: OK")), "{text}");
@@ -255,27 +209,11 @@ mod tests {
 
         // Subjects, CA extensions.
         let (ok, text) = openssl(dir, &["x509", "-in", "server.crt", "-noout", "-subject"]);
-        assert!(
-            ok && (text.contains("CN=server") || text.contains("CN = server")),
-            "{text}"
-        );
-        let (ok, text) = openssl(
-            dir,
-            &[
-                "x509",
-                "-in",
-                "ca.crt",
-                "-noout",
-                "-ext",
-                "basicConstraints,keyUsage",
-            ],
-        );
+        assert!(ok && (text.contains("CN=server") || text.contains("CN = server")), "{text}");
+        let (ok, text) = openssl(dir, &["x509", "-in", "ca.crt", "-noout", "-ext", "basicConstraints,keyUsage"]);
         assert!(ok, "{text}");
         assert!(text.contains("CA:TRUE"), "{text}");
-        assert!(
-            text.contains("Certificate Sign") && text.contains("CRL Sign"),
-            "{text}"
-        );
+        assert!(text.contains("Certificate Sign") && text.contains("CRL Sign"), "{text}");
 
         // Keys parse, match their certificates and are private.
         for name in ["server", "client", "client2"] {
@@ -298,29 +236,18 @@ mod tests {
         assert_eq!(serials.len(), 4, "{serials:?}");
 
         check_ta_key(&fs::read_to_string(dir.join("ta.key")).unwrap());
-        let mode = fs::metadata(dir.join("ta.key"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(dir.join("ta.key")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
 
     fn check_ta_key(text: &str) {
         let lines: Vec<&str> = text.split_inclusive('\n').collect();
         assert_eq!(lines.len(), 4 + 16 + 1, "{text}");
-        assert_eq!(
-            lines[..4].concat(),
-            "#\n# 2048 bit OpenVPN static key\n#\n-----BEGIN OpenVPN Static key V1-----\n"
-        );
+        assert_eq!(lines[..4].concat(), "#\n# 2048 bit OpenVPN static key\n#\n-----BEGIN OpenVPN Static key V1-----\n");
         for l in &lines[4..20] {
             let hex = l.strip_suffix('\n').expect("line ends in \\n");
             assert_eq!(hex.len(), 32, "{l:?}");
-            assert!(
-                hex.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-                "{l:?}"
-            );
+            assert!(hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{l:?}");
         }
         assert_eq!(lines[20], "-----END OpenVPN Static key V1-----\n");
     }
@@ -333,11 +260,7 @@ mod tests {
         generate(&s, a.path()).unwrap();
         generate(&s, b.path()).unwrap();
         for f in ["ca.crt", "server.crt", "server.key", "client.key", "ta.key"] {
-            assert_ne!(
-                fs::read(a.path().join(f)).unwrap(),
-                fs::read(b.path().join(f)).unwrap(),
-                "{f} identical across runs"
-            );
+            assert_ne!(fs::read(a.path().join(f)).unwrap(), fs::read(b.path().join(f)).unwrap(), "{f} identical across runs");
         }
         // Regenerating into the same dir replaces everything and stays consistent.
         generate(&s, a.path()).unwrap();
@@ -348,10 +271,7 @@ mod tests {
     fn pki_empty_spec_writes_ca_and_ta() {
         let tmp = tempfile::TempDir::new().unwrap();
         generate(&PkiSpec::default(), tmp.path()).unwrap();
-        let mut names: Vec<String> = fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut names: Vec<String> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
         assert_eq!(names, ["ca.crt", "ta.key"]);
     }
@@ -378,8 +298,7 @@ mod tests {
 
     #[test]
     fn pki_spec_from_toml() {
-        let s: PkiSpec =
-            toml::from_str("servers = [\"server\"]\nclients = [\"c1\", \"c2\"]").unwrap();
+        let s: PkiSpec = toml::from_str("servers = [\"server\"]\nclients = [\"c1\", \"c2\"]").unwrap();
         assert_eq!(s.servers, ["server"]);
         assert_eq!(s.clients, ["c1", "c2"]);
         let s: PkiSpec = toml::from_str("").unwrap();

@@ -63,7 +63,17 @@ pub const SILENCE: Duration = Duration::from_secs(1);
 /// negative checks send `count` probes 10 ms apart and wait [`SILENCE`] after the last; loss
 /// checks send exactly `count` (20 ms apart) and wait [`SILENCE`] for the last replies.
 #[allow(clippy::too_many_arguments)]
-pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, node: &str, src: Option<&str>, dest: IpAddr, count: u32, size: Option<u32>, expect: &PingExpect) -> Result<crate::facts::PingFact> {
+pub fn ping(
+    netns: &NetNs,
+    pid: &PidNs,
+    cwd: &Path,
+    node: &str,
+    src: Option<&str>,
+    dest: IpAddr,
+    count: u32,
+    size: Option<u32>,
+    expect: &PingExpect,
+) -> Result<crate::facts::PingFact> {
     let silence = format!("{}", SILENCE.as_secs_f64());
     let mut argv: Vec<String> = vec!["ping".into(), "-n".into(), "-c".into(), count.to_string()];
     match expect {
@@ -91,7 +101,13 @@ pub fn ping(netns: &NetNs, pid: &PidNs, cwd: &Path, node: &str, src: Option<&str
         sent: r.transmitted,
         received: r.received,
         ttl: r.ttl,
-        errors: r.notes.iter().filter_map(|n| n.strip_prefix("From ")).filter_map(|n| n.split_once(": ")).map(|(f, w)| crate::facts::IcmpError { from: f.to_string(), what: w.to_string() }).collect(),
+        errors: r
+            .notes
+            .iter()
+            .filter_map(|n| n.strip_prefix("From "))
+            .filter_map(|n| n.split_once(": "))
+            .map(|(f, w)| crate::facts::IcmpError { from: f.to_string(), what: w.to_string() })
+            .collect(),
         not_sent: None,
         waited: if matches!(expect, PingExpect::Reachable) { Duration::from_secs(5) } else { SILENCE },
     };
@@ -156,7 +172,9 @@ pub fn tcp(from: &NetNs, server: Option<&NetNs>, dest: SocketAddr, send: Option<
             let mut c = match TcpStream::connect_timeout(&dest, left) {
                 Ok(c) => c,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return TcpOutcome::Refused,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES | libc::EPERM)) => return TcpOutcome::Unreachable,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES | libc::EPERM)) => {
+                    return TcpOutcome::Unreachable
+                }
                 Err(_) => return TcpOutcome::ConnectTimedOut,
             };
             let Some(n) = send else { return TcpOutcome::Open };

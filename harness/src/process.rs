@@ -30,7 +30,16 @@ pub fn command(netns: &NetNs, argv: &[String], cwd: &Path, out: Stdio, err: Stdi
 /// Like [`command`], with stdin chosen and, for interactive use (`vpnlab shell`), without a
 /// new session so the terminal stays the process's controlling terminal.
 #[allow(clippy::too_many_arguments)]
-pub fn command_opts(netns: &NetNs, argv: &[String], cwd: &Path, stdin: Stdio, out: Stdio, err: Stdio, mounts: &[BindMount], new_session: bool) -> Result<Command> {
+pub fn command_opts(
+    netns: &NetNs,
+    argv: &[String],
+    cwd: &Path,
+    stdin: Stdio,
+    out: Stdio,
+    err: Stdio,
+    mounts: &[BindMount],
+    new_session: bool,
+) -> Result<Command> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).current_dir(cwd).stdin(stdin).stdout(out).stderr(err);
     cmd.env("VPNLAB_NODE", &netns.name);
@@ -41,10 +50,8 @@ pub fn command_opts(netns: &NetNs, argv: &[String], cwd: &Path, stdin: Stdio, ou
     let proc_ = c("/proc")?;
     let sysfs = c("sysfs")?;
     let procfs = c("proc")?;
-    let binds: Vec<(CString, CString)> = mounts
-        .iter()
-        .map(|m| Ok((c(&m.src.to_string_lossy())?, c(&m.dst.to_string_lossy())?)))
-        .collect::<Result<_>>()?;
+    let binds: Vec<(CString, CString)> =
+        mounts.iter().map(|m| Ok((c(&m.src.to_string_lossy())?, c(&m.dst.to_string_lossy())?))).collect::<Result<_>>()?;
     unsafe {
         cmd.pre_exec(move || {
             let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
@@ -54,7 +61,13 @@ pub fn command_opts(netns: &NetNs, argv: &[String], cwd: &Path, stdin: Stdio, ou
             check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
             libc::umount2(sys.as_ptr(), libc::MNT_DETACH);
             check(libc::mount(sysfs.as_ptr(), sys.as_ptr(), sysfs.as_ptr(), 0, std::ptr::null()))?;
-            check(libc::mount(procfs.as_ptr(), proc_.as_ptr(), procfs.as_ptr(), (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong, std::ptr::null()))?;
+            check(libc::mount(
+                procfs.as_ptr(),
+                proc_.as_ptr(),
+                procfs.as_ptr(),
+                (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong,
+                std::ptr::null(),
+            ))?;
             for (src, dst) in &binds {
                 check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
             }
@@ -154,7 +167,14 @@ pub fn run_capture(netns: &NetNs, pid: &PidNs, argv: &[String], cwd: &Path, time
 }
 
 /// [`run_capture`] with bind mounts in the command's private mount namespace.
-pub fn run_capture_mounts(netns: &NetNs, pid: &PidNs, argv: &[String], cwd: &Path, timeout: Duration, mounts: &[BindMount]) -> Result<Output> {
+pub fn run_capture_mounts(
+    netns: &NetNs,
+    pid: &PidNs,
+    argv: &[String],
+    cwd: &Path,
+    timeout: Duration,
+    mounts: &[BindMount],
+) -> Result<Output> {
     let (mut r, w) = std::io::pipe().context("pipe")?;
     let w2 = w.try_clone()?;
     let cmd = command(netns, argv, cwd, Stdio::from(w), Stdio::from(w2), mounts)?;

@@ -119,7 +119,15 @@ impl ScenarioReport {
 
 impl Report {
     pub fn new(started: SystemTime, repeat: usize) -> Report {
-        Report { schema: SCHEMA, started: rfc3339(started), duration_s: 0.0, complete: false, repeat, summary: Summary::default(), scenarios: Vec::new() }
+        Report {
+            schema: SCHEMA,
+            started: rfc3339(started),
+            duration_s: 0.0,
+            complete: false,
+            repeat,
+            summary: Summary::default(),
+            scenarios: Vec::new(),
+        }
     }
 
     /// Adds a scenario's entry and its runs' outcomes to the summary.

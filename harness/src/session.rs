@@ -88,7 +88,11 @@ pub fn up(lab: &Lab, scenario: &str, until: Option<&str>) -> Result<State> {
     let dir = dir_of(&key);
     if let Ok(st) = read_state(&key) {
         if alive(st.server_pid) {
-            return Err(crate::error::EnvError { msg: format!("{} is already up", lab.id), hint: format!("`vpnlab down {}` first", lab.id) }.into());
+            return Err(crate::error::EnvError {
+                msg: format!("{} is already up", lab.id),
+                hint: format!("`vpnlab down {}` first", lab.id),
+            }
+            .into());
         }
         cleanup_stale(&key, &st);
     }
@@ -171,13 +175,12 @@ pub fn step(key: &str) -> Result<String> {
 /// `vpnlab down LAB`: full teardown (also of a lab whose server died).
 pub fn down(key: &str) -> Result<()> {
     let st = read_state(key)?;
-    if alive(st.server_pid)
-        && request(key, "down").is_ok() {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while alive(st.server_pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    if alive(st.server_pid) && request(key, "down").is_ok() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alive(st.server_pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
     cleanup_stale(key, &st);
     Ok(())
 }
@@ -226,7 +229,8 @@ pub fn exec(key: &str, node: &str, argv: &[String], interactive: bool) -> Result
     let st = read_state(key)?;
     let netns = node_netns(&st, node)?;
     let cwd = st.work.join("nodes").join(node);
-    let mut cmd = crate::process::command_opts(&netns, argv, &cwd, Stdio::inherit(), Stdio::inherit(), Stdio::inherit(), &[], !interactive)?;
+    let mut cmd =
+        crate::process::command_opts(&netns, argv, &cwd, Stdio::inherit(), Stdio::inherit(), Stdio::inherit(), &[], !interactive)?;
     if interactive {
         cmd.env("PS1", format!("[vpnlab {} {node}] \\w# ", key));
     }
@@ -259,7 +263,10 @@ pub fn logs(key: &str, service: Option<&str>, follow: bool, out: &mut dyn Write)
     let st = read_state(key)?;
     let names: Vec<String> = match service {
         Some(s) if st.services.iter().any(|x| x == s) => vec![s.to_string()],
-        Some(s) => bail!(crate::error::EnvError { msg: format!("{} has no service `{s}`", st.lab_id), hint: format!("services: {}", st.services.join(", ")) }),
+        Some(s) => bail!(crate::error::EnvError {
+            msg: format!("{} has no service `{s}`", st.lab_id),
+            hint: format!("services: {}", st.services.join(", "))
+        }),
         None => st.services.clone(),
     };
     let mut offsets = vec![0u64; names.len()];
@@ -298,7 +305,11 @@ pub fn serve(lab_dir: &Path, scenario: &str, until: &str) -> Result<()> {
         "" => total,
         n if n.parse::<usize>().is_ok() => n.parse::<usize>().unwrap().min(total),
         text => {
-            let pos = live.remaining().iter().position(|s| s.text.contains(text)).ok_or_else(|| anyhow!("no step of {scenario} contains `{text}`"))?;
+            let pos = live
+                .remaining()
+                .iter()
+                .position(|s| s.text.contains(text))
+                .ok_or_else(|| anyhow!("no step of {scenario} contains `{text}`"))?;
             pos + 1
         }
     };

@@ -72,7 +72,11 @@ pub fn compare(expected: Option<&str>, actual: &str) -> Verdict {
         Some(e) => {
             let e = format!("{}\n", e.trim_end());
             let a = format!("{}\n", actual.trim_end());
-            let diff = similar::TextDiff::from_lines(&e, &a).unified_diff().context_radius(3).header("snapshot (expected)", "this run (actual)").to_string();
+            let diff = similar::TextDiff::from_lines(&e, &a)
+                .unified_diff()
+                .context_radius(3)
+                .header("snapshot (expected)", "this run (actual)")
+                .to_string();
             Verdict::Mismatch(diff)
         }
     }
@@ -95,8 +99,14 @@ pub fn check_variant(lab: &Lab, scenario: &str, p: &Path, variant: Option<&str>,
     }
     let recorded = if is_ci() { None } else { record_pending(lab, scenario, variant, actual) };
     let how = match &recorded {
-        Some(newp) => format!("the new transcript is in {}; accept it with `cargo insta review` or `vpnlab run --accept {}::{scenario}`", newp.display(), lab.id),
-        None => format!("CI=true: nothing was written; run `vpnlab run {}::{scenario}` locally and accept with `cargo insta review`", lab.id),
+        Some(newp) => format!(
+            "the new transcript is in {}; accept it with `cargo insta review` or `vpnlab run --accept {}::{scenario}`",
+            newp.display(),
+            lab.id
+        ),
+        None => {
+            format!("CI=true: nothing was written; run `vpnlab run {}::{scenario}` locally and accept with `cargo insta review`", lab.id)
+        }
     };
     Err(match verdict {
         Verdict::Missing => format!("{}::{scenario}: no snapshot yet at {}\n--- transcript ---\n{actual}\n{how}", lab.id, p.display()),
@@ -175,11 +185,7 @@ mod tests {
     fn accepted_snapshot_reads_back_through_insta() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("lab.toml"), "").unwrap();
-        let lab = crate::model::parse(
-            &dir.path().join("lab.toml"),
-            "[lab]\ntitle='t'\n[nodes.a]\n[scenarios.s]\nsteps=[]\n",
-        )
-        .unwrap();
+        let lab = crate::model::parse(&dir.path().join("lab.toml"), "[lab]\ntitle='t'\n[nodes.a]\n[scenarios.s]\nsteps=[]\n").unwrap();
         let p = accept(&lab, "s", "line one\nline two\n").unwrap();
         assert_eq!(stored(&p).unwrap().as_deref(), Some("line one\nline two"));
         assert!(check(&lab, "s", "line one\nline two\n").is_ok());

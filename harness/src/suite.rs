@@ -182,7 +182,11 @@ pub fn run_checked_on(lab: &Lab, scenario: &str, opts: &Options, accept: bool, b
     let mut c = match judged {
         Ok(c) => c,
         Err(panic) => {
-            let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into());
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
             let msg = format!("the harness panicked running this scenario: {what}");
             Checked::error(&id, None, msg)
         }
@@ -263,7 +267,10 @@ fn judge(lab: &Lab, scenario: &str, opts: &Options, accept: bool, id: &str, forc
             c.outcome = Outcome::Error;
             c.headline = first_line(&f).to_string();
             c.error = Some(f.clone());
-            c.report = format!("{id}: ERROR (the scenario could not be run; no verdict on the daemons): {f}\n--- transcript ---\n{}", run.transcript);
+            c.report = format!(
+                "{id}: ERROR (the scenario could not be run; no verdict on the daemons): {f}\n--- transcript ---\n{}",
+                run.transcript
+            );
         } else {
             c.outcome = Outcome::CheckFailed;
             c.headline = match &run.failed_step {
@@ -383,7 +390,11 @@ pub fn repetition_diffs(transcripts: &[&str]) -> Vec<RepetitionDiff> {
             if a == b {
                 return None;
             }
-            let diff = similar::TextDiff::from_lines(&a, &b).unified_diff().context_radius(0).header("repetition 1", &format!("repetition {}", i + 1)).to_string();
+            let diff = similar::TextDiff::from_lines(&a, &b)
+                .unified_diff()
+                .context_radius(0)
+                .header("repetition 1", &format!("repetition {}", i + 1))
+                .to_string();
             Some(RepetitionDiff { repetition: i + 1, diff })
         })
         .collect()
@@ -416,21 +427,39 @@ mod tests {
 
     #[test]
     fn failed_steps_are_counted_from_one() {
-        let f = FailedStep { index: Some(2), step: "client: ping 10.0.0.1".into(), observed: "unreachable (100% loss)".into(), expected: "reachable".into() };
+        let f = FailedStep {
+            index: Some(2),
+            step: "client: ping 10.0.0.1".into(),
+            observed: "unreachable (100% loss)".into(),
+            expected: "reachable".into(),
+        };
         assert_eq!(describe_failed_step(&f), "step 3 `client: ping 10.0.0.1`: observed unreachable (100% loss), expected reachable");
-        let f = FailedStep { index: None, step: "start vpn".into(), observed: "exited with status 1".into(), expected: "Initialization Sequence Completed".into() };
+        let f = FailedStep {
+            index: None,
+            step: "start vpn".into(),
+            observed: "exited with status 1".into(),
+            expected: "Initialization Sequence Completed".into(),
+        };
         assert_eq!(describe_failed_step(&f), "`start vpn`: observed exited with status 1, expected Initialization Sequence Completed");
     }
 
     #[test]
     fn a_failure_message_starts_with_the_outcome() {
-        let f = FailedStep { index: Some(2), step: "client: ping 10.0.0.1".into(), observed: "unreachable".into(), expected: "reachable".into() };
+        let f = FailedStep {
+            index: Some(2),
+            step: "client: ping 10.0.0.1".into(),
+            observed: "unreachable".into(),
+            expected: "reachable".into(),
+        };
         let mut c = Checked::error("a/b::c", None, "nft refused the ruleset\nline 2".into());
         assert_eq!(c.failure_message().lines().next().unwrap(), "error: nft refused the ruleset");
         c.outcome = Outcome::CheckFailed;
         c.headline = describe_failed_step(&f);
         c.failed_step = Some(f);
-        assert_eq!(c.failure_message().lines().next().unwrap(), "check-failed: step 3 `client: ping 10.0.0.1`: observed unreachable, expected reachable");
+        assert_eq!(
+            c.failure_message().lines().next().unwrap(),
+            "check-failed: step 3 `client: ping 10.0.0.1`: observed unreachable, expected reachable"
+        );
         assert!(c.verdict_line().starts_with("a/b::c: check-failed in "), "{}", c.verdict_line());
     }
 

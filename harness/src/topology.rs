@@ -49,7 +49,12 @@ impl NsHandle {
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {
-        self.nl.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.with_context(|| format!("node `{}`: link {index} up", self.ns.name))
+        self.nl
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("node `{}`: link {index} up", self.ns.name))
     }
 
     /// Writes a `net.*` sysctl of this namespace (on a thread inside it).
@@ -99,7 +104,8 @@ impl NsHandle {
             RouteType::Unreachable => NlRouteType::Unreachable,
             RouteType::Prohibit => NlRouteType::Prohibit,
         });
-        let link_scope = route.scope_link || (route.kind == RouteType::Unicast && !route.multipath && route.hops.first().map(|h| h.via.is_none()).unwrap_or(false));
+        let link_scope = route.scope_link
+            || (route.kind == RouteType::Unicast && !route.multipath && route.hops.first().map(|h| h.via.is_none()).unwrap_or(false));
         if link_scope {
             b = b.scope(RouteScope::Link);
         }
@@ -277,16 +283,13 @@ impl Topology {
 }
 
 async fn veth(a: &NsHandle, a_if: &str, b: &NsHandle, b_if: &str, mtu: Option<u32>) -> Result<()> {
-    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(b_if.to_string()).append_extra_attribute(LinkAttribute::NetNsFd(b.ns.raw_fd()));
+    let mut peer =
+        LinkMessageBuilder::<LinkUnspec>::new().name(b_if.to_string()).append_extra_attribute(LinkAttribute::NetNsFd(b.ns.raw_fd()));
     let mut link = LinkVeth::new(a_if, b_if);
     if let Some(m) = mtu {
         peer = peer.mtu(m);
         link = link.mtu(m);
     }
     let msg = link.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
-    a.nl.link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(|e| anyhow!("veth {}:{a_if} <-> {}:{b_if}: {}", a.ns.name, b.ns.name, nl_err(&e)))
+    a.nl.link().add(msg).execute().await.map_err(|e| anyhow!("veth {}:{a_if} <-> {}:{b_if}: {}", a.ns.name, b.ns.name, nl_err(&e)))
 }

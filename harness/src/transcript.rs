@@ -21,7 +21,10 @@ pub fn builtin() -> &'static [Sanitizer] {
             // OpenVPN at verb >= 4: microseconds after the timestamp.
             s(r"^us=\d+ ", ""),
             s(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?", "TIMESTAMP"),
-            s(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d \d{4}\b", "TIMESTAMP"),
+            s(
+                r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ \d]\d \d\d:\d\d:\d\d \d{4}\b",
+                "TIMESTAMP",
+            ),
             // ping timings.
             s(r"time[=<]\d+(?:\.\d+)? ?ms", "time=T ms"),
             s(r"\btime \d+ms\b", "time Tms"),
@@ -121,14 +124,20 @@ mod tests {
         assert_eq!(sanitize("OpenVPN 2.7.8 x86_64-pc-linux-gnu [SSL]", &[]), "OpenVPN VERSION x86_64-pc-linux-gnu [SSL]");
         assert_eq!(sanitize("Starting Pluto (Libreswan Version 5.2 IKEv2)", &[]), "Starting Pluto (Libreswan Version VERSION IKEv2)");
         assert_eq!(sanitize("pppd 2.4.9 started by root", &[]), "pppd VERSION started by root");
-        assert_eq!(sanitize("# OpenVPN 2.6 sees an on-link gateway; libreswan 4.10 defaults", &[]), "# OpenVPN 2.6 sees an on-link gateway; libreswan 4.10 defaults");
+        assert_eq!(
+            sanitize("# OpenVPN 2.6 sees an on-link gateway; libreswan 4.10 defaults", &[]),
+            "# OpenVPN 2.6 sees an on-link gateway; libreswan 4.10 defaults"
+        );
     }
 
     #[test]
     fn strips_timestamps_pids_ports() {
         let s = sanitize("2026-12-01 23:10:00 client1/192.0.2.2:51234 MULTI: bad source", &[]);
         assert_eq!(s, "client1/192.0.2.2:PORT MULTI: bad source");
-        assert_eq!(sanitize("64 bytes from 10.0.0.1: icmp_seq=1 ttl=63 time=0.045 ms", &[]), "64 bytes from 10.0.0.1: icmp_seq=1 ttl=63 time=T ms");
+        assert_eq!(
+            sanitize("64 bytes from 10.0.0.1: icmp_seq=1 ttl=63 time=0.045 ms", &[]),
+            "64 bytes from 10.0.0.1: icmp_seq=1 ttl=63 time=T ms"
+        );
         assert_eq!(sanitize("pluto[4242]: started pid=4242", &[]), "pluto[PID]: started pid=PID");
         assert_eq!(sanitize("Dec  1 23:10:00.123456: \"myvpn\" #1: initiating", &[]), "\"myvpn\" #1: initiating");
     }
@@ -159,7 +168,10 @@ mod tests {
 
     #[test]
     fn log_lines_are_sanitized_before_their_prefix_and_only_once() {
-        let extra = vec![Sanitizer { re: Regex::new(r"^us=\d+ ").unwrap(), with: String::new() }, Sanitizer { re: Regex::new(r"N").unwrap(), with: "NN".into() }];
+        let extra = vec![
+            Sanitizer { re: Regex::new(r"^us=\d+ ").unwrap(), with: String::new() },
+            Sanitizer { re: Regex::new(r"N").unwrap(), with: "NN".into() },
+        ];
         let mut t = Transcript::new(&extra);
         assert_eq!(t.push_log("server.log: ", "2026-12-01 23:10:00 us=123 MULTI: N"), "server.log: MULTI: NN");
         assert_eq!(t.render(), "server.log: MULTI: NN\n");

@@ -83,14 +83,25 @@ fn ask_with(daemon: &str, mounts: &[crate::process::BindMount]) -> String {
         if !mounts.is_empty() {
             let binds: Vec<(std::ffi::CString, std::ffi::CString)> = mounts
                 .iter()
-                .filter_map(|m| Some((std::ffi::CString::new(m.src.to_string_lossy().as_bytes()).ok()?, std::ffi::CString::new(m.dst.to_string_lossy().as_bytes()).ok()?)))
+                .filter_map(|m| {
+                    Some((
+                        std::ffi::CString::new(m.src.to_string_lossy().as_bytes()).ok()?,
+                        std::ffi::CString::new(m.dst.to_string_lossy().as_bytes()).ok()?,
+                    ))
+                })
                 .collect();
             let root = std::ffi::CString::new("/").unwrap();
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                     let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
                     check(libc::unshare(libc::CLONE_NEWNS))?;
-                    check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+                    check(libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ))?;
                     for (src, dst) in &binds {
                         check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
                     }

@@ -79,7 +79,11 @@ impl Component {
     fn files(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Component::Openvpn => &[("sbin/openvpn", "/usr/sbin/openvpn")],
-            Component::Libreswan => &[("libexec/ipsec/pluto", "/usr/libexec/ipsec/pluto"), ("sbin/ipsec", "/usr/sbin/ipsec"), ("libexec/ipsec", "/usr/libexec/ipsec")],
+            Component::Libreswan => &[
+                ("libexec/ipsec/pluto", "/usr/libexec/ipsec/pluto"),
+                ("sbin/ipsec", "/usr/sbin/ipsec"),
+                ("libexec/ipsec", "/usr/libexec/ipsec"),
+            ],
             Component::Pppd => &[("sbin/pppd", "/usr/sbin/pppd")],
         }
     }
@@ -214,7 +218,9 @@ impl With {
 
 /// Splits `NAME=SPEC[,SPEC...]` (the comma form is for `vpnlab matrix`).
 pub fn parse_arg(arg: &str) -> Result<(Component, Vec<String>), EnvError> {
-    let bad = |msg: String| EnvError { msg, hint: "use --with NAME=SPEC: NAME is openvpn, libreswan or pppd; SPEC is a path (binary or install prefix), a version (2.7.8) or debian:SUITE".into() };
+    let bad = |msg: String| {
+        EnvError { msg, hint: "use --with NAME=SPEC: NAME is openvpn, libreswan or pppd; SPEC is a path (binary or install prefix), a version (2.7.8) or debian:SUITE".into() }
+    };
     let (name, spec) = arg.split_once('=').ok_or_else(|| bad(format!("--with `{arg}`: expected NAME=SPEC")))?;
     let c = Component::parse(name.trim()).ok_or_else(|| bad(format!("--with `{arg}`: unknown NAME `{name}`")))?;
     let specs: Vec<String> = spec.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
@@ -231,7 +237,10 @@ pub fn resolve_all(args: &[String]) -> Result<With, EnvError> {
     for a in args {
         let (c, specs) = parse_arg(a)?;
         if specs.len() != 1 {
-            return Err(EnvError { msg: format!("--with `{a}`: one SPEC per NAME here"), hint: "several versions side by side: `vpnlab matrix --with NAME=A,B`".into() });
+            return Err(EnvError {
+                msg: format!("--with `{a}`: one SPEC per NAME here"),
+                hint: "several versions side by side: `vpnlab matrix --with NAME=A,B`".into(),
+            });
         }
         if w.get(c).is_some() {
             return Err(EnvError { msg: format!("--with {} given twice", c.name()), hint: "give each NAME once".into() });
@@ -247,17 +256,25 @@ pub fn resolve(c: Component, spec: &str) -> Result<Choice, EnvError> {
     let source = if spec.contains('/') || Path::new(spec).exists() {
         path_source(c, spec)?
     } else if let Some(suite) = spec.strip_prefix("debian:") {
-        let path = debian_root(suite).map_err(|e| env(format!("--with {}={spec}: {e:#}", c.name()), format!("Debian suites: {}", SUITES.join(", "))))?;
+        let path = debian_root(suite)
+            .map_err(|e| env(format!("--with {}={spec}: {e:#}", c.name()), format!("Debian suites: {}", SUITES.join(", "))))?;
         Source::Root { path, suite: Some(suite.to_string()) }
     } else if spec.chars().next().is_some_and(|ch| ch.is_ascii_digit()) {
         version_source(c, spec)?
     } else {
-        return Err(env(format!("--with {}={spec}: not a path, a version or debian:SUITE", c.name()), format!("e.g. {}=debian:sid, {}=/opt/build/sbin/{}", c.name(), c.name(), c.daemon())));
+        return Err(env(
+            format!("--with {}={spec}: not a path, a version or debian:SUITE", c.name()),
+            format!("e.g. {}=debian:sid, {}=/opt/build/sbin/{}", c.name(), c.name(), c.daemon()),
+        ));
     };
-    let mut choice = Choice { component: c, spec: spec.to_string(), source, version: String::new(), minor: String::new(), host_minor: false };
+    let mut choice =
+        Choice { component: c, spec: spec.to_string(), source, version: String::new(), minor: String::new(), host_minor: false };
     choice.version = crate::versions::version_with(c.daemon(), &choice.mounts());
     if choice.version.starts_with("unknown") {
-        return Err(env(format!("--with {}={spec}: the chosen {} does not run: {}", c.name(), c.daemon(), choice.version), "give an executable built for this machine, its install prefix, or a Debian version".into()));
+        return Err(env(
+            format!("--with {}={spec}: the chosen {} does not run: {}", c.name(), c.daemon(), choice.version),
+            "give an executable built for this machine, its install prefix, or a Debian version".into(),
+        ));
     }
     choice.minor = minor(&choice.version).unwrap_or_else(|| "unknown".into());
     choice.host_minor = minor(&crate::versions::version(c.daemon())).as_deref() == Some(choice.minor.as_str());
@@ -270,12 +287,18 @@ pub fn resolve(c: Component, spec: &str) -> Result<Choice, EnvError> {
 }
 
 fn path_source(c: Component, spec: &str) -> Result<Source, EnvError> {
-    let p = std::fs::canonicalize(spec).map_err(|e| EnvError { msg: format!("--with {}={spec}: {e}", c.name()), hint: format!("give an executable `{}`, an install prefix (with {}), or a version / debian:SUITE", c.daemon(), c.files()[0].0) })?;
+    let p = std::fs::canonicalize(spec).map_err(|e| EnvError {
+        msg: format!("--with {}={spec}: {e}", c.name()),
+        hint: format!("give an executable `{}`, an install prefix (with {}), or a version / debian:SUITE", c.daemon(), c.files()[0].0),
+    })?;
     if p.is_file() {
         use std::os::unix::fs::PermissionsExt;
         let mode = p.metadata().map(|m| m.permissions().mode()).unwrap_or(0);
         if mode & 0o111 == 0 {
-            return Err(EnvError { msg: format!("--with {}={spec}: {} is not executable", c.name(), p.display()), hint: format!("chmod +x it, or give an install prefix (with {})", c.files()[0].0) });
+            return Err(EnvError {
+                msg: format!("--with {}={spec}: {} is not executable", c.name(), p.display()),
+                hint: format!("chmod +x it, or give an install prefix (with {})", c.files()[0].0),
+            });
         }
         return Ok(Source::Binary { path: p });
     }
@@ -335,17 +358,17 @@ pub fn debian_root(suite: &str) -> Result<PathBuf> {
     eprintln!("vpnlab: Debian {suite} root: fetching openvpn, libreswan, ppp with mmdebstrap into {} ...", root.display());
     let t0 = Instant::now();
     let mut cmd = Command::new("mmdebstrap");
-    cmd.args(["--mode=unshare", "--variant=apt", "--quiet", "--aptopt=Acquire::Check-Valid-Until \"false\"", "--include=openvpn,libreswan,ppp,iproute2"]);
+    cmd.args([
+        "--mode=unshare",
+        "--variant=apt",
+        "--quiet",
+        "--aptopt=Acquire::Check-Valid-Until \"false\"",
+        "--include=openvpn,libreswan,ppp,iproute2",
+    ]);
     // Only /usr is bind-mounted: a suite before bookworm is not merged-/usr (its libraries and
     // loader are in /lib) and is refused below. (mmdebstrap's merged-usr hook failed for
     // bullseye in unshare mode here.)
-    let out = cmd
-        .arg(suite)
-        .arg(&tmp)
-        .arg(MIRROR)
-        .stdin(Stdio::null())
-        .output()
-        .context("running mmdebstrap")?;
+    let out = cmd.arg(suite).arg(&tmp).arg(MIRROR).stdin(Stdio::null()).output().context("running mmdebstrap")?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&tmp);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -409,13 +432,18 @@ fn version_source(c: Component, spec: &str) -> Result<Source, EnvError> {
     // A cached root that has it: no network.
     for s in SUITES {
         let root = cache_dir().join("debian").join(s);
-        if root.join(".vpnlab-complete").exists() && installed_version(&root, c.package()).is_some_and(|v| matches_version(spec, upstream(&v))) {
+        if root.join(".vpnlab-complete").exists()
+            && installed_version(&root, c.package()).is_some_and(|v| matches_version(spec, upstream(&v)))
+        {
             eprintln!("vpnlab: Debian {s} root: cached ({})", root.display());
             return Ok(Source::Root { path: root, suite: Some(s.to_string()) });
         }
     }
     // Ask the archive.
-    let avail = archive_versions(c.package()).map_err(|e| EnvError { msg: format!("--with {}={spec}: cannot ask Debian's archive: {e:#}", c.name()), hint: "check the network, or give a path or debian:SUITE".into() })?;
+    let avail = archive_versions(c.package()).map_err(|e| EnvError {
+        msg: format!("--with {}={spec}: cannot ask Debian's archive: {e:#}", c.name()),
+        hint: "check the network, or give a path or debian:SUITE".into(),
+    })?;
     for s in SUITES {
         if let Some((_, v)) = avail.iter().find(|(suite, v)| suite == s && matches_version(spec, upstream(v))) {
             let _ = v;
@@ -425,7 +453,12 @@ fn version_source(c: Component, spec: &str) -> Result<Source, EnvError> {
     }
     let list: Vec<String> = avail.iter().map(|(s, v)| format!("{} ({s})", upstream(v))).collect();
     Err(EnvError {
-        msg: format!("--with {}={spec}: no such version in Debian's archive ({}) nor on this host ({})", c.name(), SUITES.join(", "), crate::versions::version(c.daemon())),
+        msg: format!(
+            "--with {}={spec}: no such version in Debian's archive ({}) nor on this host ({})",
+            c.name(),
+            SUITES.join(", "),
+            crate::versions::version(c.daemon())
+        ),
         hint: format!("available: {}; or give a path to your own build", list.join(", ")),
     })
 }
@@ -460,14 +493,16 @@ pub fn archive_versions(package: &str) -> Result<Vec<(String, String)>> {
     if !fresh {
         let t0 = Instant::now();
         eprintln!("vpnlab: asking Debian's archive which versions it has ({}) ...", SUITES.join(", "));
-        let out = Command::new("apt-get").arg("-qq").args(opts(&d)).arg("update").stdin(Stdio::null()).output().context("apt-get update")?;
+        let out =
+            Command::new("apt-get").arg("-qq").args(opts(&d)).arg("update").stdin(Stdio::null()).output().context("apt-get update")?;
         if !out.status.success() {
             anyhow::bail!("apt-get update: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         std::fs::write(&stamp, "")?;
         eprintln!("vpnlab: archive index fetched in {:.1}s", t0.elapsed().as_secs_f64());
     }
-    let out = Command::new("apt-cache").args(opts(&d)).args(["madison", package]).stdin(Stdio::null()).output().context("apt-cache madison")?;
+    let out =
+        Command::new("apt-cache").args(opts(&d)).args(["madison", package]).stdin(Stdio::null()).output().context("apt-cache madison")?;
     let mut v = Vec::new();
     for l in String::from_utf8_lossy(&out.stdout).lines() {
         let f: Vec<&str> = l.split('|').map(str::trim).collect();

@@ -61,7 +61,10 @@ impl WorkDir {
         let base = base();
         std::fs::create_dir_all(&base).ok();
         let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-        let staging = tempfile::Builder::new().prefix(&format!("{STAGING}{}-", std::process::id())).tempdir_in(&base).context("create the work dir")?;
+        let staging = tempfile::Builder::new()
+            .prefix(&format!("{STAGING}{}-", std::process::id()))
+            .tempdir_in(&base)
+            .context("create the work dir")?;
         // Daemons that drop privileges (user nobody) must still reach their files.
         std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
         let lock = File::create(staging.path().join(LOCK))?;
@@ -122,10 +125,9 @@ pub fn sweep() -> usize {
             continue;
         }
         let Ok(lock) = File::open(p.join(LOCK)) else { continue };
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
-            && std::fs::remove_dir_all(&p).is_ok() {
-                n += 1;
-            }
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 && std::fs::remove_dir_all(&p).is_ok() {
+            n += 1;
+        }
     }
     n
 }
@@ -146,7 +148,7 @@ mod tests {
         std::fs::write(dead.join(LOCK), "").unwrap();
         let foreign = root.path().join("vpnlab-not-ours");
         std::fs::create_dir(&foreign).unwrap(); // no lock file: not made by vpnlab, never touched
-        // A dir being created by a live process (staging name, no lock yet) is left alone...
+                                                // A dir being created by a live process (staging name, no lock yet) is left alone...
         let staging = root.path().join(format!("{STAGING}{}-abc123", std::process::id()));
         std::fs::create_dir(&staging).unwrap();
         assert_eq!(sweep(), 1);

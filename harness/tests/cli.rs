@@ -52,7 +52,8 @@ fn unknown_lab_or_scenario_exits_2() {
 fn a_missing_daemon_binary_exits_2_naming_the_package() {
     let labs = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let toml = GOOD.replace("[scenarios.ping]", "[services.d]\nnode = \"a\"\nrun = \"/usr/sbin/no-such-vpnd --foreground\"\n[scenarios.ping]");
+    let toml =
+        GOOD.replace("[scenarios.ping]", "[services.d]\nnode = \"a\"\nrun = \"/usr/sbin/no-such-vpnd --foreground\"\n[scenarios.ping]");
     lab_dir(labs.path(), "t/nobin", &toml);
     let o = vpnlab(&["run", "t/nobin"], labs.path(), work.path());
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -67,7 +68,12 @@ fn a_lab_path_anywhere_on_disk_runs_and_passes() {
     let work = tempfile::tempdir().unwrap();
     let d = lab_dir(labs.path(), "t/good", GOOD);
     // First run records the snapshot (not under CI); the second compares with it.
-    let o = Command::new(env!("CARGO_BIN_EXE_vpnlab")).args(["run", "--accept", &d.to_string_lossy()]).env("VPNLAB_WORK_ROOT", work.path()).env_remove("CI").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .args(["run", "--accept", &d.to_string_lossy()])
+        .env("VPNLAB_WORK_ROOT", work.path())
+        .env_remove("CI")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let snap = std::fs::read_to_string(d.join("snapshots/ping.snap")).unwrap();
     assert!(snap.contains("a$ ping -c2 10.9.0.2  -> reachable (ttl=64)"), "{snap}");
@@ -75,7 +81,11 @@ fn a_lab_path_anywhere_on_disk_runs_and_passes() {
     let o = vpnlab(&["run", &d.to_string_lossy()], labs.path(), work.path());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stderr(&o).contains("/good::ping: passed in "), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with("vpnlab: 1 passed, 0 check-failed, 0 drift, 0 error in "), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("vpnlab: 1 passed, 0 check-failed, 0 drift, 0 error in "),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     // A check that fails is exit 1, with the kept work dir named.
     std::fs::write(d.join("lab.toml"), GOOD.replace("10.9.0.3 -> unreachable", "10.9.0.3 -> reachable")).unwrap();
     let o = vpnlab(&["run", &d.to_string_lossy()], labs.path(), work.path());
@@ -143,7 +153,10 @@ fn pcap_records_every_link_readable_by_tcpdump() {
     assert_eq!(kept.len(), 1, "--keep keeps the work dir");
     let pcap = kept[0].join("pcap/a-eth0.pcap");
     let bytes = std::fs::read(&pcap).unwrap();
-    assert!(bytes.len() > 24 && (bytes[..4] == [0xd4, 0xc3, 0xb2, 0xa1] || bytes[..4] == [0xa1, 0xb2, 0xc3, 0xd4]), "a pcap file with packets");
+    assert!(
+        bytes.len() > 24 && (bytes[..4] == [0xd4, 0xc3, 0xb2, 0xa1] || bytes[..4] == [0xa1, 0xb2, 0xc3, 0xd4]),
+        "a pcap file with packets"
+    );
     let r = Command::new("tcpdump").args(["-n", "-r"]).arg(&pcap).output().unwrap();
     let text = String::from_utf8_lossy(&r.stdout);
     assert!(text.contains("10.9.0.1 > 10.9.0.2: ICMP echo request"), "{text}");
@@ -162,7 +175,9 @@ fn host_state_detects_changes() {
     let o = Command::new("unshare").args(["--net", "bash", "-c", &sh]).output().unwrap();
     let d = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "diff finds differences: {d}{}", stderr(&o));
-    for want in ["vl0", "10.77.0.1/24", "10.78.0.0/16 via 10.77.0.2", "from 10.77.0.1 lookup 7", "table inet vltest", "net.ipv4.ip_forward = 1"] {
+    for want in
+        ["vl0", "10.77.0.1/24", "10.78.0.0/16 via 10.77.0.2", "from 10.77.0.1 lookup 7", "table inet vltest", "net.ipv4.ip_forward = 1"]
+    {
         assert!(d.contains(want), "missing {want:?} in:\n{d}");
     }
 }
@@ -193,7 +208,12 @@ fn daemon_death_hanging_steps_and_deadlines_fail_clearly() {
     let work = tempfile::tempdir().unwrap();
     let run = |name: &str, toml: &str| -> (Option<i32>, String) {
         let d = lab_dir(labs.path(), &format!("t/{name}"), toml);
-        let o = Command::new(env!("CARGO_BIN_EXE_vpnlab")).args(["run", "-q", &d.to_string_lossy()]).env("VPNLAB_WORK_ROOT", work.path()).env("CI", "true").output().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+            .args(["run", "-q", &d.to_string_lossy()])
+            .env("VPNLAB_WORK_ROOT", work.path())
+            .env("CI", "true")
+            .output()
+            .unwrap();
         (o.status.code(), stderr(&o))
     };
     let dies = GOOD.replace(
@@ -204,7 +224,9 @@ fn daemon_death_hanging_steps_and_deadlines_fail_clearly() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("service `d` exited unexpectedly (exit status: 3)") && err.contains("going down now"), "{err}");
 
-    let hangs = GOOD.replace("title = \"two nodes\"", "title = \"hang\"\nstep_timeout = \"500ms\"").replace("\"a: ping 10.9.0.2\",", "\"a: sh sleep 30\",");
+    let hangs = GOOD
+        .replace("title = \"two nodes\"", "title = \"hang\"\nstep_timeout = \"500ms\"")
+        .replace("\"a: ping 10.9.0.2\",", "\"a: sh sleep 30\",");
     let t = std::time::Instant::now();
     let (code, err) = run("hangs", &hangs);
     assert_eq!(code, Some(1), "{err}");
@@ -237,13 +259,19 @@ fn doctor_reports_features_labs_and_what_to_install() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     for f in vpnlab::model::KernelFeature::ALL {
-        let line = out.lines().find(|l| l.trim_start().starts_with(&format!("{} ", f.name()))).unwrap_or_else(|| panic!("no line for {}:\n{out}", f.name()));
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{} ", f.name())))
+            .unwrap_or_else(|| panic!("no line for {}:\n{out}", f.name()));
         let native = if vpnlab::env::kernel_has(f) { "yes" } else { "no" };
         assert!(line.split_whitespace().any(|w| w == native), "{line} (native: {native})");
     }
     assert!(out.starts_with(&format!("host kernel: Linux {}", vpnlab::env::kernel_release())), "{out}");
     assert!(out.contains("user-mode-linux: "), "{out}");
-    assert!(out.contains("labs that run natively") && out.contains("labs that run in user-mode-linux") && out.contains("labs that run nowhere"), "{out}");
+    assert!(
+        out.contains("labs that run natively") && out.contains("labs that run in user-mode-linux") && out.contains("labs that run nowhere"),
+        "{out}"
+    );
     assert!(out.contains("to install:"), "{out}");
     let native_has_inet = vpnlab::env::kernel_has(vpnlab::model::KernelFeature::NftInet);
     if native_has_inet {
@@ -259,7 +287,11 @@ fn doctor_reports_features_labs_and_what_to_install() {
 fn check_warns_about_a_sysctl_this_kernel_lacks() {
     let labs = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let d = lab_dir(labs.path(), "t/sysctl", &GOOD.replace("[nodes.a]\n", "[nodes.a]\nsysctl = { \"net.ipv4.no_such_sysctl_vpnlab\" = \"1\" }\n"));
+    let d = lab_dir(
+        labs.path(),
+        "t/sysctl",
+        &GOOD.replace("[nodes.a]\n", "[nodes.a]\nsysctl = { \"net.ipv4.no_such_sysctl_vpnlab\" = \"1\" }\n"),
+    );
     let o = vpnlab(&["check", "t/sysctl"], labs.path(), work.path());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let err = stderr(&o);

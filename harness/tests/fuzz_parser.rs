@@ -240,8 +240,8 @@ fn content() -> impl Strategy<Value = String> {
         "openvpn --config basic-udp-client.conf",
     ];
     let seps: Vec<&'static str> = vec![" ", "\t", "\u{3000}", "\u{a0}", "\u{2003}", "\\t", "\\u3000", "\\u00a0"];
-    let structured = (proptest::sample::select(starts), proptest::sample::select(seps), words)
-        .prop_map(|(a, sep, w)| format!("{a}{sep}{w}"));
+    let structured =
+        (proptest::sample::select(starts), proptest::sample::select(seps), words).prop_map(|(a, sep, w)| format!("{a}{sep}{w}"));
     prop_oneof![
         3 => proptest::sample::select(fixed).prop_map(str::to_string),
         2 => words,

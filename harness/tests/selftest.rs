@@ -131,7 +131,11 @@ fn removing_the_fix_step_fails_the_scenario() {
     assert_eq!(f.step, "client: ping 10.198.0.1 -> reachable");
     assert_eq!(f.index, Some(5), "the 6th of prelude (5) + steps");
     assert!(f.observed.contains("unreachable") && f.expected.contains("reachable"), "{f:?}");
-    assert!(out.failure_message().starts_with("check-failed: step 6 `client: ping 10.198.0.1 -> reachable`: observed "), "{}", out.failure_message());
+    assert!(
+        out.failure_message().starts_with("check-failed: step 6 `client: ping 10.198.0.1 -> reachable`: observed "),
+        "{}",
+        out.failure_message()
+    );
     // The failed run keeps its work dir with the daemon logs, and says where.
     let kept = out.workdir.clone().expect("a failed run keeps its work dir");
     assert!(kept.join("logs/server.log").is_file() && out.report.contains(&kept.display().to_string()));
@@ -146,10 +150,13 @@ fn a_passing_run_leaves_nothing() {
     assert_eq!(out.outcome, suite::Outcome::Passed, "{}", out.report);
     assert!(out.workdir.is_none());
     // (other tests of this binary run other scenarios under the same root at the same time)
-    let ours = |p: &(u32, String)| std::fs::read_link(format!("/proc/{}/cwd", p.0)).map(|c| c.to_string_lossy().contains("fix-masquerade")).unwrap_or(false);
+    let ours = |p: &(u32, String)| {
+        std::fs::read_link(format!("/proc/{}/cwd", p.0)).map(|c| c.to_string_lossy().contains("fix-masquerade")).unwrap_or(false)
+    };
     let left: Vec<_> = procs_under(root).into_iter().filter(ours).collect();
     assert_eq!(left, vec![], "no process of the lab survives it");
-    let leftover: Vec<_> = std::fs::read_dir(root).unwrap().flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("fix-masquerade")).collect();
+    let leftover: Vec<_> =
+        std::fs::read_dir(root).unwrap().flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("fix-masquerade")).collect();
     assert_eq!(leftover, Vec::<PathBuf>::new(), "the work dir is removed");
 }
 
@@ -180,7 +187,9 @@ fn sigterm_and_sigint_leave_nothing_at_all() {
         unsafe { libc::kill(child.id() as i32, sig) };
         let st = child.wait().unwrap();
         assert_eq!(st.code(), Some(code), "vpnlab exits 128+signal after cleaning up");
-        wait_for("the lab's processes to die", Duration::from_secs(5), || daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists()));
+        wait_for("the lab's processes to die", Duration::from_secs(5), || {
+            daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists())
+        });
         wait_for("the lab's namespaces to go", Duration::from_secs(5), || !old_process_in(&spaces, &old));
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "no work dir left, without any sweep");
     }
@@ -200,7 +209,9 @@ fn sigterm_during_a_parallel_run_leaves_nothing_and_prints_the_summary_so_far() 
         .spawn()
         .unwrap();
     // Two scenarios' daemons (two openvpn each) at the same time.
-    wait_for("two scenarios' daemons at once", Duration::from_secs(30), || procs_under(root.path()).iter().filter(|(_, c)| c == "openvpn").count() >= 4);
+    wait_for("two scenarios' daemons at once", Duration::from_secs(30), || {
+        procs_under(root.path()).iter().filter(|(_, c)| c == "openvpn").count() >= 4
+    });
     let daemons = procs_under(root.path());
     let spaces = lab_spaces(daemons.iter().map(|(p, _)| *p));
     let old = all_pids();
@@ -210,7 +221,9 @@ fn sigterm_during_a_parallel_run_leaves_nothing_and_prints_the_summary_so_far() 
     let stdout = String::from_utf8_lossy(&o.stdout);
     let last = stdout.lines().last().unwrap_or("");
     assert!(last.starts_with("vpnlab: ") && last.ends_with("(interrupted)"), "the summary so far ends the run: {stdout:?}");
-    wait_for("the labs' processes to die", Duration::from_secs(5), || daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists()));
+    wait_for("the labs' processes to die", Duration::from_secs(5), || {
+        daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists())
+    });
     wait_for("the labs' namespaces to go", Duration::from_secs(5), || !old_process_in(&spaces, &old));
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "no work dir left, without any sweep");
 }
@@ -223,12 +236,19 @@ fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
     let old = all_pids();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    wait_for("the lab's processes to die with vpnlab", Duration::from_secs(5), || daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists()));
+    wait_for("the lab's processes to die with vpnlab", Duration::from_secs(5), || {
+        daemons.iter().all(|(p, _)| !Path::new(&format!("/proc/{p}")).exists())
+    });
     wait_for("the lab's namespaces to go", Duration::from_secs(5), || !old_process_in(&spaces, &old));
     // The work dir is left (SIGKILL runs no code) until the next vpnlab command sweeps it.
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
     let (labs_copy, _) = copy_lab(LAB);
-    let st = Command::new(env!("CARGO_BIN_EXE_vpnlab")).arg("list").env("VPNLAB_WORK_ROOT", root.path()).env("VPNLAB_LABS", labs_copy.path()).output().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .arg("list")
+        .env("VPNLAB_WORK_ROOT", root.path())
+        .env("VPNLAB_LABS", labs_copy.path())
+        .output()
+        .unwrap();
     assert!(st.status.success(), "{st:?}");
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "the next command swept the dead run's work dir");
 }
@@ -285,10 +305,17 @@ fn sigkill_at_any_point_leaves_nothing() {
         let old = all_pids();
         child.kill().unwrap();
         child.wait().unwrap();
-        wait_for(&format!("processes gone (kill at {delay_ms} ms)"), Duration::from_secs(5), || seen.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()) && procs_under(root.path()).is_empty());
+        wait_for(&format!("processes gone (kill at {delay_ms} ms)"), Duration::from_secs(5), || {
+            seen.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()) && procs_under(root.path()).is_empty()
+        });
         wait_for(&format!("namespaces gone (kill at {delay_ms} ms)"), Duration::from_secs(5), || !old_process_in(&spaces, &old));
         let (labs_copy, _) = copy_lab(LAB);
-        let st = Command::new(env!("CARGO_BIN_EXE_vpnlab")).arg("list").env("VPNLAB_WORK_ROOT", root.path()).env("VPNLAB_LABS", labs_copy.path()).output().unwrap();
+        let st = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+            .arg("list")
+            .env("VPNLAB_WORK_ROOT", root.path())
+            .env("VPNLAB_LABS", labs_copy.path())
+            .output()
+            .unwrap();
         assert!(st.status.success());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "kill at {delay_ms} ms: the work dir is swept");
     }

@@ -22,7 +22,11 @@ impl Env {
     }
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_vpnlab"));
-        c.args(args).env("VPNLAB_STATE", self.state.path()).env("VPNLAB_WORK_ROOT", self.work.path()).env("VPNLAB_NETNS_PREFIX", &self.prefix).env("VPNLAB_LABS", labs());
+        c.args(args)
+            .env("VPNLAB_STATE", self.state.path())
+            .env("VPNLAB_WORK_ROOT", self.work.path())
+            .env("VPNLAB_NETNS_PREFIX", &self.prefix)
+            .env("VPNLAB_LABS", labs());
         c
     }
     fn run(&self, args: &[&str]) -> Output {
@@ -36,7 +40,13 @@ fn ok(o: &Output) -> String {
 }
 
 fn netns_names(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(prefix)).collect()
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 #[test]
@@ -57,7 +67,10 @@ fn up_exec_shell_step_logs_down() {
     // A second lab up at the same time.
     ok(&env.run(&["up", "openvpn/basic-server"]));
     let st = ok(&env.run(&["status"]));
-    assert!(st.contains("missing-return-route: openvpn/missing-return-route::fix-gateway-route up (4 of 8") && st.contains("basic-server:"), "{st}");
+    assert!(
+        st.contains("missing-return-route: openvpn/missing-return-route::fix-gateway-route up (4 of 8") && st.contains("basic-server:"),
+        "{st}"
+    );
     // step: the next steps, one transcript line each.
     assert_eq!(ok(&env.run(&["step", lab])).lines().next(), Some("gateway$ ip route"));
     assert_eq!(ok(&env.run(&["step", lab])).trim(), "gateway# ip route add 10.200.0.0/24 via 10.198.0.10");
@@ -97,7 +110,11 @@ fn down_cleans_up_after_a_killed_server() {
     let pid: i32 = state.lines().find_map(|l| l.strip_prefix("server_pid = ")).unwrap().trim().parse().unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
     // Wait until it is dead (a zombie or gone): the signal is delivered asynchronously.
-    let dead = || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')).unwrap_or(true);
+    let dead = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(true)
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !dead() {
         assert!(std::time::Instant::now() < deadline, "the server did not die");

@@ -95,7 +95,11 @@ fn assert_matches_schema(report: &Value) {
 /// `vpnlab: P passed, C check-failed, D drift, E error in X.XXs...`
 fn assert_summary(out: &Out, counts: &str) {
     let last = out.last_line();
-    assert!(last.starts_with(&format!("vpnlab: {counts} in ")), "the run ends with the summary `{counts}`; last line: {last:?}\n{}", out.text);
+    assert!(
+        last.starts_with(&format!("vpnlab: {counts} in ")),
+        "the run ends with the summary `{counts}`; last line: {last:?}\n{}",
+        out.text
+    );
 }
 
 /// A copy of openvpn/missing-return-route (same id, so its snapshots apply) under a temp root.
@@ -116,7 +120,11 @@ fn a_fix_replaced_by_a_no_op_is_check_failed_not_drift() {
     assert_ne!(text, no_op, "the lab has the fix step this test replaces");
     std::fs::write(&file, no_op).unwrap();
     let report = work.path().join("report.json");
-    let out = vpnlab(&["run", "-q", "--report", &report.to_string_lossy(), "openvpn/missing-return-route::fix-gateway-route"], labs.path(), work.path());
+    let out = vpnlab(
+        &["run", "-q", "--report", &report.to_string_lossy(), "openvpn/missing-return-route::fix-gateway-route"],
+        labs.path(),
+        work.path(),
+    );
     assert_eq!(out.code, Some(1), "{}", out.text);
     assert!(out.text.contains("== openvpn/missing-return-route::fix-gateway-route: check-failed in "), "{}", out.text);
     assert_summary(&out, "0 passed, 1 check-failed, 0 drift, 0 error");
@@ -146,7 +154,11 @@ fn an_edited_unasserted_snapshot_line_is_drift() {
     let target = text.lines().find(|l| l.contains("10.198.0.0/16 dev eth0")).expect("the snapshot shows the gateway's routes").to_string();
     std::fs::write(&snap, text.replacen(&target, &format!("{target} metric 7"), 1)).unwrap();
     let report = work.path().join("report.json");
-    let out = vpnlab(&["run", "-q", "--report", &report.to_string_lossy(), "openvpn/missing-return-route::fix-gateway-route"], labs.path(), work.path());
+    let out = vpnlab(
+        &["run", "-q", "--report", &report.to_string_lossy(), "openvpn/missing-return-route::fix-gateway-route"],
+        labs.path(),
+        work.path(),
+    );
     assert_eq!(out.code, Some(1), "{}", out.text);
     assert!(out.text.contains("== openvpn/missing-return-route::fix-gateway-route: drift in "), "{}", out.text);
     assert_summary(&out, "0 passed, 0 check-failed, 1 drift, 0 error");
@@ -168,7 +180,11 @@ fn a_daemon_that_dies_at_start_is_check_failed_and_the_next_scenario_still_runs(
     lab(labs.path(), "t/good", GOOD);
     let report = work.path().join("report.json");
     // -j 1: one after the other, so the order of the verdicts shows that the next one still ran.
-    let out = vpnlab(&["run", "-q", "-j", "1", "--report", &report.to_string_lossy(), "t/daemon-exits-at-start", "t/good"], labs.path(), work.path());
+    let out = vpnlab(
+        &["run", "-q", "-j", "1", "--report", &report.to_string_lossy(), "t/daemon-exits-at-start", "t/good"],
+        labs.path(),
+        work.path(),
+    );
     assert_eq!(out.code, Some(1), "{}", out.text);
     let dead = out.text.find("== t/daemon-exits-at-start::s: check-failed in ").unwrap_or_else(|| panic!("{}", out.text));
     let next = out.text.find("== t/good::ping: passed in ").unwrap_or_else(|| panic!("the next scenario ran: {}", out.text));
@@ -226,7 +242,11 @@ fn the_report_of_a_mixed_run_matches_its_schema() {
 
     let report = work.path().join("sub/../report.json");
     std::fs::create_dir_all(work.path().join("sub")).unwrap();
-    let out = vpnlab(&["run", "-q", "--report", &report.to_string_lossy(), "t/good", "t/dies", "t/drift", "t/unbuildable"], labs.path(), work.path());
+    let out = vpnlab(
+        &["run", "-q", "--report", &report.to_string_lossy(), "t/good", "t/dies", "t/drift", "t/unbuildable"],
+        labs.path(),
+        work.path(),
+    );
     assert_eq!(out.code, Some(1), "{}", out.text);
     assert_summary(&out, "1 passed, 1 check-failed, 1 drift, 1 error");
     let r = read_report(&report);
@@ -234,9 +254,16 @@ fn the_report_of_a_mixed_run_matches_its_schema() {
     assert_eq!(r["schema"], "vpnlab-report/1");
     assert_eq!(r["complete"], true);
     assert_eq!(r["repeat"], 1);
-    assert_eq!(r["summary"], serde_json::json!({"passed": 1, "check_failed": 1, "drift": 1, "error": 1, "runs": 4, "scenarios": 4, "differed": 0, "not_passed": 3}));
+    assert_eq!(
+        r["summary"],
+        serde_json::json!({"passed": 1, "check_failed": 1, "drift": 1, "error": 1, "runs": 4, "scenarios": 4, "differed": 0, "not_passed": 3})
+    );
     let ids: Vec<&str> = r["scenarios"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["t/good::ping", "t/dies::s", "t/drift::ping", "t/unbuildable::ping"], "in the selection order, whatever order they ended in");
+    assert_eq!(
+        ids,
+        ["t/good::ping", "t/dies::s", "t/drift::ping", "t/unbuildable::ping"],
+        "in the selection order, whatever order they ended in"
+    );
     assert_eq!(scenario(&r, "t/good::ping")["outcome"], "passed");
     assert_eq!(scenario(&r, "t/good::ping")["passed"], true);
     assert!(scenario(&r, "t/good::ping")["workdir"].is_null(), "a passing run keeps nothing");
@@ -270,11 +297,24 @@ fn repeat_shows_the_lines_that_differed_between_repetitions() {
     lab(labs.path(), "t/dice", RANDOM);
     let report = work.path().join("report.json");
     // --accept records the first repetition's transcript; the others are compared with it.
-    let out = vpnlab(&["run", "-q", "--accept", "--repeat", "3", "--report", &report.to_string_lossy(), "t/good", "t/dice"], labs.path(), work.path());
+    let out = vpnlab(
+        &["run", "-q", "--accept", "--repeat", "3", "--report", &report.to_string_lossy(), "t/good", "t/dice"],
+        labs.path(),
+        work.path(),
+    );
     assert_eq!(out.code, Some(1), "{}", out.text);
     let last = out.last_line();
-    assert!(last.starts_with("vpnlab: 4 passed, 0 check-failed, 2 drift, 0 error in ") && last.ends_with("(3 repetitions each); 1 scenario differed between repetitions"), "{last}\n{}", out.text);
-    assert!(out.text.contains("== t/dice::dice: the transcript differed between repetitions (2 of 3 differ from repetition 1):"), "{}", out.text);
+    assert!(
+        last.starts_with("vpnlab: 4 passed, 0 check-failed, 2 drift, 0 error in ")
+            && last.ends_with("(3 repetitions each); 1 scenario differed between repetitions"),
+        "{last}\n{}",
+        out.text
+    );
+    assert!(
+        out.text.contains("== t/dice::dice: the transcript differed between repetitions (2 of 3 differ from repetition 1):"),
+        "{}",
+        out.text
+    );
     assert!(out.text.contains("--- repetition 1\n+++ repetition 2\n"), "{}", out.text);
     assert!(!out.text.contains("the transcript differed between repetitions (0"), "{}", out.text);
     let r = read_report(&report);
@@ -333,7 +373,11 @@ fn junit_of_a_mixed_run_has_a_testcase_per_scenario() {
     let labs = mixed_labs();
     let work = tempfile::tempdir().unwrap();
     let junit = work.path().join("junit.xml");
-    let out = vpnlab(&["run", "-q", "-j", "2", "--junit", &junit.to_string_lossy(), "t/good", "t/dies", "t/drift", "t/unbuildable"], labs.path(), work.path());
+    let out = vpnlab(
+        &["run", "-q", "-j", "2", "--junit", &junit.to_string_lossy(), "t/good", "t/dies", "t/drift", "t/unbuildable"],
+        labs.path(),
+        work.path(),
+    );
     assert_eq!(out.code, Some(1), "{}", out.text);
     assert_summary(&out, "1 passed, 1 check-failed, 1 drift, 1 error");
     let xml = std::fs::read_to_string(&junit).unwrap();
@@ -347,7 +391,11 @@ fn junit_of_a_mixed_run_has_a_testcase_per_scenario() {
     assert_eq!(suite.attribute("errors"), Some("1"), "{xml}");
     let cases: Vec<_> = suite.children().filter(|n| n.has_tag_name("testcase")).collect();
     let names: Vec<(&str, &str)> = cases.iter().map(|c| (c.attribute("classname").unwrap(), c.attribute("name").unwrap())).collect();
-    assert_eq!(names, [("t/good", "ping"), ("t/dies", "s"), ("t/drift", "ping"), ("t/unbuildable", "ping")], "one testcase per scenario, in selection order");
+    assert_eq!(
+        names,
+        [("t/good", "ping"), ("t/dies", "s"), ("t/drift", "ping"), ("t/unbuildable", "ping")],
+        "one testcase per scenario, in selection order"
+    );
     for c in &cases {
         let t: f64 = c.attribute("time").expect("a time").parse().unwrap();
         assert!(t >= 0.0);
@@ -391,16 +439,23 @@ fn parallel_runs_print_each_scenario_together_and_report_in_selection_order() {
             continue;
         };
         let id = rest.split(' ').next().unwrap();
-        let verdict = (i + 1..lines.len()).find(|&j| lines[j].starts_with(&format!("== {id}: "))).unwrap_or_else(|| panic!("a verdict for {id}:\n{}", out.text));
+        let verdict = (i + 1..lines.len())
+            .find(|&j| lines[j].starts_with(&format!("== {id}: ")))
+            .unwrap_or_else(|| panic!("a verdict for {id}:\n{}", out.text));
         for l in &lines[i + 1..verdict] {
-            assert!(!l.starts_with("== ") && (!l.starts_with("  [") || l.starts_with(&format!("  [{id}]"))), "{l:?} inside {id}'s block:\n{}", out.text);
+            assert!(
+                !l.starts_with("== ") && (!l.starts_with("  [") || l.starts_with(&format!("  [{id}]"))),
+                "{l:?} inside {id}'s block:\n{}",
+                out.text
+            );
         }
         runs += 1;
         i = verdict + 1;
     }
     assert_eq!(runs, 8, "4 scenarios x 2 repetitions:\n{}", out.text);
     let np = out.text.split("not passed:\n").nth(1).unwrap_or_else(|| panic!("{}", out.text));
-    let listed: Vec<&str> = np.lines().take_while(|l| l.starts_with("  ")).map(|l| l.split_whitespace().nth(1).unwrap().trim_end_matches(':')).collect();
+    let listed: Vec<&str> =
+        np.lines().take_while(|l| l.starts_with("  ")).map(|l| l.split_whitespace().nth(1).unwrap().trim_end_matches(':')).collect();
     assert_eq!(listed, ["t/unbuildable::ping", "t/drift::ping", "t/dies::s"], "not passed, in selection order:\n{}", out.text);
     let r = read_report(&report);
     assert_matches_schema(&r);

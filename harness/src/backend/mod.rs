@@ -72,8 +72,10 @@ pub fn choose_for(lab: &Lab, scenario: Option<&str>, force: Option<Backend>) -> 
         None => forced()?,
     };
     let lacking = |b: Backend| -> Vec<KernelFeature> { needs.iter().copied().filter(|f| !has(b, *f)).collect() };
-    let what = |fs: &[KernelFeature]| -> String { fs.iter().map(|f| format!("`{}` ({})", f.name(), f.about())).collect::<Vec<_>>().join(", ") };
-    let how = |fs: &[KernelFeature]| -> String { fs.iter().map(|f| format!("{}: {}", f.name(), f.brings())).collect::<Vec<_>>().join("; ") };
+    let what =
+        |fs: &[KernelFeature]| -> String { fs.iter().map(|f| format!("`{}` ({})", f.name(), f.about())).collect::<Vec<_>>().join(", ") };
+    let how =
+        |fs: &[KernelFeature]| -> String { fs.iter().map(|f| format!("{}: {}", f.name(), f.brings())).collect::<Vec<_>>().join("; ") };
     let native_kernel = || format!("the host kernel ({})", crate::env::kernel_release());
     match force {
         Some(Backend::Native) => {
@@ -90,7 +92,12 @@ pub fn choose_for(lab: &Lab, scenario: Option<&str>, force: Option<Backend>) -> 
             if l.is_empty() {
                 Ok(Backend::Uml)
             } else {
-                Err(format!("needs {}, which the user-mode-linux kernel ({}) lacks (backend forced to uml); {}", what(&l), uml_release(), how(&l)))
+                Err(format!(
+                    "needs {}, which the user-mode-linux kernel ({}) lacks (backend forced to uml); {}",
+                    what(&l),
+                    uml_release(),
+                    how(&l)
+                ))
             }
         }
         None => {
@@ -108,10 +115,22 @@ pub fn choose_for(lab: &Lab, scenario: Option<&str>, force: Option<Backend>) -> 
                         all.extend(lu.iter().copied());
                         all.sort();
                         all.dedup();
-                        Err(format!("no backend on this machine has what it needs: {} lacks {}; the user-mode-linux kernel ({}) lacks {}; {}", native_kernel(), what(&ln), uml_release(), what(&lu), how(&all)))
+                        Err(format!(
+                            "no backend on this machine has what it needs: {} lacks {}; the user-mode-linux kernel ({}) lacks {}; {}",
+                            native_kernel(),
+                            what(&ln),
+                            uml_release(),
+                            what(&lu),
+                            how(&all)
+                        ))
                     }
                 }
-                Err(e) => Err(format!("needs {}, which {} lacks, and the user-mode-linux backend is not usable: {e}; {}", what(&ln), native_kernel(), how(&ln))),
+                Err(e) => Err(format!(
+                    "needs {}, which {} lacks, and the user-mode-linux backend is not usable: {e}; {}",
+                    what(&ln),
+                    native_kernel(),
+                    how(&ln)
+                )),
             }
         }
     }
@@ -138,7 +157,11 @@ fn probe_uml() -> Result<Vec<KernelFeature>> {
     let mut script = String::new();
     for f in KernelFeature::ALL {
         let q = crate::env::probe_script(f).replace('\'', "'\\''");
-        script.push_str(&format!("if unshare -n sh -c '{q}' >/dev/null 2>&1; then echo 'vpnlab-feature {} yes'; else echo 'vpnlab-feature {} no'; fi\n", f.name(), f.name()));
+        script.push_str(&format!(
+            "if unshare -n sh -c '{q}' >/dev/null 2>&1; then echo 'vpnlab-feature {} yes'; else echo 'vpnlab-feature {} no'; fi\n",
+            f.name(),
+            f.name()
+        ));
     }
     let mut uj = uml::UmlJob::new(vec!["/bin/sh".into(), "-c".into(), script], shared.path());
     uj.alternatives = guest_alternatives();
@@ -153,7 +176,11 @@ fn probe_uml() -> Result<Vec<KernelFeature>> {
         .filter_map(KernelFeature::parse)
         .collect();
     if !out.console.contains("vpnlab-feature ") {
-        bail!("the guest printed no probe results (exit {}): {}", out.exit_code, out.console.lines().rev().take(10).collect::<Vec<_>>().join(" | "));
+        bail!(
+            "the guest printed no probe results (exit {}): {}",
+            out.exit_code,
+            out.console.lines().rev().take(10).collect::<Vec<_>>().join(" | ")
+        );
     }
     Ok(found)
 }
@@ -271,7 +298,13 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let work = crate::workdir::WorkDir::new(&format!("{}-{scenario}-uml", lab.id))?;
     let shared = work.path().to_path_buf();
     let lab_dir = std::fs::canonicalize(&lab.dir).with_context(|| format!("lab folder {}", lab.dir.display()))?;
-    let job = Job { lab_dir: lab_dir.clone(), scenario: scenario.to_string(), progress: opts.wants_progress(), pcap: opts.pcap, with: opts.with.clone() };
+    let job = Job {
+        lab_dir: lab_dir.clone(),
+        scenario: scenario.to_string(),
+        progress: opts.wants_progress(),
+        pcap: opts.pcap,
+        with: opts.with.clone(),
+    };
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
@@ -294,7 +327,11 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         for l in out.console.lines().filter(|l| l.contains(&format!("[{}::{scenario}]", lab.id))) {
             opts.emit(l);
         }
-        opts.emit(&format!("  (user-mode-linux: boot {:.0} ms, total {:.0} ms)", out.boot.as_secs_f64() * 1e3, out.total.as_secs_f64() * 1e3));
+        opts.emit(&format!(
+            "  (user-mode-linux: boot {:.0} ms, total {:.0} ms)",
+            out.boot.as_secs_f64() * 1e3,
+            out.total.as_secs_f64() * 1e3
+        ));
     }
     let res_path = shared.join("result.toml");
     let res: GuestResult = match std::fs::read_to_string(&res_path) {

@@ -1,13 +1,16 @@
 //! The worker: reads queued packets and gives verdicts (drop, reorder, duplicate, delay),
 //! counting them in [`Stats`]; releases everything it holds when stopped.
 
+use super::netlink::{
+    attrs, config, messages, nl_errno, nl_send, push_msg, NFNL_SUBSYS_QUEUE, NFQA_CFG_CMD, NFQA_PACKET_HDR, NFQA_PAYLOAD, NFQA_VERDICT_HDR,
+    NFQNL_CFG_CMD_UNBIND, NFQNL_MSG_CONFIG, NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NF_ACCEPT, NF_DROP, NLMSG_ERROR, NLM_F_ACK,
+};
+use super::{Impairment, HOLD_TIMEOUT};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use super::{HOLD_TIMEOUT, Impairment};
-use super::netlink::{NFNL_SUBSYS_QUEUE, NFQA_CFG_CMD, NFQA_PACKET_HDR, NFQA_PAYLOAD, NFQA_VERDICT_HDR, NFQNL_CFG_CMD_UNBIND, NFQNL_MSG_CONFIG, NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NF_ACCEPT, NF_DROP, NLMSG_ERROR, NLM_F_ACK, attrs, config, messages, nl_errno, nl_send, push_msg};
 
 // ---------------------------------------------------------------- the worker
 
@@ -148,7 +151,14 @@ impl Engine {
         dst.sin_family = libc::AF_INET as libc::sa_family_t;
         dst.sin_addr.s_addr = u32::from_ne_bytes(pkt[16..20].try_into().unwrap());
         let r = unsafe {
-            libc::sendto(raw.as_raw_fd(), pkt.as_ptr() as *const libc::c_void, pkt.len(), 0, &dst as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            libc::sendto(
+                raw.as_raw_fd(),
+                pkt.as_ptr() as *const libc::c_void,
+                pkt.len(),
+                0,
+                &dst as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
         };
         if r < 0 {
             Err(std::io::Error::last_os_error())
@@ -197,7 +207,8 @@ impl Engine {
             self.verdict(id, NF_ACCEPT);
         }
         if self.held.iter().any(|h| h.since + HOLD_TIMEOUT <= now) {
-            let (go, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held).into_iter().partition(|h| h.since + HOLD_TIMEOUT <= now);
+            let (go, keep): (Vec<Held>, Vec<Held>) =
+                std::mem::take(&mut self.held).into_iter().partition(|h| h.since + HOLD_TIMEOUT <= now);
             self.held = keep;
             for h in go {
                 self.verdict(h.id, NF_ACCEPT);

@@ -1,6 +1,9 @@
 //! [`Impairer`]: a running impairment — the iptables NFQUEUE rule in the node, the worker
 //! thread, stop/drop; and running a command in a node by its namespace fds.
 
+use super::engine::{Engine, Shared, Stats};
+use super::netlink::{open_sockets, os_err};
+use super::{dup_mark, Impairment, Proto, MARK_MASK};
 use crate::ns::{NetNs, PidNs};
 use crate::process::run_capture;
 use anyhow::{anyhow, bail, Context, Result};
@@ -11,9 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use super::engine::{Engine, Shared, Stats};
-use super::{Impairment, MARK_MASK, Proto, dup_mark};
-use super::netlink::{open_sockets, os_err};
 
 // ---------------------------------------------------------------- the impairer
 
@@ -36,7 +36,8 @@ pub struct Impairer {
 
 /// The iptables command line of the rule, with `op` = `-I` or `-D`.
 pub(super) fn rule_argv(op: &str, ifname: &str, proto: Option<Proto>, queue: u16) -> Vec<String> {
-    let mut v: Vec<String> = ["iptables", "-w", "5", "-t", "mangle", op, "POSTROUTING", "-o", ifname].iter().map(|s| s.to_string()).collect();
+    let mut v: Vec<String> =
+        ["iptables", "-w", "5", "-t", "mangle", op, "POSTROUTING", "-o", ifname].iter().map(|s| s.to_string()).collect();
     match proto {
         Some(Proto::Fragments) => v.push("-f".to_string()),
         Some(p) => v.extend(["-p".to_string(), p.name().to_string()]),
@@ -54,7 +55,15 @@ impl Impairer {
     /// Binds NFQUEUE queue `queue` in the node, starts the worker, then inserts the rule for
     /// packets leaving `ifname` (optionally only `proto`). `queue` numbers are per network
     /// namespace: two impairments of one node need different numbers.
-    pub fn start(netns: &NetNs, pid: &PidNs, cwd: &Path, ifname: &str, imp: Impairment, proto: Option<Proto>, queue: u16) -> Result<Impairer> {
+    pub fn start(
+        netns: &NetNs,
+        pid: &PidNs,
+        cwd: &Path,
+        ifname: &str,
+        imp: Impairment,
+        proto: Option<Proto>,
+        queue: u16,
+    ) -> Result<Impairer> {
         let node = netns.name.clone();
         imp.validate().map_err(|m| anyhow!("node `{node}`: impair {ifname}: {m}"))?;
         let duplicate = matches!(imp, Impairment::Duplicate { .. });
@@ -73,7 +82,17 @@ impl Impairer {
         let wake = unsafe { OwnedFd::from_raw_fd(wake) };
         let wake_worker = wake.try_clone()?;
         let shared = Arc::new(Shared::default());
-        let engine = Engine { imp: imp.clone(), queue, nl: socks.nl, raw: socks.raw, count: 0, held: Vec::new(), delayed: VecDeque::new(), out: Vec::new(), shared: shared.clone() };
+        let engine = Engine {
+            imp: imp.clone(),
+            queue,
+            nl: socks.nl,
+            raw: socks.raw,
+            count: 0,
+            held: Vec::new(),
+            delayed: VecDeque::new(),
+            out: Vec::new(),
+            shared: shared.clone(),
+        };
         let worker = std::thread::Builder::new()
             .name(format!("impair-{node}-{ifname}"))
             .spawn(move || engine.run(wake_worker))

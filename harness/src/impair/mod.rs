@@ -143,7 +143,9 @@ impl Impairment {
             Impairment::Reorder { every, .. } if every < 2 => Err(format!("reorder every {every}: N must be at least 2")),
             Impairment::Reorder { hold: 0, .. } => Err("reorder: hold must be at least 1".into()),
             Impairment::Duplicate { every: 0 } => Err("duplicate every 0: N must be at least 1".into()),
-            Impairment::Delay(d) if d.is_zero() || d > MAX_DELAY => Err(format!("delay {d:?}: must be more than 0 and at most {MAX_DELAY:?}")),
+            Impairment::Delay(d) if d.is_zero() || d > MAX_DELAY => {
+                Err(format!("delay {d:?}: must be more than 0 and at most {MAX_DELAY:?}"))
+            }
             _ => Ok(()),
         }
     }
@@ -152,7 +154,6 @@ impl Impairment {
 // ---------------------------------------------------------------- parsing
 
 use crate::model::route::words;
-
 
 const USAGE: &str = "expected an impairment: `drop every N`, `reorder every N hold M`, `duplicate every N` or `delay 50ms`";
 
@@ -216,7 +217,8 @@ pub fn parse(s: &str) -> Result<(Impairment, Option<Proto>), (usize, String)> {
         }
         "delay" => {
             let (o, word) = next(&mut i).ok_or((end, "expected a duration after `delay`, like `50ms`".to_string()))?;
-            let d = crate::model::step::parse_duration(word).ok_or((o, format!("`{word}` is not a duration: write it like `50ms` or `1.5s`")))?;
+            let d = crate::model::step::parse_duration(word)
+                .ok_or((o, format!("`{word}` is not a duration: write it like `50ms` or `1.5s`")))?;
             if d.is_zero() || d > MAX_DELAY {
                 return Err((o, format!("a delay must be more than 0 and at most {}s", MAX_DELAY.as_secs())));
             }
@@ -240,7 +242,9 @@ pub fn parse(s: &str) -> Result<(Impairment, Option<Proto>), (usize, String)> {
             Some(proto_of(o, word)?)
         }
         Some((o, word @ ("udp" | "tcp" | "icmp" | "fragments"))) if !leading_fragments => Some(proto_of(o, word)?),
-        Some((o, word)) => return Err((o, format!("unexpected `{word}`: only a protocol (`udp`, `tcp`, `icmp` or `proto udp`) may follow `{imp}`"))),
+        Some((o, word)) => {
+            return Err((o, format!("unexpected `{word}`: only a protocol (`udp`, `tcp`, `icmp` or `proto udp`) may follow `{imp}`")))
+        }
     };
     if let Some((o, word)) = next(&mut i) {
         return Err((o, format!("unexpected `{word}` after the protocol")));

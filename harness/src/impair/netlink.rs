@@ -1,11 +1,11 @@
 //! The hand-written NFQUEUE netlink codec: message and attribute layout, the constants, config
 //! requests with their acks, and opening the node's netlink and raw (duplicate) sockets.
 
+use super::dup_mark;
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
-use super::dup_mark;
 
 // ---------------------------------------------------------------- netlink (NFQUEUE)
 
@@ -100,7 +100,8 @@ pub(super) fn os_err(what: &str) -> anyhow::Error {
 }
 
 pub(super) fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> std::io::Result<()> {
-    let r = unsafe { libc::setsockopt(fd, level, name, val as *const T as *const libc::c_void, std::mem::size_of::<T>() as libc::socklen_t) };
+    let r =
+        unsafe { libc::setsockopt(fd, level, name, val as *const T as *const libc::c_void, std::mem::size_of::<T>() as libc::socklen_t) };
     if r == 0 {
         Ok(())
     } else {
@@ -113,7 +114,14 @@ pub(super) fn nl_send(fd: RawFd, buf: &[u8]) -> std::io::Result<()> {
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     loop {
         let r = unsafe {
-            libc::sendto(fd, buf.as_ptr() as *const libc::c_void, buf.len(), 0, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t)
+            libc::sendto(
+                fd,
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                0,
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
         };
         if r >= 0 {
             return Ok(());
@@ -181,7 +189,9 @@ pub(super) fn open_sockets(ifname: &str, queue: u16, duplicate: bool) -> Result<
     }
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    if unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t) } != 0 {
+    if unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t) }
+        != 0
+    {
         return Err(os_err("bind(netlink)"));
     }
     // Bind the queue, copy whole packets, raise the queue length: one message, acked.
@@ -190,11 +200,20 @@ pub(super) fn open_sockets(ifname: &str, queue: u16, duplicate: bool) -> Result<
     params.push(NFQNL_COPY_PACKET);
     let maxlen = QUEUE_MAXLEN.to_be_bytes();
     let mut msg = Vec::new();
-    push_msg(&mut msg, NFQNL_MSG_CONFIG, NLM_F_ACK, 1, queue, &[(NFQA_CFG_CMD, &cmd), (NFQA_CFG_PARAMS, &params), (NFQA_CFG_QUEUE_MAXLEN, &maxlen)]);
+    push_msg(
+        &mut msg,
+        NFQNL_MSG_CONFIG,
+        NLM_F_ACK,
+        1,
+        queue,
+        &[(NFQA_CFG_CMD, &cmd), (NFQA_CFG_PARAMS, &params), (NFQA_CFG_QUEUE_MAXLEN, &maxlen)],
+    );
     match config(fd, &msg, 1)? {
         0 => {}
         // EPERM: another socket is bound to this queue number (we are root).
-        libc::EPERM | libc::EBUSY => bail!("NFQUEUE queue {queue} is already in use in this node (give each impairment of a node its own queue number)"),
+        libc::EPERM | libc::EBUSY => {
+            bail!("NFQUEUE queue {queue} is already in use in this node (give each impairment of a node its own queue number)")
+        }
         e => bail!("NFQUEUE: binding queue {queue}: {}", std::io::Error::from_raw_os_error(e)),
     }
     let raw = if duplicate {
@@ -206,7 +225,9 @@ pub(super) fn open_sockets(ifname: &str, queue: u16, duplicate: bool) -> Result<
         let mark: u32 = dup_mark(queue);
         setsockopt(r, libc::SOL_SOCKET, libc::SO_MARK, &mark).context("SO_MARK on the raw socket")?;
         let dev = c_if.as_bytes_with_nul();
-        let rc = unsafe { libc::setsockopt(r, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_ptr() as *const libc::c_void, dev.len() as libc::socklen_t) };
+        let rc = unsafe {
+            libc::setsockopt(r, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_ptr() as *const libc::c_void, dev.len() as libc::socklen_t)
+        };
         if rc != 0 {
             return Err(os_err(&format!("SO_BINDTODEVICE {ifname}")));
         }

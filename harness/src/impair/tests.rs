@@ -1,12 +1,12 @@
 //! Tests of impairment: parsing, and real impairments of traffic between namespaces.
 
+use super::impairer::rule_argv;
 use super::*;
-use crate::topology::Topology;
 use crate::ns::{NetNs, PidNs};
 use crate::process::run_capture;
+use crate::topology::Topology;
 use std::net::UdpSocket;
 use std::time::Instant;
-use super::impairer::rule_argv;
 
 // ------------------------------------------------------------ parse
 

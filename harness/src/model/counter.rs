@@ -40,7 +40,8 @@ impl CmpOp {
 /// `counter NAME [-> OP N]`: the name (at `name_at`) and the expectation (at its offset).
 pub fn parse(args: &[(usize, &str)], verb_at: usize, expect: Option<(usize, &str)>) -> Result<(String, Option<(CmpOp, i64)>), SyntaxError> {
     let err = |offset: usize, msg: String| SyntaxError { offset, msg };
-    let (o, name) = *args.first().ok_or_else(|| err(verb_at, "counter NAME (an nstat name like IpExtInNoRoutes or XfrmInNoStates)".into()))?;
+    let (o, name) =
+        *args.first().ok_or_else(|| err(verb_at, "counter NAME (an nstat name like IpExtInNoRoutes or XfrmInNoStates)".into()))?;
     if !name.chars().all(|c| c.is_ascii_alphanumeric()) || !name.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
         return Err(err(o, format!("`{name}` is not a counter name like IpExtInNoRoutes or XfrmInNoStates")));
     }

@@ -1,14 +1,14 @@
 //! The validated model: [`Lab`] and what it holds (nodes, links, LANs, services, scenarios),
 //! indices instead of names; the kernel features and programs a lab needs.
 
+use super::route::{Route, Rule};
+use super::step::{Action, Step};
 use crate::pki::PkiSpec;
 use ipnet::IpNet;
 use regex::Regex;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use super::route::{Route, Rule};
-use super::step::{Action, Step};
 
 // ---------------------------------------------------------------- validated model
 

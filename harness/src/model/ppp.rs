@@ -72,7 +72,8 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
         let p = p.get_ref();
         let name = match &p.name {
             Some(n) => {
-                super::check_name(n.get_ref()).map_err(|m| v.err(v.inner(n), m, "use letters, digits and '-' (it names services and a folder)"))?;
+                super::check_name(n.get_ref())
+                    .map_err(|m| v.err(v.inner(n), m, "use letters, digits and '-' (it names services and a folder)"))?;
                 n.get_ref().clone()
             }
             None if i == 0 => "ppp".to_string(),
@@ -90,16 +91,30 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
                 Ok(n.clone())
             } else {
                 let declared: Vec<&str> = raw.nodes.keys().map(String::as_str).collect();
-                Err(v.err(v.inner(s), format!("unknown node `{n}`"), format!("declared nodes: {}; add `[nodes.{n}]` or fix the name", declared.join(", "))))
+                Err(v.err(
+                    v.inner(s),
+                    format!("unknown node `{n}`"),
+                    format!("declared nodes: {}; add `[nodes.{n}]` or fix the name", declared.join(", ")),
+                ))
             }
         };
         let server = node(&p.server)?;
         let client = node(&p.client)?;
         if server == client {
-            return Err(v.err(v.inner(&p.client), "a [[ppp]] link joins two different nodes", "`client` runs pppd + ssh, `server` runs sshd: name two nodes"));
+            return Err(v.err(
+                v.inner(&p.client),
+                "a [[ppp]] link joins two different nodes",
+                "`client` runs pppd + ssh, `server` runs sshd: name two nodes",
+            ));
         }
         let addr = |s: &Spanned<String>| -> Result<Ipv4Addr, InputError> {
-            s.get_ref().parse().map_err(|_| v.err(v.inner(s), format!("`{}` is not an IPv4 address", s.get_ref()), "write a plain address like 192.168.222.2 (no prefix length)"))
+            s.get_ref().parse().map_err(|_| {
+                v.err(
+                    v.inner(s),
+                    format!("`{}` is not an IPv4 address", s.get_ref()),
+                    "write a plain address like 192.168.222.2 (no prefix length)",
+                )
+            })
         };
         let ssh_to = addr(&p.ssh_to)?;
         let local = addr(&p.local)?;
@@ -108,21 +123,41 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
         if !of_server.contains(&ssh_to) {
             let list: Vec<String> = of_server.iter().map(|a| a.to_string()).collect();
             let list = if list.is_empty() { "none (it is on no link or LAN)".to_string() } else { list.join(", ") };
-            return Err(v.err(v.inner(&p.ssh_to), format!("`{ssh_to}` is not an address of node `{server}`"), format!("ssh_to is the address sshd listens on, one of `{server}`'s addresses: {list}")));
+            return Err(v.err(
+                v.inner(&p.ssh_to),
+                format!("`{ssh_to}` is not an address of node `{server}`"),
+                format!("ssh_to is the address sshd listens on, one of `{server}`'s addresses: {list}"),
+            ));
         }
         if listeners.contains(&(server.clone(), ssh_to)) {
-            return Err(v.err(v.inner(&p.ssh_to), format!("another [[ppp]] link already runs sshd on {server} {ssh_to}"), "give each link's sshd its own address of the server node"));
+            return Err(v.err(
+                v.inner(&p.ssh_to),
+                format!("another [[ppp]] link already runs sshd on {server} {ssh_to}"),
+                "give each link's sshd its own address of the server node",
+            ));
         }
         listeners.push((server.clone(), ssh_to));
         if local == remote {
-            return Err(v.err(v.inner(&p.remote), "`local` and `remote` are the same address", "the two ends of a PPP link need two addresses"));
+            return Err(v.err(
+                v.inner(&p.remote),
+                "`local` and `remote` are the same address",
+                "the two ends of a PPP link need two addresses",
+            ));
         }
         for (s, a) in [(&p.local, local), (&p.remote, remote)] {
             if let Some((n, _)) = statics.iter().find(|(_, x)| *x == a) {
-                return Err(v.err(v.inner(s), format!("address {a} is already an address of node `{n}`"), "give the PPP link addresses of its own"));
+                return Err(v.err(
+                    v.inner(s),
+                    format!("address {a} is already an address of node `{n}`"),
+                    "give the PPP link addresses of its own",
+                ));
             }
             if link_addrs.contains(&a) {
-                return Err(v.err(v.inner(s), format!("address {a} is already used by another [[ppp]] link"), "give every PPP link addresses of its own"));
+                return Err(v.err(
+                    v.inner(s),
+                    format!("address {a} is already used by another [[ppp]] link"),
+                    "give every PPP link addresses of its own",
+                ));
             }
         }
         link_addrs.extend([local, remote]);
@@ -133,7 +168,9 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
                 let (line, col) = crate::error::line_col(v.src, v.inner(r));
                 return Err(v.err(
                     p.defaultroute.as_ref().map(|d| d.span().start).unwrap_or(0),
-                    format!("node `{client}` already has a default route (line {line}, column {col}); pppd's defaultroute does not replace one"),
+                    format!(
+                        "node `{client}` already has a default route (line {line}, column {col}); pppd's defaultroute does not replace one"
+                    ),
                     "remove that route (route the server's address `ssh_to` explicitly), or set defaultroute = false",
                 ));
             }
@@ -143,7 +180,11 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
         let client_svc = format!("{name}-client");
         for (svc, at) in [(&sshd_svc, name_at), (&client_svc, name_at)] {
             if raw.services.contains_key(svc) || generated.contains_key(svc) {
-                return Err(v.err(at, format!("[[ppp]] `{name}` generates a service `{svc}`, which is already declared"), "rename the service, or give the [[ppp]] link another `name`"));
+                return Err(v.err(
+                    at,
+                    format!("[[ppp]] `{name}` generates a service `{svc}`, which is already declared"),
+                    "rename the service, or give the [[ppp]] link another `name`",
+                ));
             }
         }
 
@@ -205,8 +246,14 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
             "sh -c 'mount -t tmpfs tmpfs /run && mount --bind {d}/etc-ppp /etc/ppp && exec pppd nodetach noauth{dr} pty \"ssh -F {d}/ssh_config root@{ssh_to} /usr/sbin/pppd nodetach notty noauth\" {local}:{remote}'"
         );
         let esc = |a: Ipv4Addr| regex::escape(&a.to_string());
-        generated.insert(sshd_svc, Spanned::new(p.server.span(), service(&p.server, sshd_run, format!("Server listening on {} port 22", esc(ssh_to)))));
-        generated.insert(client_svc.clone(), Spanned::new(p.client.span(), service(&p.client, client_run, format!("remote IP address {}$", esc(remote)))));
+        generated.insert(
+            sshd_svc,
+            Spanned::new(p.server.span(), service(&p.server, sshd_run, format!("Server listening on {} port 22", esc(ssh_to)))),
+        );
+        generated.insert(
+            client_svc.clone(),
+            Spanned::new(p.client.span(), service(&p.client, client_run, format!("remote IP address {}$", esc(remote)))),
+        );
         prelude.push(Spanned::new(p.client.span(), format!("log {client_svc} /local  IP address {}$/", esc(local))));
     }
 
@@ -226,7 +273,8 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
 /// (node, address) of every static address in links and LANs (malformed endpoints are skipped:
 /// the validation that follows reports them).
 fn static_addresses(raw: &RawLab) -> Vec<(String, Ipv4Addr)> {
-    let ends = raw.links.iter().flat_map(|l| [&l.get_ref().a, &l.get_ref().b]).chain(raw.lans.iter().flat_map(|l| l.get_ref().members.iter()));
+    let ends =
+        raw.links.iter().flat_map(|l| [&l.get_ref().a, &l.get_ref().b]).chain(raw.lans.iter().flat_map(|l| l.get_ref().members.iter()));
     let mut out = Vec::new();
     for e in ends {
         let mut words = e.get_ref().split_whitespace();
@@ -339,10 +387,24 @@ steps = ["client: ping 192.168.222.1", "log ppp-client /remote IP address/", "re
 
         // Key generation and the configs: setup commands of the server node, nothing else.
         let setup = &lab.nodes[server].setup;
-        assert!(setup.iter().any(|c| c.starts_with("ssh-keygen -q -t ed25519 -N '' -C ppp-host -f ppp/ssh_host_ed25519_key && ")), "{setup:#?}");
-        assert!(setup.iter().any(|c| c.contains("ssh-keygen -q -t ed25519 -N '' -C ppp-client -f ../client/ppp/id_ed25519 && ")), "{setup:#?}");
-        assert!(setup.iter().any(|c| c.contains("198.51.100.10 $(cut -d' ' -f1,2 ppp/ssh_host_ed25519_key.pub)\" > ../client/ppp/known_hosts")), "{setup:#?}");
-        assert!(setup.iter().any(|c| c.contains("cat > ppp/sshd_config <<EOF && cat > ../client/ppp/ssh_config <<EOF2\n") && c.contains("\nListenAddress 198.51.100.10\n") && c.ends_with("\nEOF2")), "{setup:#?}");
+        assert!(
+            setup.iter().any(|c| c.starts_with("ssh-keygen -q -t ed25519 -N '' -C ppp-host -f ppp/ssh_host_ed25519_key && ")),
+            "{setup:#?}"
+        );
+        assert!(
+            setup.iter().any(|c| c.contains("ssh-keygen -q -t ed25519 -N '' -C ppp-client -f ../client/ppp/id_ed25519 && ")),
+            "{setup:#?}"
+        );
+        assert!(
+            setup.iter().any(|c| c.contains("198.51.100.10 $(cut -d' ' -f1,2 ppp/ssh_host_ed25519_key.pub)\" > ../client/ppp/known_hosts")),
+            "{setup:#?}"
+        );
+        assert!(
+            setup.iter().any(|c| c.contains("cat > ppp/sshd_config <<EOF && cat > ../client/ppp/ssh_config <<EOF2\n")
+                && c.contains("\nListenAddress 198.51.100.10\n")
+                && c.ends_with("\nEOF2")),
+            "{setup:#?}"
+        );
         assert!(setup.iter().any(|c| c.contains("'lcp-restart 1'") && c.contains("> ppp/etc-ppp/options")), "{setup:#?}");
         assert!(lab.nodes[client].setup.is_empty());
         assert_eq!(setup.len(), 3);
@@ -373,7 +435,10 @@ steps = ["client: ping 192.168.222.1", "log ppp-client /remote IP address/", "re
         assert_eq!(names, ["ppp-sshd", "ppp-client", "ppp1-sshd", "ppp1-client", "vpn"]);
         assert!(!lab.services[1].argv[2].contains("defaultroute"));
         assert!(lab.services[3].argv[2].contains("-F ppp1/ssh_config root@172.30.0.1 "));
-        let src = src.replace("client = \"client\"\nssh_to = \"172.30.0.1\"", "client = \"client\"\nname = \"dsl\"\ntimeout = \"5s\"\nssh_to = \"172.30.0.1\"");
+        let src = src.replace(
+            "client = \"client\"\nssh_to = \"172.30.0.1\"",
+            "client = \"client\"\nname = \"dsl\"\ntimeout = \"5s\"\nssh_to = \"172.30.0.1\"",
+        );
         let lab = self::lab(&src);
         assert_eq!(lab.services[3].name, "dsl-client");
         assert_eq!(lab.services[3].timeout, std::time::Duration::from_secs(5));
@@ -418,7 +483,10 @@ steps = ["client: ping 192.168.222.1", "log ppp-client /remote IP address/", "re
         assert_eq!((e.line, e.col), pos(&src, "true"), "{e}");
         assert!(e.msg.contains("already has a default route (line 6"), "{e}");
         // A default route in another table is fine.
-        lab(&LAB.replace("routes = [\"198.51.100.10/32 via 172.30.0.1\"]", "routes = [\"198.51.100.10/32 via 172.30.0.1\", \"default via 172.30.0.1 table 100\"]"));
+        lab(&LAB.replace(
+            "routes = [\"198.51.100.10/32 via 172.30.0.1\"]",
+            "routes = [\"198.51.100.10/32 via 172.30.0.1\", \"default via 172.30.0.1 table 100\"]",
+        ));
     }
 
     #[test]

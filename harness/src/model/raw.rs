@@ -1,10 +1,10 @@
 //! What serde reads: `lab.toml`'s tables as written, with `toml::Spanned` values for messages.
 
+use super::ppp;
 use crate::pki::PkiSpec;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::Spanned;
-use super::ppp;
 
 // ---------------------------------------------------------------- raw (what serde reads)
 

@@ -229,16 +229,18 @@ fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
                 i += 1; // accepted for copy-paste from `ip route`, ignored
             }
             _ => {
-                return Err(err(o, format!("`{word}` is not understood here (known: via, dev, table, metric, src, scope, onlink, nexthop ... weight)")))
+                return Err(err(
+                    o,
+                    format!("`{word}` is not understood here (known: via, dev, table, metric, src, scope, onlink, nexthop ... weight)"),
+                ))
             }
         }
         i += 1;
     }
     if kind == RouteType::Unicast {
-        if hop.via.is_none() && hop.dev.is_none() && need_hop
-            && (!in_nexthop || route.hops.is_empty()) {
-                return Err(err(text.len(), "a route needs `via GATEWAY` or `dev IFNAME` (or `nexthop ...`)"));
-            }
+        if hop.via.is_none() && hop.dev.is_none() && need_hop && (!in_nexthop || route.hops.is_empty()) {
+            return Err(err(text.len(), "a route needs `via GATEWAY` or `dev IFNAME` (or `nexthop ...`)"));
+        }
         route.hops.push(hop);
     }
     Ok(route)
@@ -248,7 +250,8 @@ fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
 /// [priority N] table T`.
 pub fn parse_rule(text: &str) -> Result<Rule, SyntaxError> {
     let w = words(text);
-    let mut rule = Rule { from: None, to: None, priority: None, table: 0, iif: None, oif: None, fwmark: None, text: text.trim().to_string() };
+    let mut rule =
+        Rule { from: None, to: None, priority: None, table: 0, iif: None, oif: None, fwmark: None, text: text.trim().to_string() };
     let mut table = None;
     let mut i = 0;
     while i < w.len() {

@@ -1,7 +1,7 @@
 //! Tests of the lab model: parsing and validation errors.
 
-use super::*;
 use super::lab::nft_families;
+use super::*;
 
 const BASE: &str = r#"[lab]
 title = "t"

@@ -1,6 +1,13 @@
 //! The validator: raw tables -> [`Lab`](super::Lab), every problem one [`InputError`] at
 //! `file:line:column` with a fix; names resolved to indices.
 
+use super::lab::{Endpoint, FileSpec, KernelFeature, Lab, Lan, Link, Node, Sanitizer, Scenario, Service, SysctlUse};
+use super::lab_id;
+use super::raw::RawLab;
+use super::route::{parse_route, parse_rule};
+use super::step::{parse_duration, parse_step, Action, Step};
+use super::words::split_words;
+use super::{ppp, step};
 use crate::error::InputError;
 use ipnet::IpNet;
 use regex::Regex;
@@ -9,13 +16,6 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
-use super::lab::{Endpoint, FileSpec, KernelFeature, Lab, Lan, Link, Node, Sanitizer, Scenario, Service, SysctlUse};
-use super::lab_id;
-use super::raw::RawLab;
-use super::route::{parse_route, parse_rule};
-use super::step::{Action, Step, parse_duration, parse_step};
-use super::words::split_words;
-use super::{ppp, step};
 
 pub(super) struct Validator<'a> {
     pub(super) file: &'a Path,
@@ -94,7 +94,9 @@ impl Validator<'_> {
         ppp::expand(self, &mut raw)?;
         let node_names: Vec<String> = raw.nodes.keys().cloned().collect();
         for (name, node) in &raw.nodes {
-            check_name(name).map_err(|m| self.err(self.key_offset("nodes", name, node.span().start), m, "use letters, digits and '-' (at most 15 characters)"))?;
+            check_name(name).map_err(|m| {
+                self.err(self.key_offset("nodes", name, node.span().start), m, "use letters, digits and '-' (at most 15 characters)")
+            })?;
         }
         if raw.nodes.is_empty() {
             return Err(self.err(0, "the lab has no nodes", "add at least one `[nodes.NAME]` table"));
@@ -108,16 +110,22 @@ impl Validator<'_> {
                 Some(f) => f,
                 None => {
                     let known: Vec<&str> = KernelFeature::ALL.iter().map(|f| f.name()).collect();
-                    return Err(self.err(self.inner(k), format!("unknown kernel feature `{}`", k.get_ref()), format!("known features: {}", known.join(", "))));
+                    return Err(self.err(
+                        self.inner(k),
+                        format!("unknown kernel feature `{}`", k.get_ref()),
+                        format!("known features: {}", known.join(", ")),
+                    ));
                 }
             });
         }
         let deadline = match &raw.lab.deadline {
-            Some(d) => parse_duration(d.get_ref()).ok_or_else(|| self.err(self.inner(d), format!("`{}` is not a duration", d.get_ref()), "write it like 60s or 2m"))?,
+            Some(d) => parse_duration(d.get_ref())
+                .ok_or_else(|| self.err(self.inner(d), format!("`{}` is not a duration", d.get_ref()), "write it like 60s or 2m"))?,
             None => Duration::from_secs(60),
         };
         let step_timeout = match &raw.lab.step_timeout {
-            Some(d) => parse_duration(d.get_ref()).ok_or_else(|| self.err(self.inner(d), format!("`{}` is not a duration", d.get_ref()), "write it like 10s or 500ms"))?,
+            Some(d) => parse_duration(d.get_ref())
+                .ok_or_else(|| self.err(self.inner(d), format!("`{}` is not a duration", d.get_ref()), "write it like 10s or 500ms"))?,
             None => Duration::from_secs(10),
         };
 
@@ -129,7 +137,11 @@ impl Validator<'_> {
             let a = self.endpoint(&l.get_ref().a, &names, &mut ifnames, &mut addrs)?;
             let b = self.endpoint(&l.get_ref().b, &names, &mut ifnames, &mut addrs)?;
             if a.node == b.node {
-                return Err(self.err(self.inner(&l.get_ref().b), "a link joins two different nodes", "use a second node, or a `[[lans]]` segment"));
+                return Err(self.err(
+                    self.inner(&l.get_ref().b),
+                    "a link joins two different nodes",
+                    "use a second node, or a `[[lans]]` segment",
+                ));
             }
             links.push(Link { a, b, mtu: l.get_ref().mtu });
         }
@@ -139,7 +151,11 @@ impl Validator<'_> {
             let name = l.get_ref().name.get_ref().clone();
             check_long_name(&name).map_err(|m| self.err(self.inner(&l.get_ref().name), m, "use letters, digits and '-'"))?;
             if lan_names.contains(&name) {
-                return Err(self.err(self.inner(&l.get_ref().name), format!("a LAN named `{name}` is declared twice"), "give each [[lans]] its own name"));
+                return Err(self.err(
+                    self.inner(&l.get_ref().name),
+                    format!("a LAN named `{name}` is declared twice"),
+                    "give each [[lans]] its own name",
+                ));
             }
             lan_names.push(name.clone());
             let mut members = Vec::new();
@@ -171,10 +187,15 @@ impl Validator<'_> {
             let has_if = |ifname: &str| ifnames.contains_key(&(idx, ifname.to_string()));
             let mut routes = Vec::new();
             for r in &node.routes {
-                let route = parse_route(r.get_ref()).map_err(|e| self.err(self.at(r, e.offset), e.msg, "write it as for `ip route add`"))?;
+                let route =
+                    parse_route(r.get_ref()).map_err(|e| self.err(self.at(r, e.offset), e.msg, "write it as for `ip route add`"))?;
                 for dev in route.devs() {
                     if !has_if(dev) {
-                        return Err(self.err(self.inner(r), format!("node `{name}` has no interface `{dev}`"), format!("interfaces of `{name}`: {}", self.ifaces_of(idx, &ifnames))));
+                        return Err(self.err(
+                            self.inner(r),
+                            format!("node `{name}` has no interface `{dev}`"),
+                            format!("interfaces of `{name}`: {}", self.ifaces_of(idx, &ifnames)),
+                        ));
                     }
                 }
                 routes.push(route);
@@ -188,7 +209,11 @@ impl Validator<'_> {
             for f in &node.files {
                 let rel = PathBuf::from(f.get_ref().trim_end_matches('/'));
                 if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                    return Err(self.err(self.inner(f), "a file must be a path inside the lab folder", "put the file next to lab.toml and name it relative to it"));
+                    return Err(self.err(
+                        self.inner(f),
+                        "a file must be a path inside the lab folder",
+                        "put the file next to lab.toml and name it relative to it",
+                    ));
                 }
                 if !self.dir.join(&rel).exists() {
                     return Err(self.err(
@@ -207,7 +232,11 @@ impl Validator<'_> {
                     .ok_or_else(|| self.err(self.inner(m), format!("`{}` is not an octal mode", m.get_ref()), "write it like \"755\""))?;
                 let path = PathBuf::from(p);
                 if !files.iter().any(|f: &FileSpec| path.starts_with(&f.rel)) {
-                    return Err(self.err(self.inner(m), format!("`{p}` is not one of the node's files"), "list it (or its folder) in `files`"));
+                    return Err(self.err(
+                        self.inner(m),
+                        format!("`{p}` is not one of the node's files"),
+                        "list it (or its folder) in `files`",
+                    ));
                 }
                 modes.push((path, mode));
             }
@@ -218,7 +247,8 @@ impl Validator<'_> {
         // Services.
         let mut services = Vec::new();
         for (name, svc) in &raw.services {
-            check_long_name(name).map_err(|m| self.err(self.key_offset("services", name, svc.span().start), m, "use letters, digits and '-'"))?;
+            check_long_name(name)
+                .map_err(|m| self.err(self.key_offset("services", name, svc.span().start), m, "use letters, digits and '-'"))?;
             let svc = svc.get_ref();
             let node = names.node_idx(svc.node.get_ref()).map_err(|m| self.err(self.inner(&svc.node), m.0, m.1))?;
             let mut argv = split_words(svc.run.get_ref()).map_err(|m| self.err(self.inner(&svc.run), m, "fix the quoting"))?;
@@ -228,25 +258,43 @@ impl Validator<'_> {
             if let Some(p) = &svc.setpriv {
                 let opts = split_words(p.get_ref()).map_err(|m| self.err(self.inner(p), m, "fix the quoting"))?;
                 if opts.is_empty() || opts.iter().any(|o| o == "--") {
-                    return Err(self.err(self.inner(p), "`setpriv` wants setpriv's options (without `--`)", "e.g. setpriv = \"--securebits +keep_caps_locked\""));
+                    return Err(self.err(
+                        self.inner(p),
+                        "`setpriv` wants setpriv's options (without `--`)",
+                        "e.g. setpriv = \"--securebits +keep_caps_locked\"",
+                    ));
                 }
                 argv = ["setpriv".to_string()].into_iter().chain(opts).chain(["--".to_string()]).chain(argv).collect();
             }
-            let ready = match &svc.ready {
-                Some(r) => Some(Regex::new(r.get_ref()).map_err(|e| self.err(self.inner(r), format!("bad regex: {e}"), "`ready` is a regex matched against each log line"))?),
-                None => None,
-            };
+            let ready =
+                match &svc.ready {
+                    Some(r) => Some(Regex::new(r.get_ref()).map_err(|e| {
+                        self.err(self.inner(r), format!("bad regex: {e}"), "`ready` is a regex matched against each log line")
+                    })?),
+                    None => None,
+                };
             let timeout = match &svc.timeout {
-                Some(t) => parse_duration(t.get_ref()).ok_or_else(|| self.err(self.inner(t), format!("`{}` is not a duration", t.get_ref()), "write it like 5s or 500ms"))?,
+                Some(t) => parse_duration(t.get_ref())
+                    .ok_or_else(|| self.err(self.inner(t), format!("`{}` is not a duration", t.get_ref()), "write it like 5s or 500ms"))?,
                 None => Duration::from_secs(10),
             };
             let loc = crate::error::line_col(self.src, self.inner(&svc.run));
-            services.push(Service { name: name.clone(), loc, node, argv, ready, timeout, autostart: svc.autostart, may_exit: svc.may_exit });
+            services.push(Service {
+                name: name.clone(),
+                loc,
+                node,
+                argv,
+                ready,
+                timeout,
+                autostart: svc.autostart,
+                may_exit: svc.may_exit,
+            });
         }
 
         let mut sanitizers = Vec::new();
         for s in &raw.sanitize {
-            let re = Regex::new(s.re.get_ref()).map_err(|e| self.err(self.inner(&s.re), format!("bad regex: {e}"), "a sanitizer is a regex and its replacement"))?;
+            let re = Regex::new(s.re.get_ref())
+                .map_err(|e| self.err(self.inner(&s.re), format!("bad regex: {e}"), "a sanitizer is a regex and its replacement"))?;
             sanitizers.push(Sanitizer { re, with: s.with.clone() });
         }
 
@@ -254,8 +302,10 @@ impl Validator<'_> {
             list.iter()
                 .map(|s| {
                     let at = self.inner(s);
-                    let (when, rest) = step::split_condition(s.get_ref()).map_err(|e| self.err(self.at(s, e.offset), e.msg, "see `Version conditions` in LAB_FORMAT.md"))?;
-                    let action = parse_step(&s.get_ref()[rest..], &names).map_err(|e| self.err(self.at(s, rest + e.offset), e.msg, "see the step table in LAB_FORMAT.md"))?;
+                    let (when, rest) = step::split_condition(s.get_ref())
+                        .map_err(|e| self.err(self.at(s, e.offset), e.msg, "see `Version conditions` in LAB_FORMAT.md"))?;
+                    let action = parse_step(&s.get_ref()[rest..], &names)
+                        .map_err(|e| self.err(self.at(s, rest + e.offset), e.msg, "see the step table in LAB_FORMAT.md"))?;
                     self.check_step(&action, at, &nodes, &services, &ifnames)?;
                     Ok(Step { action, when, text: s.get_ref().clone(), offset: at })
                 })
@@ -264,7 +314,8 @@ impl Validator<'_> {
         let prelude = steps(&raw.lab.prelude)?;
         let mut scenarios = Vec::new();
         for (name, sc) in &raw.scenarios {
-            check_long_name(name).map_err(|m| self.err(self.key_offset("scenarios", name, sc.span().start), m, "use letters, digits and '-'"))?;
+            check_long_name(name)
+                .map_err(|m| self.err(self.key_offset("scenarios", name, sc.span().start), m, "use letters, digits and '-'"))?;
             let sc = sc.get_ref();
             let sc_steps = steps(&sc.steps)?;
             self.check_order(&services, prelude.iter().chain(sc_steps.iter()))?;
@@ -329,13 +380,25 @@ impl Validator<'_> {
             let name = &services[svc].name;
             match needs_running {
                 Some(true) if !running[svc] => {
-                    return Err(self.err(st.offset, format!("service `{name}` is not running at this step"), format!("start it first (`start {name}`), or drop `autostart = false`")))
+                    return Err(self.err(
+                        st.offset,
+                        format!("service `{name}` is not running at this step"),
+                        format!("start it first (`start {name}`), or drop `autostart = false`"),
+                    ))
                 }
                 Some(false) if running[svc] => {
-                    return Err(self.err(st.offset, format!("service `{name}` is already running at this step"), format!("use `restart {name}`, or set `autostart = false` on it")))
+                    return Err(self.err(
+                        st.offset,
+                        format!("service `{name}` is already running at this step"),
+                        format!("use `restart {name}`, or set `autostart = false` on it"),
+                    ))
                 }
                 None if !ever[svc] => {
-                    return Err(self.err(st.offset, format!("service `{name}` has not been started before this step, so it has no log"), format!("add `start {name}` before it")))
+                    return Err(self.err(
+                        st.offset,
+                        format!("service `{name}` has not been started before this step, so it has no log"),
+                        format!("add `start {name}` before it"),
+                    ))
                 }
                 _ => {}
             }
@@ -348,7 +411,14 @@ impl Validator<'_> {
     }
 
     /// Checks a step against the model beyond its syntax (interfaces of route steps exist).
-    pub(super) fn check_step(&self, action: &Action, at: usize, nodes: &[Node], _services: &[Service], ifnames: &HashMap<(usize, String), usize>) -> Result<(), InputError> {
+    pub(super) fn check_step(
+        &self,
+        action: &Action,
+        at: usize,
+        nodes: &[Node],
+        _services: &[Service],
+        ifnames: &HashMap<(usize, String), usize>,
+    ) -> Result<(), InputError> {
         if let Action::Impair { node, ifname, .. } = action {
             if !ifnames.contains_key(&(*node, ifname.clone())) && !ifname.starts_with("tun") && !ifname.starts_with("ppp") {
                 return Err(self.err(
@@ -384,29 +454,54 @@ impl Validator<'_> {
         let text = s.get_ref();
         let mut words = text.split_whitespace();
         let head = words.next().ok_or_else(|| self.err(at, "empty endpoint", "write it as \"node:ifname 10.0.0.1/24\""))?;
-        let (node_name, ifname) = head.split_once(':').ok_or_else(|| self.err(at, format!("`{head}` is not NODE:IFNAME"), "write it as \"node:ifname 10.0.0.1/24\""))?;
+        let (node_name, ifname) = head
+            .split_once(':')
+            .ok_or_else(|| self.err(at, format!("`{head}` is not NODE:IFNAME"), "write it as \"node:ifname 10.0.0.1/24\""))?;
         let node = names.node_idx(node_name).map_err(|m| self.err(at, m.0, m.1))?;
-        if ifname.is_empty() || ifname.len() > 15 || !ifname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-            return Err(self.err(self.at(s, node_name.len() + 1), format!("`{ifname}` is not a valid interface name"), "use at most 15 letters, digits, '-', '_' or '.'"));
+        if ifname.is_empty() || ifname.len() > 15 || !ifname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(self.err(
+                self.at(s, node_name.len() + 1),
+                format!("`{ifname}` is not a valid interface name"),
+                "use at most 15 letters, digits, '-', '_' or '.'",
+            ));
         }
         if ifname == "lo" {
             return Err(self.err(self.at(s, node_name.len() + 1), "`lo` is the node's loopback", "choose another interface name"));
         }
         if ifnames.insert((node, ifname.to_string()), at).is_some() {
-            return Err(self.err(at, format!("node `{node_name}` already has an interface `{ifname}`"), "give each interface of a node its own name"));
+            return Err(self.err(
+                at,
+                format!("node `{node_name}` already has an interface `{ifname}`"),
+                "give each interface of a node its own name",
+            ));
         }
         let mut out = Vec::new();
         let mut pos = at + head.len();
         for w in words {
             let off = text[pos - at..].find(w).map(|i| pos + i).unwrap_or(pos);
             pos = off + w.len();
-            let net: IpNet = w.parse().map_err(|_| self.err(self.at(s, off - at), format!("`{w}` is not an address with a prefix length (CIDR)"), "write it like 10.198.0.10/16"))?;
+            let net: IpNet = w.parse().map_err(|_| {
+                self.err(
+                    self.at(s, off - at),
+                    format!("`{w}` is not an address with a prefix length (CIDR)"),
+                    "write it like 10.198.0.10/16",
+                )
+            })?;
             if net.addr() == net.network() && net.prefix_len() < net.max_prefix_len() - 1 {
-                return Err(self.err(self.at(s, off - at), format!("`{w}` is the network address of its subnet, not a host address"), "pick a host address inside the subnet"));
+                return Err(self.err(
+                    self.at(s, off - at),
+                    format!("`{w}` is the network address of its subnet, not a host address"),
+                    "pick a host address inside the subnet",
+                ));
             }
             if let Some(prev) = addrs.insert(net.addr(), self.at(s, off - at)) {
                 let (line, col) = crate::error::line_col(self.src, prev);
-                return Err(self.err(self.at(s, off - at), format!("address {} is already used at line {line}, column {col}", net.addr()), "give every interface its own address"));
+                return Err(self.err(
+                    self.at(s, off - at),
+                    format!("address {} is already used at line {line}, column {col}", net.addr()),
+                    "give every interface its own address",
+                ));
             }
             out.push(net);
         }
@@ -416,10 +511,9 @@ impl Validator<'_> {
 
 impl NameTable<'_> {
     pub(super) fn node_idx(&self, name: &str) -> Result<usize, (String, String)> {
-        self.nodes
-            .iter()
-            .position(|n| n == name)
-            .ok_or_else(|| (format!("unknown node `{name}`"), format!("declared nodes: {}; add `[nodes.{name}]` or fix the name", self.nodes.join(", "))))
+        self.nodes.iter().position(|n| n == name).ok_or_else(|| {
+            (format!("unknown node `{name}`"), format!("declared nodes: {}; add `[nodes.{name}]` or fix the name", self.nodes.join(", ")))
+        })
     }
 }
 
@@ -433,7 +527,11 @@ pub(super) fn check_long_name(name: &str) -> Result<(), String> {
 }
 
 pub(super) fn check_name_len(name: &str, max: usize) -> Result<(), String> {
-    if name.is_empty() || name.len() > max || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.starts_with('-') {
+    if name.is_empty()
+        || name.len() > max
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || name.starts_with('-')
+    {
         return Err(format!("`{name}` is not a valid name (letters, digits, '-', '_'; at most {max} characters)"));
     }
     Ok(())

@@ -1,15 +1,15 @@
 //! Stage 5, the lab files: the folder, `lab.toml`, the rewritten configs and README.md, validated
 //! before [`create_with_report`] returns (a half-written folder is removed).
 
+use super::meaning::{client_conf, server_conf, ClientConf, ServerConf};
+use super::plan::{plan, Plan};
+use super::rewrite::{distinct_reasons, rewrite, Change, Ctx, Role};
+use super::syntax::{parse_config, Config};
+use super::{Created, NewLab};
 use crate::error::{EnvError, InputError};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use super::meaning::{ClientConf, ServerConf, client_conf, server_conf};
-use super::{Created, NewLab};
-use super::plan::{Plan, plan};
-use super::rewrite::{Change, Ctx, Role, distinct_reasons, rewrite};
-use super::syntax::{Config, parse_config};
 
 // ====================================================================== the lab files
 
@@ -20,9 +20,15 @@ pub(super) fn q(s: &str) -> String {
 
 /// A file name usable in the lab (plain, not one of the harness's own names).
 pub(super) fn lab_file_name(path: &Path, fallback: &str, taken: &[&str]) -> String {
-    const RESERVED: [&str; 10] = ["lab.toml", "README.md", "ca.crt", "server.crt", "server.key", "client.crt", "client.key", "ta.key", "auth.txt", "ccd"];
+    const RESERVED: [&str; 10] =
+        ["lab.toml", "README.md", "ca.crt", "server.crt", "server.key", "client.crt", "client.key", "ta.key", "auth.txt", "ccd"];
     let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let ok = !name.is_empty() && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) && !RESERVED.contains(&name.as_str()) && !taken.contains(&name.as_str()) && name != "snapshots";
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !RESERVED.contains(&name.as_str())
+        && !taken.contains(&name.as_str())
+        && name != "snapshots";
     if ok {
         name
     } else {
@@ -32,7 +38,14 @@ pub(super) fn lab_file_name(path: &Path, fallback: &str, taken: &[&str]) -> Stri
 
 pub(super) fn check_name(name: &str) -> Result<(), EnvError> {
     let parts: Vec<&str> = name.split('/').collect();
-    let ok = parts.len() <= 2 && parts.iter().all(|p| !p.is_empty() && p.len() <= 64 && !p.starts_with('.') && !p.starts_with('-') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+    let ok = parts.len() <= 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 64
+                && !p.starts_with('.')
+                && !p.starts_with('-')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        });
     if ok {
         Ok(())
     } else {
@@ -44,8 +57,17 @@ pub(super) fn check_name(name: &str) -> Result<(), EnvError> {
 }
 
 pub(super) fn read_config(path: &Path) -> Result<(String, Config)> {
-    let src = std::fs::read_to_string(path).map_err(|e| EnvError { msg: format!("cannot read {}: {e}", path.display()), hint: "give the path of the customer's OpenVPN config".into() })?;
-    let conf = parse_config(&src).map_err(|e| InputError { file: path.to_path_buf(), line: e.line, col: 1, msg: e.msg, hint: "fix the OpenVPN config syntax (one directive per line, inline files as <tag>...</tag>)".into() })?;
+    let src = std::fs::read_to_string(path).map_err(|e| EnvError {
+        msg: format!("cannot read {}: {e}", path.display()),
+        hint: "give the path of the customer's OpenVPN config".into(),
+    })?;
+    let conf = parse_config(&src).map_err(|e| InputError {
+        file: path.to_path_buf(),
+        line: e.line,
+        col: 1,
+        msg: e.msg,
+        hint: "fix the OpenVPN config syntax (one directive per line, inline files as <tag>...</tag>)".into(),
+    })?;
     Ok((src, conf))
 }
 
@@ -90,7 +112,13 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
 
     let (_, sconf) = read_config(&spec.server_conf)?;
     let (_, cconf) = read_config(&spec.client_conf)?;
-    let input_err = |path: &Path, msg: String| InputError { file: path.to_path_buf(), line: 1, col: 1, msg, hint: "give the customer's OpenVPN server config with --server and the client config with --client".into() };
+    let input_err = |path: &Path, msg: String| InputError {
+        file: path.to_path_buf(),
+        line: 1,
+        col: 1,
+        msg,
+        hint: "give the customer's OpenVPN server config with --server and the client config with --client".into(),
+    };
     let s = server_conf(&sconf).map_err(|m| input_err(&spec.server_conf, m))?;
     let c = client_conf(&cconf).map_err(|m| input_err(&spec.client_conf, m))?;
     if c.remote.is_none() {
@@ -108,7 +136,11 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
     // Mismatches between the two configs that the lab reproduces faithfully.
     let cproto = c.effective_proto();
     if cproto != s.proto {
-        warnings.push(format!("the client connects with {} but the server listens on {}: the client will not connect until one of them changes", cproto.name(), s.proto.name()));
+        warnings.push(format!(
+            "the client connects with {} but the server listens on {}: the client will not connect until one of them changes",
+            cproto.name(),
+            s.proto.name()
+        ));
     }
     let dnat = cproto == s.proto && c.effective_port() != s.port;
     if dnat {
@@ -122,9 +154,15 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
         ));
     }
     match (&s.tls_auth, &c.tls_auth) {
-        (Some(_), None) => warnings.push("the server uses tls-auth and the client does not: expect `TLS Error: cannot locate HMAC in incoming packet` on the server".into()),
+        (Some(_), None) => warnings.push(
+            "the server uses tls-auth and the client does not: expect `TLS Error: cannot locate HMAC in incoming packet` on the server"
+                .into(),
+        ),
         (None, Some(_)) => warnings.push("the client uses tls-auth and the server does not: expect TLS key negotiation to fail".into()),
-        (Some((_, sd)), Some((_, cd))) if sd.is_some() && sd == cd => warnings.push(format!("server and client both use tls-auth direction {}: the HMAC check will fail (one side needs 0, the other 1)", sd.as_deref().unwrap_or(""))),
+        (Some((_, sd)), Some((_, cd))) if sd.is_some() && sd == cd => warnings.push(format!(
+            "server and client both use tls-auth direction {}: the HMAC check will fail (one side needs 0, the other 1)",
+            sd.as_deref().unwrap_or("")
+        )),
         _ => {}
     }
     if s.tls_crypt.is_some() != c.tls_crypt {
@@ -142,10 +180,14 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
         warnings.push(format!("{} has no `dev`: OpenVPN refuses to start without `dev tun` or `dev tap`", spec.client_conf.display()));
     }
     if s.vpn_addr.is_none() {
-        warnings.push("the server config has no `server NET MASK` (or `ifconfig`): the connect scenario cannot ping the server's VPN address".into());
+        warnings.push(
+            "the server config has no `server NET MASK` (or `ifconfig`): the connect scenario cannot ping the server's VPN address".into(),
+        );
     }
     if c.route_nopull && !p.server_lans.is_empty() {
-        warnings.push("the client has `route-nopull`: the pushed routes are ignored, so the server's LAN is not reachable through the tunnel".into());
+        warnings.push(
+            "the client has `route-nopull`: the pushed routes are ignored, so the server's LAN is not reachable through the tunnel".into(),
+        );
     }
     if !p.client_lans.is_empty() && s.ccd.is_none() {
         warnings.push("the server routes networks to the clients (`route`) but has no client-config-dir, so no `iroute` tells OpenVPN which client owns them: it drops that traffic".into());
@@ -163,8 +205,22 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
     // Rewrite both configs.
     let srv_src = spec.server_conf.display().to_string();
     let cli_src = spec.client_conf.display().to_string();
-    let sctx = Ctx { role: Role::Server, source: &srv_src, lab_id: &id, server_wan: p.server_ip(), server_cert_optional: false, client_sends_password: c.auth_user_pass };
-    let cctx = Ctx { role: Role::Client, source: &cli_src, lab_id: &id, server_wan: p.server_ip(), server_cert_optional: s.client_cert_optional, client_sends_password: false };
+    let sctx = Ctx {
+        role: Role::Server,
+        source: &srv_src,
+        lab_id: &id,
+        server_wan: p.server_ip(),
+        server_cert_optional: false,
+        client_sends_password: c.auth_user_pass,
+    };
+    let cctx = Ctx {
+        role: Role::Client,
+        source: &cli_src,
+        lab_id: &id,
+        server_wan: p.server_ip(),
+        server_cert_optional: s.client_cert_optional,
+        client_sends_password: false,
+    };
     let srv = rewrite(&sconf, &sctx);
     let cli = rewrite(&cconf, &cctx);
     if srv.text.contains("auth-user-pass-verify /bin/true") {
@@ -187,7 +243,10 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
     }
     std::fs::create_dir(&folder).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow::Error::from(EnvError { msg: format!("{} already exists", folder.display()), hint: "choose another NAME, or remove the folder first".into() })
+            anyhow::Error::from(EnvError {
+                msg: format!("{} already exists", folder.display()),
+                hint: "choose another NAME, or remove the folder first".into(),
+            })
         } else {
             anyhow::Error::from(e).context(format!("creating {}", folder.display()))
         }
@@ -216,16 +275,25 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
     if srv.uses_ccd {
         let mut ccd = String::from("# ccd file of the lab's client (its certificate's CN is `client`), read by the server.\n# Put the customer's ccd entries for that client here (ifconfig-push, iroute, push ...).\n");
         for l in &p.client_lans {
-            let _ = writeln!(ccd, "# from the server's `{}`: the network behind this client\niroute {} {}", l.origin, l.net.network(), l.net.netmask());
+            let _ = writeln!(
+                ccd,
+                "# from the server's `{}`: the network behind this client\niroute {} {}",
+                l.origin,
+                l.net.network(),
+                l.net.netmask()
+            );
         }
         write("ccd/client", &ccd)?;
         server_files.push("ccd".into());
     }
 
-    let lab_toml = lab_toml(spec, &folder, &s, &c, &p, &srv_name, &cli_name, &server_files, &client_files, &client_modes, srv.uses_ccd, dnat);
+    let lab_toml =
+        lab_toml(spec, &folder, &s, &c, &p, &srv_name, &cli_name, &server_files, &client_files, &client_modes, srv.uses_ccd, dnat);
     write("lab.toml", &lab_toml)?;
 
-    let lab = crate::model::load(&folder).map_err(anyhow::Error::from).with_context(|| format!("the generated lab {} does not validate (removed it)", folder.display()))?;
+    let lab = crate::model::load(&folder)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("the generated lab {} does not validate (removed it)", folder.display()))?;
 
     let mut changes: Vec<String> = srv.changes.iter().map(|x| format!("{srv_name} {x}")).collect();
     changes.extend(cli.changes.iter().map(|x| format!("{cli_name} {x}")));
@@ -252,11 +320,21 @@ pub(super) fn lab_toml(
 ) -> String {
     let list = |v: &[String]| format!("[{}]", v.iter().map(|x| q(x)).collect::<Vec<_>>().join(", "));
     let mut t = String::new();
-    let _ = writeln!(t, "# Generated by `vpnlab new {}` from the customer's {} and {}.", spec.name, spec.server_conf.display(), spec.client_conf.display());
+    let _ = writeln!(
+        t,
+        "# Generated by `vpnlab new {}` from the customer's {} and {}.",
+        spec.name,
+        spec.server_conf.display(),
+        spec.client_conf.display()
+    );
     let _ = writeln!(t, "# Run it (`vpnlab run {}`), then add the symptom's steps to the `connect` scenario.", folder.display());
     let _ = writeln!(t, "[lab]");
     let _ = writeln!(t, "title  = {}", q(&format!("Customer setup from {srv_name} + {cli_name}")));
-    let _ = writeln!(t, "source = {}", q(&format!("customer configs {} and {} (vpnlab new)", spec.server_conf.display(), spec.client_conf.display())));
+    let _ = writeln!(
+        t,
+        "source = {}",
+        q(&format!("customer configs {} and {} (vpnlab new)", spec.server_conf.display(), spec.client_conf.display()))
+    );
     let _ = writeln!(t, "kernel = []\n");
     let _ = writeln!(t, "[pki]                  # generated per run into every daemon node's directory");
     let _ = writeln!(t, "servers = [\"server\"]");
@@ -270,10 +348,19 @@ pub(super) fn lab_toml(
     }
     for l in &p.client_lans {
         let host = l.host.as_ref().map(|(n, a)| format!(", {n} {a}")).unwrap_or_default();
-        let _ = writeln!(t, "#   client {}: LAN `{}` {} (client {}{host}), from the server's `{}`", l.ifname, l.name, l.net, l.router_addr, l.origin);
+        let _ = writeln!(
+            t,
+            "#   client {}: LAN `{}` {} (client {}{host}), from the server's `{}`",
+            l.ifname, l.name, l.net, l.router_addr, l.origin
+        );
     }
     if let Some(pool) = s.pool {
-        let _ = writeln!(t, "#   VPN pool {pool}{}, server {}", s.topology.as_ref().map(|t| format!(" (topology {t})")).unwrap_or_default(), s.vpn_addr.map(|a| a.to_string()).unwrap_or_default());
+        let _ = writeln!(
+            t,
+            "#   VPN pool {pool}{}, server {}",
+            s.topology.as_ref().map(|t| format!(" (topology {t})")).unwrap_or_default(),
+            s.vpn_addr.map(|a| a.to_string()).unwrap_or_default()
+        );
     }
     t.push('\n');
 
@@ -351,7 +438,13 @@ pub(super) fn lab_toml(
         let _ = writeln!(t, "  {},   # the server's VPN address", q(&format!("client: ping {a} -> reachable")));
     }
     for l in &p.server_lans {
-        let _ = writeln!(t, "  {},   # the server on LAN `{}` ({})", q(&format!("client: ping {} -> reachable", l.router_addr)), l.name, l.origin);
+        let _ = writeln!(
+            t,
+            "  {},   # the server on LAN `{}` ({})",
+            q(&format!("client: ping {} -> reachable", l.router_addr)),
+            l.name,
+            l.origin
+        );
     }
     for l in &p.server_lans {
         if let Some((n, a)) = &l.host {
@@ -361,7 +454,11 @@ pub(super) fn lab_toml(
     for l in &p.client_lans {
         if let Some((n, _)) = &l.host {
             let target = s.vpn_addr.map(|a| a.to_string()).unwrap_or_else(|| p.server_ip().to_string());
-            let _ = writeln!(t, "  # {},   # from the client's LAN (needs an iroute in ccd/client)", q(&format!("{n}: ping {target} -> reachable")));
+            let _ = writeln!(
+                t,
+                "  # {},   # from the client's LAN (needs an iroute in ccd/client)",
+                q(&format!("{n}: ping {target} -> reachable"))
+            );
         }
     }
     let _ = writeln!(t, "  # add the symptom's steps here, e.g. \"client: ping ADDR -> unreachable\", \"log server /MULTI: bad source/\", \"server: show ip route\"");
@@ -386,10 +483,22 @@ pub(super) fn readme(
 ) -> String {
     let mut r = String::new();
     let _ = writeln!(r, "# {id}\n");
-    let _ = writeln!(r, "Generated by `vpnlab new` from the customer's `{}` (server) and `{}` (client).\n", spec.server_conf.display(), spec.client_conf.display());
+    let _ = writeln!(
+        r,
+        "Generated by `vpnlab new` from the customer's `{}` (server) and `{}` (client).\n",
+        spec.server_conf.display(),
+        spec.client_conf.display()
+    );
     let _ = writeln!(r, "## What the configs say\n");
     let yes = |b: bool| if b { "yes" } else { "no" };
-    let _ = writeln!(r, "- server: `proto {}`, port {}, `dev {}`{}", s.proto_text, s.port, s.dev, s.topology.as_ref().map(|t| format!(", `topology {t}`")).unwrap_or_default());
+    let _ = writeln!(
+        r,
+        "- server: `proto {}`, port {}, `dev {}`{}",
+        s.proto_text,
+        s.port,
+        s.dev,
+        s.topology.as_ref().map(|t| format!(", `topology {t}`")).unwrap_or_default()
+    );
     match (s.pool, s.vpn_addr) {
         (Some(pool), Some(a)) => {
             let _ = writeln!(r, "- VPN pool {pool}; the server is {a}");
@@ -405,7 +514,11 @@ pub(super) fn readme(
         let _ = writeln!(r, "- pushed routes: {}", s.pushed_routes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "));
     }
     if !s.client_routes.is_empty() {
-        let _ = writeln!(r, "- server routes to clients' networks: {}", s.client_routes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            r,
+            "- server routes to clients' networks: {}",
+            s.client_routes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+        );
     }
     let _ = writeln!(
         r,
@@ -415,7 +528,10 @@ pub(super) fn readme(
         s.user.as_deref().unwrap_or("-"),
         s.group.as_deref().unwrap_or("-"),
         s.dh.as_deref().unwrap_or("none given"),
-        s.tls_auth.as_ref().map(|(f, d)| format!("{f}{}", d.as_ref().map(|d| format!(" {d}")).unwrap_or_default())).unwrap_or_else(|| "no".into()),
+        s.tls_auth
+            .as_ref()
+            .map(|(f, d)| format!("{f}{}", d.as_ref().map(|d| format!(" {d}")).unwrap_or_default()))
+            .unwrap_or_else(|| "no".into()),
         s.tls_crypt.as_deref().unwrap_or("no"),
     );
     if let Some(rm) = &c.remote {
@@ -429,11 +545,20 @@ pub(super) fn readme(
             c.effective_proto().name(),
             c.effective_port(),
             yes(c.nobind),
-            c.tls_auth.as_ref().map(|(f, d)| format!("{f}{}", d.as_ref().map(|d| format!(" {d}")).unwrap_or_default())).unwrap_or_else(|| "no".into()),
+            c.tls_auth
+                .as_ref()
+                .map(|(f, d)| format!("{f}{}", d.as_ref().map(|d| format!(" {d}")).unwrap_or_default()))
+                .unwrap_or_else(|| "no".into()),
         );
     }
     let _ = writeln!(r, "\n## The lab (`vpnlab show {id}`)\n");
-    let _ = writeln!(r, "The client reaches the server at {} through the wan router; the WAN subnets ({} and {}) avoid the customer's networks.\n", p.server_ip(), p.client_wan, p.server_wan);
+    let _ = writeln!(
+        r,
+        "The client reaches the server at {} through the wan router; the WAN subnets ({} and {}) avoid the customer's networks.\n",
+        p.server_ip(),
+        p.client_wan,
+        p.server_wan
+    );
     let _ = writeln!(r, "```\n{}```\n", crate::diagram::text(lab));
     let _ = writeln!(r, "## What was changed in the configs\n");
     let _ = writeln!(r, "Each change is also listed in the header of the rewritten file and marked `# vpnlab:` where it happens.\n");
@@ -461,6 +586,10 @@ pub(super) fn readme(
     let _ = writeln!(r, "## Next steps\n");
     let _ = writeln!(r, "1. `vpnlab run {}` runs the `connect` scenario. There is no snapshot yet: if its checks pass, the run records its transcript as the first snapshot (`snapshots/connect.snap`). Read it.", folder.display());
     let _ = writeln!(r, "2. Add the symptom's steps to `[scenarios.connect]` in `lab.toml` where the placeholder comment is (a failing ping, `log server /.../`, `show ip route`...), or one scenario per fix. LAB_FORMAT.md lists every step.");
-    let _ = writeln!(r, "3. Re-run with `vpnlab run --accept {}::connect` to record the new transcript, review it, and commit the lab folder.", folder.display());
+    let _ = writeln!(
+        r,
+        "3. Re-run with `vpnlab run --accept {}::connect` to record the new transcript, review it, and commit the lab folder.",
+        folder.display()
+    );
     r
 }

@@ -1,10 +1,10 @@
 //! Stage 2, config meaning: what the parsed server and client configs say ([`ServerConf`],
 //! [`ClientConf`]: proto, port, VPN subnet, pushed and client-side routes, PKI files).
 
+use super::syntax::Config;
 use anyhow::Result;
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
-use super::syntax::Config;
 
 // ====================================================================== config meaning
 
@@ -146,7 +146,10 @@ pub fn server_conf(c: &Config) -> Result<ServerConf, String> {
     let dev = c.last("dev").and_then(|a| a.first().cloned()).unwrap_or_else(|| "tun".into());
     let tap = dev.starts_with("tap") || c.last("dev-type").and_then(|a| a.first()).is_some_and(|t| t == "tap");
     let pool = match c.last("server") {
-        Some(a) => Some(net_mask(a.first().map(String::as_str).unwrap_or(""), a.get(1).map(String::as_str)).ok_or_else(|| format!("`server {}` is not NETWORK NETMASK", a.join(" ")))?),
+        Some(a) => Some(
+            net_mask(a.first().map(String::as_str).unwrap_or(""), a.get(1).map(String::as_str))
+                .ok_or_else(|| format!("`server {}` is not NETWORK NETMASK", a.join(" ")))?,
+        ),
         None => None,
     };
     let vpn_addr = match pool {

@@ -33,7 +33,6 @@ pub use files::create_with_report;
 pub use meaning::{client_conf, net_mask, server_conf, ClientConf, Proto, Remote, ServerConf};
 pub use syntax::{parse_config, split_line, Config, Item, SyntaxError};
 
-
 /// What `vpnlab new` was asked to create.
 #[derive(Debug, Clone)]
 pub struct NewLab {

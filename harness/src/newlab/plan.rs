@@ -1,10 +1,10 @@
 //! Stage 3, the lab's addresses: WAN subnets that collide with none of the customer's networks,
 //! and the LANs behind the server and the client.
 
+use super::meaning::{ClientConf, ServerConf};
 use anyhow::Result;
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
-use super::meaning::{ClientConf, ServerConf};
 
 // ====================================================================== the lab's addresses
 
@@ -54,12 +54,28 @@ impl Plan {
 }
 
 /// Documentation (and other never-routed) ranges the WAN subnets are taken from, in order.
-pub(super) const WAN_CANDIDATES: [&str; 8] = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/24", "198.19.0.0/24", "100.64.0.0/24", "100.64.1.0/24", "172.31.254.0/24"];
+pub(super) const WAN_CANDIDATES: [&str; 8] = [
+    "192.0.2.0/24",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "198.18.0.0/24",
+    "198.19.0.0/24",
+    "100.64.0.0/24",
+    "100.64.1.0/24",
+    "172.31.254.0/24",
+];
 
 /// LANs narrower than this are modelled; broader pushed routes (0.0.0.0/1...) are not networks.
 pub(super) const MIN_LAN_PREFIX: u8 = 8;
 
-pub(super) fn lan_plans(nets: &[Ipv4Net], taken: &mut Vec<Ipv4Net>, base: &str, hostbase: &str, what: &str, skipped: &mut Vec<String>) -> Vec<LanPlan> {
+pub(super) fn lan_plans(
+    nets: &[Ipv4Net],
+    taken: &mut Vec<Ipv4Net>,
+    base: &str,
+    hostbase: &str,
+    what: &str,
+    skipped: &mut Vec<String>,
+) -> Vec<LanPlan> {
     let usable: Vec<Ipv4Net> = nets
         .iter()
         .copied()
@@ -83,7 +99,8 @@ pub(super) fn lan_plans(nets: &[Ipv4Net], taken: &mut Vec<Ipv4Net>, base: &str, 
         .map(|(i, net)| {
             let suffix = if many { format!("{}", i + 1) } else { String::new() };
             // Hosts: all addresses of a /31 or /32, else network+1 .. broadcast-1.
-            let (first, count) = if net.prefix_len() >= 31 { (0u32, 1u32 << (32 - net.prefix_len())) } else { (1, (1u32 << (32 - net.prefix_len())) - 2) };
+            let (first, count) =
+                if net.prefix_len() >= 31 { (0u32, 1u32 << (32 - net.prefix_len())) } else { (1, (1u32 << (32 - net.prefix_len())) - 2) };
             let router_addr = nth(&net, first);
             let host = (count >= 2).then(|| (format!("{hostbase}{suffix}"), nth(&net, first + 9.min(count - 1))));
             LanPlan { name: format!("{base}{suffix}"), net, ifname: format!("eth{}", i + 1), router_addr, host, origin: String::new() }
@@ -97,7 +114,8 @@ pub(super) fn plan(s: &ServerConf, c: &ClientConf, skipped: &mut Vec<String>) ->
     customer.extend(s.pool);
     customer.extend(s.vpn_addr.map(|a| Ipv4Net::new(a, 32).unwrap()));
     customer.extend(s.pushed_routes.iter().chain(&s.client_routes).chain(&c.routes).filter(|n| n.prefix_len() >= MIN_LAN_PREFIX));
-    let free: Vec<Ipv4Net> = WAN_CANDIDATES.iter().map(|n| n.parse::<Ipv4Net>().unwrap()).filter(|w| !customer.iter().any(|n| overlaps(n, w))).collect();
+    let free: Vec<Ipv4Net> =
+        WAN_CANDIDATES.iter().map(|n| n.parse::<Ipv4Net>().unwrap()).filter(|w| !customer.iter().any(|n| overlaps(n, w))).collect();
     let [client_wan, server_wan, ..] = free[..] else {
         anyhow::bail!("the customer's networks cover every range the lab's WAN could use ({})", WAN_CANDIDATES.join(", "));
     };

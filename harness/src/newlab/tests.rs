@@ -44,9 +44,20 @@ fn config_inline_blocks_and_connections() {
     assert_eq!(c.inline("ca").unwrap(), "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----");
     // The `#` line inside the block is body, not a comment.
     assert!(c.inline("tls-auth").unwrap().starts_with("#\n"));
-    let lines: Vec<usize> = c.items.iter().filter_map(|i| if let Item::Inline { line, end, .. } = i { Some(line * 100 + end) } else { None }).collect();
+    let lines: Vec<usize> =
+        c.items.iter().filter_map(|i| if let Item::Inline { line, end, .. } = i { Some(line * 100 + end) } else { None }).collect();
     assert_eq!(lines, [3 * 100 + 7, 8 * 100 + 11]);
-    let remotes: Vec<(String, Option<usize>)> = c.items.iter().filter_map(|i| if let Item::Directive { name, args, conn, .. } = i { (name == "remote").then(|| (args[0].clone(), *conn)) } else { None }).collect();
+    let remotes: Vec<(String, Option<usize>)> = c
+        .items
+        .iter()
+        .filter_map(|i| {
+            if let Item::Directive { name, args, conn, .. } = i {
+                (name == "remote").then(|| (args[0].clone(), *conn))
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(remotes, [("a.example".to_string(), Some(0)), ("b.example".to_string(), Some(1))]);
     let cc = client_conf(&c).unwrap();
     assert_eq!(cc.remote, Some(Remote { host: "a.example".into(), port: Some(1194), proto: None }));
@@ -111,7 +122,11 @@ fn server_facts() {
 
 #[test]
 fn client_remote_forms() {
-    let c = client_conf(&parse_config("client\nproto tcp\nport 1195\nremote vpn.acme.example\nremote 203.0.113.9 443 udp\nnobind\ntls-auth ta.key 1\n").unwrap()).unwrap();
+    let c = client_conf(
+        &parse_config("client\nproto tcp\nport 1195\nremote vpn.acme.example\nremote 203.0.113.9 443 udp\nnobind\ntls-auth ta.key 1\n")
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(c.remote, Some(Remote { host: "vpn.acme.example".into(), port: None, proto: None }));
     assert_eq!((c.effective_proto(), c.effective_port(), c.nobind), (Proto::Tcp, 1195, true));
     assert_eq!(c.tls_auth, Some(("ta.key".into(), Some("1".into()))));
@@ -121,7 +136,14 @@ fn client_remote_forms() {
 }
 
 fn ctx(role: Role) -> Ctx<'static> {
-    Ctx { role, source: "in.conf", lab_id: "custom/t", server_wan: "198.51.100.10".parse().unwrap(), server_cert_optional: false, client_sends_password: false }
+    Ctx {
+        role,
+        source: "in.conf",
+        lab_id: "custom/t",
+        server_wan: "198.51.100.10".parse().unwrap(),
+        server_cert_optional: false,
+        client_sends_password: false,
+    }
 }
 
 #[test]
@@ -129,8 +151,24 @@ fn rewrite_server() {
     let src = format!("{SERVER}daemon\nlog-append /var/log/openvpn.log\nstatus /run/openvpn.status 10\nscript-security 2\nup /etc/openvpn/up.sh\npersist-tun\nverb 4\n");
     let r = rewrite(&parse_config(&src).unwrap(), &ctx(Role::Server));
     let conf = parse_config(&r.text).unwrap();
-    let d: Vec<String> = conf.directives().map(|(n, a, _)| std::iter::once(n.to_string()).chain(a.iter().cloned()).collect::<Vec<_>>().join(" ")).collect();
-    for want in ["ca ca.crt", "cert server.crt", "key server.key", "dh none", "tls-auth ta.key 0", "client-config-dir ccd", "user nobody", "group nogroup", "disable-dco", "persist-tun", "verb 4", "port 443", "push route 192.168.10.0 255.255.255.0", "client-to-client"] {
+    let d: Vec<String> =
+        conf.directives().map(|(n, a, _)| std::iter::once(n.to_string()).chain(a.iter().cloned()).collect::<Vec<_>>().join(" ")).collect();
+    for want in [
+        "ca ca.crt",
+        "cert server.crt",
+        "key server.key",
+        "dh none",
+        "tls-auth ta.key 0",
+        "client-config-dir ccd",
+        "user nobody",
+        "group nogroup",
+        "disable-dco",
+        "persist-tun",
+        "verb 4",
+        "port 443",
+        "push route 192.168.10.0 255.255.255.0",
+        "client-to-client",
+    ] {
         assert!(d.contains(&want.to_string()), "missing `{want}` in\n{}", r.text);
     }
     for gone in ["daemon", "log-append", "status", "script-security", "up"] {
@@ -170,7 +208,11 @@ fn rewrite_client_inline_and_remote() {
 
 #[test]
 fn wan_avoids_the_customers_networks() {
-    let s = server_conf(&parse_config("server 192.0.2.0 255.255.255.0\npush \"route 198.51.100.0 255.255.255.0\"\npush \"route 0.0.0.0 128.0.0.0\"\n").unwrap()).unwrap();
+    let s = server_conf(
+        &parse_config("server 192.0.2.0 255.255.255.0\npush \"route 198.51.100.0 255.255.255.0\"\npush \"route 0.0.0.0 128.0.0.0\"\n")
+            .unwrap(),
+    )
+    .unwrap();
     let c = client_conf(&parse_config("client\nremote x 1194\n").unwrap()).unwrap();
     let mut skipped = Vec::new();
     let p = plan(&s, &c, &mut skipped).unwrap();
@@ -198,7 +240,12 @@ fn fixture(name: &str) -> PathBuf {
 fn refuses_an_existing_folder_and_cleans_up_on_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let labs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../labs/openvpn/basic-server");
-    let spec = NewLab { name: "x".into(), server_conf: labs.join("server.conf"), client_conf: labs.join("client.conf"), dir: tmp.path().to_path_buf() };
+    let spec = NewLab {
+        name: "x".into(),
+        server_conf: labs.join("server.conf"),
+        client_conf: labs.join("client.conf"),
+        dir: tmp.path().to_path_buf(),
+    };
     std::fs::create_dir_all(tmp.path().join("custom/x")).unwrap();
     let e = create(&spec).unwrap_err().to_string();
     assert!(e.contains("already exists"), "{e}");
@@ -214,7 +261,12 @@ fn refuses_an_existing_folder_and_cleans_up_on_bad_input() {
 #[test]
 fn complex_configs_make_a_valid_lab() {
     let tmp = tempfile::tempdir().unwrap();
-    let spec = NewLab { name: "acme/complex".into(), server_conf: fixture("acme-server.conf"), client_conf: fixture("acme-client.ovpn"), dir: tmp.path().join("labs") };
+    let spec = NewLab {
+        name: "acme/complex".into(),
+        server_conf: fixture("acme-server.conf"),
+        client_conf: fixture("acme-client.ovpn"),
+        dir: tmp.path().join("labs"),
+    };
     let out = create_with_report(&spec).unwrap();
     assert_eq!(out.dir, tmp.path().join("labs/acme/complex"));
     assert_eq!(out.id, "acme/complex");
@@ -224,7 +276,10 @@ fn complex_configs_make_a_valid_lab() {
     assert_eq!(names, ["client", "wan", "server", "lanhost1", "lanhost2", "clienthost"]);
     assert_eq!(lab.lans.len(), 3);
     let steps: Vec<&str> = lab.scenarios[0].steps.iter().map(|s| s.text.as_str()).collect();
-    assert_eq!(steps, ["client: ping 10.66.0.1 -> reachable", "client: ping 192.168.10.1 -> reachable", "client: ping 172.20.0.1 -> reachable"]);
+    assert_eq!(
+        steps,
+        ["client: ping 10.66.0.1 -> reachable", "client: ping 192.168.10.1 -> reachable", "client: ping 172.20.0.1 -> reachable"]
+    );
     assert!(lab.nodes[1].nft.as_deref().unwrap().contains("tcp dport 443 dnat to 198.51.100.10:1194"));
     let toml = std::fs::read_to_string(out.dir.join("lab.toml")).unwrap();
     assert!(toml.contains("# add the symptom's steps here"), "{toml}");
@@ -258,7 +313,12 @@ fn run_lab(spec: &NewLab) -> Option<crate::runner::Run> {
 fn basic_server_configs_connect() {
     let tmp = tempfile::tempdir().unwrap();
     let labs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../labs/openvpn/basic-server");
-    let spec = NewLab { name: "basic".into(), server_conf: labs.join("server.conf"), client_conf: labs.join("client.conf"), dir: tmp.path().to_path_buf() };
+    let spec = NewLab {
+        name: "basic".into(),
+        server_conf: labs.join("server.conf"),
+        client_conf: labs.join("client.conf"),
+        dir: tmp.path().to_path_buf(),
+    };
     let Some(run) = run_lab(&spec) else { return };
     assert!(run.failure.is_none(), "{:?}\n{}", run.failure, run.transcript);
     assert!(run.transcript.contains("Initialization Sequence Completed"), "{}", run.transcript);
@@ -269,7 +329,12 @@ fn basic_server_configs_connect() {
 #[test]
 fn complex_configs_connect() {
     let tmp = tempfile::tempdir().unwrap();
-    let spec = NewLab { name: "acme".into(), server_conf: fixture("acme-server.conf"), client_conf: fixture("acme-client.ovpn"), dir: tmp.path().to_path_buf() };
+    let spec = NewLab {
+        name: "acme".into(),
+        server_conf: fixture("acme-server.conf"),
+        client_conf: fixture("acme-client.ovpn"),
+        dir: tmp.path().to_path_buf(),
+    };
     let Some(run) = run_lab(&spec) else { return };
     assert!(run.failure.is_none(), "{:?}\n{}", run.failure, run.transcript);
     assert_eq!(run.transcript.matches("-> reachable").count(), 3, "{}", run.transcript);

@@ -6,8 +6,8 @@
 use crate::facts::Fact;
 use crate::judge::judge;
 use crate::model::step::{Action, ServiceOp, Step};
-use crate::narrate::narrate;
 use crate::model::Lab;
+use crate::narrate::narrate;
 use crate::ns::PidNs;
 use crate::process::Daemon;
 use crate::topology::Topology;
@@ -99,7 +99,14 @@ pub struct Run {
 
 impl Run {
     /// A result produced elsewhere (a user-mode-linux guest), with the host's work dir.
-    pub(crate) fn from_parts(transcript: String, failure: Option<String>, failed_step: Option<FailedStep>, error: bool, timings: Timings, work: WorkDir) -> Run {
+    pub(crate) fn from_parts(
+        transcript: String,
+        failure: Option<String>,
+        failed_step: Option<FailedStep>,
+        error: bool,
+        timings: Timings,
+        work: WorkDir,
+    ) -> Run {
         Run { transcript, failure, failed_step, error, workdir: None, timings, work: Some(work) }
     }
 
@@ -269,7 +276,9 @@ impl<'a> Live<'a> {
             l.t.push(&format!("!! {msg}"));
             live.failure = Some(msg);
             match (check, failed_service) {
-                (Some((observed, expected)), Some(name)) => live.failed_step = Some(FailedStep { index: None, step: format!("start {name}"), observed, expected }),
+                (Some((observed, expected)), Some(name)) => {
+                    live.failed_step = Some(FailedStep { index: None, step: format!("start {name}"), observed, expected })
+                }
                 _ => live.error = true,
             }
         }
@@ -301,7 +310,10 @@ impl<'a> Live<'a> {
         // `[openvpn >= 2.7] ...`: a step for other versions than the one running is skipped
         // (it leaves no line in the transcript).
         if let Some(c) = &step.when {
-            let running = crate::with::Component::of_daemon(c.daemon).and_then(|x| l.opts.with.get(x)).map(|x| x.version.clone()).unwrap_or_else(|| crate::versions::version(c.daemon));
+            let running = crate::with::Component::of_daemon(c.daemon)
+                .and_then(|x| l.opts.with.get(x))
+                .map(|x| x.version.clone())
+                .unwrap_or_else(|| crate::versions::version(c.daemon));
             if !c.holds(&running) {
                 return Some(Vec::new());
             }
@@ -317,7 +329,9 @@ impl<'a> Live<'a> {
             l.t.push(&format!("!! {msg}"));
             self.failure = Some(msg);
             match check {
-                Some((observed, expected)) => self.failed_step = Some(FailedStep { index: Some(self.next - 1), step: step.text.clone(), observed, expected }),
+                Some((observed, expected)) => {
+                    self.failed_step = Some(FailedStep { index: Some(self.next - 1), step: step.text.clone(), observed, expected })
+                }
                 None => self.error = true,
             }
         }
@@ -365,7 +379,15 @@ impl<'a> Live<'a> {
         }
         self.timings.teardown = tt.elapsed();
         let work = std::sync::Arc::try_unwrap(self.work).ok();
-        Run { transcript, failure: self.failure, failed_step: self.failed_step, error: self.error, workdir: None, timings: self.timings, work }
+        Run {
+            transcript,
+            failure: self.failure,
+            failed_step: self.failed_step,
+            error: self.error,
+            workdir: None,
+            timings: self.timings,
+            work,
+        }
     }
 }
 

@@ -16,7 +16,8 @@ impl Lab_<'_> {
             std::fs::create_dir_all(&dir)?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
             for f in &node.files {
-                copy_tree(&self.lab.dir.join(&f.rel), &dir.join(&f.rel)).with_context(|| format!("copy {} to node `{}`", f.rel.display(), node.name))?;
+                copy_tree(&self.lab.dir.join(&f.rel), &dir.join(&f.rel))
+                    .with_context(|| format!("copy {} to node `{}`", f.rel.display(), node.name))?;
             }
             for (p, mode) in &node.modes {
                 std::fs::set_permissions(dir.join(p), std::fs::Permissions::from_mode(*mode))?;
@@ -43,7 +44,8 @@ impl Lab_<'_> {
                 self.exec_ok(i, &["nft".into(), "-f".into(), f.to_string_lossy().into_owned()])?;
             }
             for cmd in &node.setup {
-                self.exec_ok(i, &["/bin/sh".into(), "-c".into(), cmd.clone()]).with_context(|| format!("setup of node `{}`: {cmd}", node.name))?;
+                self.exec_ok(i, &["/bin/sh".into(), "-c".into(), cmd.clone()])
+                    .with_context(|| format!("setup of node `{}`: {cmd}", node.name))?;
             }
         }
         Ok(())
@@ -64,7 +66,11 @@ impl Lab_<'_> {
         }
         for (ns, ifname, file) in targets {
             let pcap = dir.join(format!("{file}.pcap"));
-            let argv: Vec<String> = ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0", "-i", &ifname, "-w", &pcap.to_string_lossy()].iter().map(|s| s.to_string()).collect();
+            let argv: Vec<String> =
+                ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root", "-s", "0", "-i", &ifname, "-w", &pcap.to_string_lossy()]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
             let log = dir.join(format!("{file}.log"));
             let mut d = Daemon::start(&format!("tcpdump-{file}"), ns, &self.pid, &argv, &dir, &log, &[])?;
             let ready = wait_until(Instant::now() + Duration::from_secs(5), || {
@@ -97,7 +103,6 @@ impl Lab_<'_> {
         }
         Ok(())
     }
-
 }
 
 /// Copies a file or a directory tree, keeping modes.
@@ -118,4 +123,3 @@ pub(super) fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
-

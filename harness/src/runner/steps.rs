@@ -59,7 +59,12 @@ impl Lab_<'_> {
     /// The failure message of a service that did not become ready (with its log's tail).
     pub(super) fn not_ready(&self, i: usize, f: &StartFact) -> String {
         let tail = self.daemons[i].as_ref().map(|d| d.tail(15)).unwrap_or_default();
-        format!("service `{}`: {}; last lines of {}:\n{tail}", f.service, crate::narrate::start_outcome(f), self.work.log(&f.service).display())
+        format!(
+            "service `{}`: {}; last lines of {}:\n{tail}",
+            f.service,
+            crate::narrate::start_outcome(f),
+            self.work.log(&f.service).display()
+        )
     }
 
     pub(super) fn stop(&mut self, i: usize) -> Result<StopFact, StepFailed> {
@@ -87,22 +92,37 @@ impl Lab_<'_> {
     }
 
     /// Ends the impairment of `node:ifname` (if one is on) and starts `spec` (if given).
-    pub(super) fn impair(&mut self, node: usize, ifname: &str, spec: &Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>) -> Result<Fact, StepFailed> {
+    pub(super) fn impair(
+        &mut self,
+        node: usize,
+        ifname: &str,
+        spec: &Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>,
+    ) -> Result<Fact, StepFailed> {
         let name = self.lab.nodes[node].name.clone();
         let key = (node, ifname.to_string());
         let mut ended = None;
         if let Some(i) = self.impairers.iter().position(|(k, _)| *k == key) {
             let (_, old) = self.impairers.remove(i);
             let spec = impair_spec(&old);
-            let stats = old.stop(&self.topo.nodes[node].ns, &self.pid).map_err(|e| StepFailed(format!("stopping the impairment of {name}:{ifname}: {e:#}")))?;
+            let stats = old
+                .stop(&self.topo.nodes[node].ns, &self.pid)
+                .map_err(|e| StepFailed(format!("stopping the impairment of {name}:{ifname}: {e:#}")))?;
             ended = Some(ImpairEnded { node: name.clone(), ifname: ifname.to_string(), spec, counts: stats.into() });
         }
         let mut started = None;
         if let Some((imp, proto)) = spec {
             let used: Vec<u16> = self.impairers.iter().filter(|((n, _), _)| *n == node).map(|(_, i)| i.queue()).collect();
             let queue = (0..u16::MAX).find(|q| !used.contains(q)).unwrap_or(0);
-            let imp = crate::impair::Impairer::start(&self.topo.nodes[node].ns, &self.pid, &self.node_dir(node), ifname, imp.clone(), *proto, queue)
-                .map_err(|e| StepFailed(format!("impair {name}:{ifname}: {e:#}")))?;
+            let imp = crate::impair::Impairer::start(
+                &self.topo.nodes[node].ns,
+                &self.pid,
+                &self.node_dir(node),
+                ifname,
+                imp.clone(),
+                *proto,
+                queue,
+            )
+            .map_err(|e| StepFailed(format!("impair {name}:{ifname}: {e:#}")))?;
             started = Some(impair_spec(&imp));
             self.impairers.push((key, imp));
         }
@@ -113,7 +133,12 @@ impl Lab_<'_> {
     pub(super) fn impairments_at_end(&self) -> Vec<ImpairEnded> {
         self.impairers
             .iter()
-            .map(|((node, ifname), imp)| ImpairEnded { node: self.lab.nodes[*node].name.clone(), ifname: ifname.clone(), spec: impair_spec(imp), counts: imp.stats().into() })
+            .map(|((node, ifname), imp)| ImpairEnded {
+                node: self.lab.nodes[*node].name.clone(),
+                ifname: ifname.clone(),
+                spec: impair_spec(imp),
+                counts: imp.stats().into(),
+            })
             .collect()
     }
 
@@ -126,7 +151,11 @@ impl Lab_<'_> {
             if let Some(d) = self.daemons[i].as_mut() {
                 if let Some(st) = d.poll_exit() {
                     let tail = d.tail(15);
-                    return Err(StepFailed(format!("service `{}` exited unexpectedly ({st}); last lines of {}:\n{tail}", d.name, d.log.display())));
+                    return Err(StepFailed(format!(
+                        "service `{}` exited unexpectedly ({st}); last lines of {}:\n{tail}",
+                        d.name,
+                        d.log.display()
+                    )));
                 }
             }
         }
@@ -144,7 +173,8 @@ impl Lab_<'_> {
     /// Runs a step: executes it (observed facts), writes its transcript lines from the facts,
     /// and judges it against its expectation.
     pub(super) fn step(&mut self, step: &Step, rt: &tokio::runtime::Runtime) -> Result<(), StepFailed> {
-        let sizes: Vec<u64> = self.lab.services.iter().map(|s| std::fs::metadata(self.work.log(&s.name)).map(|m| m.len()).unwrap_or(0)).collect();
+        let sizes: Vec<u64> =
+            self.lab.services.iter().map(|s| std::fs::metadata(self.work.log(&s.name)).map(|m| m.len()).unwrap_or(0)).collect();
         let prev_marks = std::mem::replace(&mut self.marks, sizes.clone());
         if step.action.changes() {
             self.change_marks = sizes;
@@ -193,29 +223,55 @@ impl Lab_<'_> {
         Ok(match action {
             Action::Ping { node, src, dest, count, size, expect } => {
                 let n = node_name(node);
-                let f = crate::probe::ping(&self.topo.nodes[*node].ns, &self.pid, &self.node_dir(*node), &n, src.as_deref(), *dest, *count, *size, expect).map_err(|e| fail(format!("{n}: ping {dest}: {e:#}")))?;
+                let f = crate::probe::ping(
+                    &self.topo.nodes[*node].ns,
+                    &self.pid,
+                    &self.node_dir(*node),
+                    &n,
+                    src.as_deref(),
+                    *dest,
+                    *count,
+                    *size,
+                    expect,
+                )
+                .map_err(|e| fail(format!("{n}: ping {dest}: {e:#}")))?;
                 Fact::Ping(f)
             }
             Action::RouteAdd { node, route } | Action::RouteDel { node, route } => {
                 let add = matches!(action, Action::RouteAdd { .. });
                 let result = rt.block_on(self.topo.nodes[*node].route(route, add)).map_err(|e| format!("{e:#}"));
-                Fact::Netlink { node: node_name(node), command: format!("ip route {} {}", if add { "add" } else { "del" }, route.text), result }
+                Fact::Netlink {
+                    node: node_name(node),
+                    command: format!("ip route {} {}", if add { "add" } else { "del" }, route.text),
+                    result,
+                }
             }
             Action::RuleAdd { node, rule } | Action::RuleDel { node, rule } => {
                 let add = matches!(action, Action::RuleAdd { .. });
                 let result = rt.block_on(self.topo.nodes[*node].rule(rule, add)).map_err(|e| format!("{e:#}"));
-                Fact::Netlink { node: node_name(node), command: format!("ip rule {} {}", if add { "add" } else { "del" }, rule.text), result }
+                Fact::Netlink {
+                    node: node_name(node),
+                    command: format!("ip rule {} {}", if add { "add" } else { "del" }, rule.text),
+                    result,
+                }
             }
             Action::Sh { node, cmd, .. } => {
                 let out = self.exec(*node, &["/bin/sh".into(), "-c".into(), cmd.clone()]).map_err(|e| fail(format!("{e:#}")))?;
-                Fact::Command { node: node_name(node), cmd: cmd.clone(), ok: out.success(), status: out.describe_status(), output: out.text }
+                Fact::Command {
+                    node: node_name(node),
+                    cmd: cmd.clone(),
+                    ok: out.success(),
+                    status: out.describe_status(),
+                    output: out.text,
+                }
             }
             Action::Show { node, cmd } => {
                 let out = self.exec(*node, &["/bin/sh".into(), "-c".into(), cmd.clone()]).map_err(|e| fail(format!("{e:#}")))?;
                 Fact::Show { node: node_name(node), cmd: cmd.clone(), ok: out.success(), status: out.describe_status(), output: out.text }
             }
             Action::Chmod { node, mode, path } => {
-                let result = std::fs::set_permissions(self.node_dir(*node).join(path), std::fs::Permissions::from_mode(*mode)).map_err(|e| e.to_string());
+                let result = std::fs::set_permissions(self.node_dir(*node).join(path), std::fs::Permissions::from_mode(*mode))
+                    .map_err(|e| e.to_string());
                 Fact::Chmod { node: node_name(node), mode: *mode, path: path.clone(), result }
             }
             Action::Sysctl { node, key, value } => {
@@ -224,7 +280,8 @@ impl Lab_<'_> {
             }
             Action::Tcp { node, dest, send, within, .. } => {
                 let server = lab.owner_of(dest.ip());
-                let outcome = crate::probe::tcp(&self.topo.nodes[*node].ns, server.map(|s| &self.topo.nodes[s].ns), *dest, *send, *within).map_err(|e| fail(format!("{}: tcp {dest}: {e:#}", node_name(node))))?;
+                let outcome = crate::probe::tcp(&self.topo.nodes[*node].ns, server.map(|s| &self.topo.nodes[s].ns), *dest, *send, *within)
+                    .map_err(|e| fail(format!("{}: tcp {dest}: {e:#}", node_name(node))))?;
                 Fact::Tcp(TcpFact { node: node_name(node), dest: *dest, send: *send, within: *within, outcome })
             }
             Action::Impair { node, ifname, spec, .. } => self.impair(*node, ifname, spec)?,
@@ -234,7 +291,8 @@ impl Lab_<'_> {
             }
             Action::Trace { node, dest, .. } => {
                 let refs: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
-                let t = crate::trace::run_ping_trace_full(&refs, &self.pid, &self.node_dir(*node), *node, *dest).map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
+                let t = crate::trace::run_ping_trace_full(&refs, &self.pid, &self.node_dir(*node), *node, *dest)
+                    .map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
                 Fact::Trace { node: node_name(node), dest: *dest, lines: t.lines, end: t.end }
             }
             Action::Service { op, service } => match op {
@@ -248,8 +306,16 @@ impl Lab_<'_> {
             Action::Log { service, pattern, within, scope } => {
                 let from = self.log_from(*service, *scope, prev_marks);
                 let log = self.work.log(&self.service(*service).name);
-                let found = wait_until(Instant::now() + *within, || read_from(&log, from).lines().find(|l| pattern.re.is_match(l)).map(str::to_string));
-                Fact::Log(LogFact { service: self.service(*service).name.clone(), pattern: shown_pattern(pattern), scope: *scope, waited: Some(*within), found })
+                let found = wait_until(Instant::now() + *within, || {
+                    read_from(&log, from).lines().find(|l| pattern.re.is_match(l)).map(str::to_string)
+                });
+                Fact::Log(LogFact {
+                    service: self.service(*service).name.clone(),
+                    pattern: shown_pattern(pattern),
+                    scope: *scope,
+                    waited: Some(*within),
+                    found,
+                })
             }
             Action::NoLog { service, pattern, watch, scope } => {
                 let from = self.log_from(*service, *scope, prev_marks);
@@ -259,7 +325,13 @@ impl Lab_<'_> {
                     Some(w) => wait_until(Instant::now() + *w, find),
                     None => find(),
                 };
-                Fact::NoLog(LogFact { service: self.service(*service).name.clone(), pattern: shown_pattern(pattern), scope: *scope, waited: *watch, found })
+                Fact::NoLog(LogFact {
+                    service: self.service(*service).name.clone(),
+                    pattern: shown_pattern(pattern),
+                    scope: *scope,
+                    waited: *watch,
+                    found,
+                })
             }
         })
     }
@@ -273,7 +345,6 @@ impl Lab_<'_> {
             LogScope::SinceChange => prev_or(&self.change_marks, service).max(started),
         }
     }
-
 }
 
 pub(super) fn prev_or(marks: &[u64], i: usize) -> u64 {
@@ -293,4 +364,3 @@ pub(super) fn shown_pattern(p: &crate::model::step::LinePattern) -> String {
 pub(super) fn impair_spec(imp: &crate::impair::Impairer) -> String {
     format!("{}{}", imp.impairment(), imp.proto().map(|p| format!(" {p}")).unwrap_or_default())
 }
-

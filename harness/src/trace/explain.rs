@@ -2,9 +2,9 @@
 //! no route, a silent tunnel or neighbour), with `ip route get`, sysctls and SNMP evidence, and the
 //! one summary line.
 
-use std::net::IpAddr;
 use super::ruleset::{Elem, Hook, Kind, Pos};
 use super::walk::{End, Walker};
+use std::net::IpAddr;
 
 impl Walker<'_, '_> {
     /// Why a node that received an echo request sent no reply.
@@ -28,8 +28,11 @@ impl Walker<'_, '_> {
 
     /// Why a packet that left via `dev` arrived nowhere.
     pub(super) fn lost_why(&self, node: usize, dev: &str, saddr: Option<IpAddr>, daddr: Option<IpAddr>) -> String {
-        let link = self.cmd(node, &["ip".into(), "-d".into(), "-o".into(), "link".into(), "show".into(), "dev".into(), dev.into()]).unwrap_or_default();
-        let tunnel = ["tun type tun", "tun type tap", "wireguard", "link/ppp", "xfrm", "vti", "gre", "ipip"].iter().find(|t| link.contains(*t));
+        let link = self
+            .cmd(node, &["ip".into(), "-d".into(), "-o".into(), "link".into(), "show".into(), "dev".into(), dev.into()])
+            .unwrap_or_default();
+        let tunnel =
+            ["tun type tun", "tun type tap", "wireguard", "link/ppp", "xfrm", "vti", "gre", "ipip"].iter().find(|t| link.contains(*t));
         if let Some(t) = tunnel {
             if t.starts_with("tun") || *t == "link/ppp" {
                 return format!(
@@ -42,11 +45,18 @@ impl Walker<'_, '_> {
         let Some(daddr) = daddr else { return format!("left via {dev} and was seen arriving at no node") };
         // The next hop: the gateway of the route to daddr (from this source if it is local).
         let route = self.route_get(node, daddr, saddr, None).or_else(|_| self.route_get(node, daddr, None, None));
-        let hop = route.ok().and_then(|r| r.split_whitespace().skip_while(|w| *w != "via").nth(1).and_then(|g| g.parse::<IpAddr>().ok())).unwrap_or(daddr);
-        let neigh = self.cmd(node, &["ip".into(), "neigh".into(), "show".into(), hop.to_string(), "dev".into(), dev.into()]).unwrap_or_default();
+        let hop = route
+            .ok()
+            .and_then(|r| r.split_whitespace().skip_while(|w| *w != "via").nth(1).and_then(|g| g.parse::<IpAddr>().ok()))
+            .unwrap_or(daddr);
+        let neigh =
+            self.cmd(node, &["ip".into(), "neigh".into(), "show".into(), hop.to_string(), "dev".into(), dev.into()]).unwrap_or_default();
         // FAILED or INCOMPLETE depending on timing: the same verdict.
         if neigh.contains("FAILED") || neigh.contains("INCOMPLETE") || neigh.trim().is_empty() && dev != "lo" {
-            return format!("left via {dev} towards {hop}, which did not answer {}", if self.fam.v6 { "neighbour discovery" } else { "ARP" });
+            return format!(
+                "left via {dev} towards {hop}, which did not answer {}",
+                if self.fam.v6 { "neighbour discovery" } else { "ARP" }
+            );
         }
         format!("left via {dev} towards {hop} and was seen arriving at no node")
     }
@@ -105,18 +115,30 @@ impl Walker<'_, '_> {
                 // "its reply to X found no route to X" says X once.
                 let once = |why: &str| strip_evidence(why).replace(&format!("no route to {to} "), "no route ");
                 match rep.first() {
-                    Some(End::Delivered { node: r, .. }) if *r == src => format!("echo request delivered to {} ({dest}); reply delivered back to {}", self.name(*node), self.name(src)),
-                    Some(End::Delivered { node: r, .. }) => format!("{head} was delivered to {} instead of {}", self.name(*r), self.name(src)),
+                    Some(End::Delivered { node: r, .. }) if *r == src => {
+                        format!("echo request delivered to {} ({dest}); reply delivered back to {}", self.name(*node), self.name(src))
+                    }
+                    Some(End::Delivered { node: r, .. }) => {
+                        format!("{head} was delivered to {} instead of {}", self.name(*r), self.name(src))
+                    }
                     Some(End::Dropped { node: r, why }) => format!("{head} {}", self.dropped(&once(why), *r)),
                     Some(End::Lost { node: r, why, .. }) => format!("{head} {}", self.lost(why, *r)),
-                    Some(End::Loop { path, end }) => format!("{head} looped ({}) until its TTL ran out{}", self.names(path), self.at_node(*end)),
+                    Some(End::Loop { path, end }) => {
+                        format!("{head} looped ({}) until its TTL ran out{}", self.names(path), self.at_node(*end))
+                    }
                     None => format!("{head}: nothing seen"),
                 }
             }
-            End::Dropped { node, why } if *node == src => format!("echo request to {dest} {} -> never left {}", strip_evidence(why), self.name(src)),
-            End::Dropped { node, why } => format!("echo request to {dest} reached {}; it {}", self.name(*node), self.dropped(&strip_evidence(why), *node)),
+            End::Dropped { node, why } if *node == src => {
+                format!("echo request to {dest} {} -> never left {}", strip_evidence(why), self.name(src))
+            }
+            End::Dropped { node, why } => {
+                format!("echo request to {dest} reached {}; it {}", self.name(*node), self.dropped(&strip_evidence(why), *node))
+            }
             End::Lost { node, why, .. } => format!("echo request to {dest} {}", self.lost(why, *node)),
-            End::Loop { path, end } => format!("echo request to {dest} looped ({}) until its TTL ran out{}", self.names(path), self.at_node(*end)),
+            End::Loop { path, end } => {
+                format!("echo request to {dest} looped ({}) until its TTL ran out{}", self.names(path), self.at_node(*end))
+            }
         }
     }
 

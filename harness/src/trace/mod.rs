@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 
 mod explain;
 mod ruleset;
-mod walk;
 #[cfg(test)]
 mod tests;
+mod walk;
 
 use ruleset::{collect, nft, par, parse_sets, ruleset, snmp, Counters, Fam, Installed, Obs};
 use walk::Walker;
@@ -69,7 +69,14 @@ const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Installs per-node observation, runs `probe` (a closure that sends the traffic, e.g. the real
 /// ping of the failed check, re-run), collects, removes the observation, and explains.
-pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest: IpAddr, probe: impl FnOnce() -> Result<()>) -> Result<Trace> {
+pub fn trace(
+    nodes: &[TraceNode],
+    pid: &PidNs,
+    cwd: &Path,
+    src_node: usize,
+    dest: IpAddr,
+    probe: impl FnOnce() -> Result<()>,
+) -> Result<Trace> {
     if src_node >= nodes.len() {
         bail!("trace: source node index {src_node} out of range ({} nodes)", nodes.len());
     }
@@ -77,7 +84,8 @@ pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest
     let ruleset = ruleset(fam, dest);
     // `nft -f FILE` (as the runner loads rulesets): a temporary file in the node's directory, so
     // that even a killed run leaves it only inside its work dir (swept with it).
-    let mut file = tempfile::Builder::new().prefix(".vpnlab-trace-").suffix(".nft").tempfile_in(cwd).context("creating the trace ruleset file")?;
+    let mut file =
+        tempfile::Builder::new().prefix(".vpnlab-trace-").suffix(".nft").tempfile_in(cwd).context("creating the trace ruleset file")?;
     std::io::Write::write_all(&mut file, ruleset.as_bytes()).context("writing the trace ruleset file")?;
     let path = file.path().to_string_lossy().into_owned();
     let installed = Installed { nodes, pid, cwd, done: false };
@@ -85,7 +93,11 @@ pub fn trace(nodes: &[TraceNode], pid: &PidNs, cwd: &Path, src_node: usize, dest
         let out = nft(n.netns, pid, cwd, &["-f", path.as_str()])?;
         if !out.success() {
             let first: Vec<&str> = out.text.lines().take(3).collect();
-            let hint = if out.text.contains("Operation not supported") { " (this kernel has no nftables inet family, like Debian's user-mode-linux kernel: trace needs the native backend)" } else { "" };
+            let hint = if out.text.contains("Operation not supported") {
+                " (this kernel has no nftables inet family, like Debian's user-mode-linux kernel: trace needs the native backend)"
+            } else {
+                ""
+            };
             bail!("node `{}`: loading the trace table failed ({}){hint}:\n{}", n.name, out.describe_status(), first.join("\n"));
         }
         Ok(())
@@ -131,7 +143,6 @@ fn debug_dump(nodes: &[TraceNode], ruleset: &str, texts: &[String], before: &[Co
     }
 }
 
-
 /// Traces a short real ping (`ping -c 2 -i 0.05 -W 0.3`) from `spaces[src]` to `dest`: the
 /// runner's `trace` step, its automatic trace of a failed reachability check, and `vpnlab trace`.
 pub fn run_ping_trace(spaces: &[NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Vec<String>> {
@@ -145,7 +156,8 @@ pub fn run_ping_trace_refs(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usiz
 /// [`run_ping_trace_refs`] with where the round trip ended.
 pub fn run_ping_trace_full(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usize, dest: IpAddr) -> Result<Trace> {
     let nodes: Vec<TraceNode> = spaces.iter().map(|ns| TraceNode { name: &ns.name, netns: ns }).collect();
-    let argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).chain([dest.to_string()]).collect();
+    let argv: Vec<String> =
+        ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).chain([dest.to_string()]).collect();
     let t = trace(&nodes, pid, cwd, src, dest, || {
         crate::process::run_capture(spaces[src], pid, &argv, cwd, std::time::Duration::from_secs(10))?;
         Ok(())

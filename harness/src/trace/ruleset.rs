@@ -2,6 +2,7 @@
 //! kinds of counted packet), loading and removing it with `nft` in every node, reading the sets
 //! back from `nft list` text, and the per-namespace SNMP counters.
 
+use super::{TraceNode, NFT_TIMEOUT, TABLE};
 use crate::ns::{NetNs, PidNs};
 use crate::process::run_capture;
 use anyhow::{bail, Result};
@@ -9,7 +10,6 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
-use super::{NFT_TIMEOUT, TABLE, TraceNode};
 
 // ---------------------------------------------------------------- observation points
 
@@ -149,9 +149,25 @@ impl Fam {
             IpAddr::V6(a) => a.octets().iter().map(|b| format!("{b:02x}")).collect(),
         };
         let (errs, proto, saddr, daddr, itype, echo_req, echo_rep) = if self.v6 {
-            ("destination-unreachable, packet-too-big, time-exceeded, parameter-problem", "@th,112,8 58", "@th,128,128", "@th,256,128", "@th,384,8", 128, 129)
+            (
+                "destination-unreachable, packet-too-big, time-exceeded, parameter-problem",
+                "@th,112,8 58",
+                "@th,128,128",
+                "@th,256,128",
+                "@th,384,8",
+                128,
+                129,
+            )
         } else {
-            ("destination-unreachable, time-exceeded, parameter-problem, redirect", "@th,136,8 1", "@th,160,32", "@th,192,32", "@th,224,8", 8, 0)
+            (
+                "destination-unreachable, time-exceeded, parameter-problem, redirect",
+                "@th,136,8 1",
+                "@th,160,32",
+                "@th,192,32",
+                "@th,224,8",
+                8,
+                0,
+            )
         };
         match k {
             Kind::Req => format!("{ip} daddr {dest} {icmp} type echo-request"),
@@ -189,7 +205,14 @@ pub(super) fn ruleset(fam: Fam, dest: IpAddr) -> String {
     }
     for h in HOOKS {
         for p in [Pos::First, Pos::Last] {
-            let _ = writeln!(s, "  chain {}_{} {{\n    type filter hook {} priority {}; policy accept;", h.short(), p.name(), h.nft(), p.priority());
+            let _ = writeln!(
+                s,
+                "  chain {}_{} {{\n    type filter hook {} priority {}; policy accept;",
+                h.short(),
+                p.name(),
+                h.nft(),
+                p.priority()
+            );
             for k in KINDS {
                 let _ = writeln!(s, "    {} add @{} {{ {} }}", fam.matcher(k, dest), set_name(h, p, k), fam.key(k, h.dev()));
             }
@@ -319,7 +342,15 @@ pub(super) fn parse_elem(s: &str, err: bool) -> Option<Elem> {
     if err {
         Some(Elem { ttl, dev, saddr: None, daddr: None, itype: f[2].to_string(), code: f[3].to_string(), packets })
     } else {
-        Some(Elem { ttl, dev, saddr: Some(f[2].parse().ok()?), daddr: Some(f[3].parse().ok()?), itype: String::new(), code: String::new(), packets })
+        Some(Elem {
+            ttl,
+            dev,
+            saddr: Some(f[2].parse().ok()?),
+            daddr: Some(f[3].parse().ok()?),
+            itype: String::new(),
+            code: String::new(),
+            packets,
+        })
     }
 }
 

@@ -55,7 +55,11 @@ const FORWARDING: &str = "sysctl = { \"net.ipv4.ip_forward\" = \"1\" }";
 const B_ROUTE: &str = "routes = [\"default via 10.0.2.1\"]";
 
 fn chain(r: &str, b: &str, a_addrs: &str) -> String {
-    CHAIN.replace("{R}", r).replace("{B}", b).replace("{A_ADDRS}", a_addrs).replace("{A}", if a_addrs.is_empty() { "" } else { "sysctl = { \"net.ipv4.conf.all.arp_announce\" = \"2\" }" })
+    CHAIN
+        .replace("{R}", r)
+        .replace("{B}", b)
+        .replace("{A_ADDRS}", a_addrs)
+        .replace("{A}", if a_addrs.is_empty() { "" } else { "sysctl = { \"net.ipv4.conf.all.arp_announce\" = \"2\" }" })
 }
 
 /// Builds the lab, runs `ping -c 2 -W 0.3 [ping_args] dest` in node 0 under the trace,
@@ -114,7 +118,9 @@ fn trace_no_route_back() {
 
 #[test]
 fn trace_forward_firewall() {
-    let r = format!("{FORWARDING}\nnft = \"\"\"\ntable inet f {{\n  chain fw {{ type filter hook forward priority 0; policy drop; }}\n}}\n\"\"\"");
+    let r = format!(
+        "{FORWARDING}\nnft = \"\"\"\ntable inet f {{\n  chain fw {{ type filter hook forward priority 0; policy drop; }}\n}}\n\"\"\""
+    );
     let Some(lines) = run(&chain(&r, B_ROUTE, ""), "10.0.2.2", &[]) else { return };
     assert_eq!(
         lines,
@@ -238,7 +244,9 @@ fn trace_openvpn_missing_return_route() {
         let log = work.log(&s.name);
         let d = Daemon::start(&s.name, &topo.nodes[s.node].ns, &pid, &s.argv, &work.node_dir(&lab.nodes[s.node].name), &log, &[]).unwrap();
         let re = s.ready.clone().unwrap();
-        let ok = wait_until(Instant::now() + Duration::from_secs(15), || crate::process::read_from(&log, 0).lines().any(|l| re.is_match(l)).then_some(()));
+        let ok = wait_until(Instant::now() + Duration::from_secs(15), || {
+            crate::process::read_from(&log, 0).lines().any(|l| re.is_match(l)).then_some(())
+        });
         assert!(ok.is_some(), "{} not ready:\n{}", s.name, d.tail(20));
         daemons.push(d);
     }
@@ -264,13 +272,30 @@ fn trace_openvpn_missing_return_route() {
     let nobody = go_from(idx("server"), "10.200.0.77");
     let lanhost = go("10.198.1.12");
     // Without its upstream, the gateway's own reply finds no route at all.
-    let out = run_capture(&topo.nodes[idx("gateway")].ns, &pid, &["ip".into(), "route".into(), "del".into(), "default".into()], &cwd, Duration::from_secs(10)).unwrap();
+    let out = run_capture(
+        &topo.nodes[idx("gateway")].ns,
+        &pid,
+        &["ip".into(), "route".into(), "del".into(), "default".into()],
+        &cwd,
+        Duration::from_secs(10),
+    )
+    .unwrap();
     assert!(out.success(), "{}", out.text);
     let gw_no_upstream = go("10.198.0.1");
     let out = run_capture(
         &topo.nodes[idx("server")].ns,
         &pid,
-        &["iptables".into(), "-t".into(), "nat".into(), "-A".into(), "POSTROUTING".into(), "-o".into(), "eth1".into(), "-j".into(), "MASQUERADE".into()],
+        &[
+            "iptables".into(),
+            "-t".into(),
+            "nat".into(),
+            "-A".into(),
+            "POSTROUTING".into(),
+            "-o".into(),
+            "eth1".into(),
+            "-j".into(),
+            "MASQUERADE".into(),
+        ],
         &cwd,
         Duration::from_secs(10),
     )

@@ -1,14 +1,14 @@
 //! The walker: follows the probe's request, replies and ICMP errors hop by hop through the
 //! observed sets (origin -> leave -> arrive, loops), writing one line per hop.
 
+use super::explain::{clean_err, icmp_desc, show};
+use super::ruleset::{set_name, Counters, Elem, Fam, Hook, Kind, Obs, Pos, HOOKS};
+use super::{TraceEnd, TraceNode, NFT_TIMEOUT, TABLE};
 use crate::ns::PidNs;
 use crate::process::run_capture;
 use anyhow::Result;
 use std::net::IpAddr;
 use std::path::Path;
-use super::explain::{clean_err, icmp_desc, show};
-use super::{NFT_TIMEOUT, TABLE, TraceEnd, TraceNode};
-use super::ruleset::{Counters, Elem, Fam, HOOKS, Hook, Kind, Obs, Pos, set_name};
 
 // ---------------------------------------------------------------- explaining
 
@@ -233,7 +233,9 @@ impl Walker<'_, '_> {
         self.lines.push(format!("=> {summary}"));
         self.end = match (req_ends.first(), rep_ends.first()) {
             (Some(End::Delivered { .. }), Some(End::Delivered { node, .. })) if *node == src => TraceEnd::Delivered,
-            (Some(End::Delivered { .. }), Some(End::Dropped { node, .. })) | (Some(End::Dropped { node, .. }), _) => TraceEnd::DroppedAt(self.name(*node).to_string()),
+            (Some(End::Delivered { .. }), Some(End::Dropped { node, .. })) | (Some(End::Dropped { node, .. }), _) => {
+                TraceEnd::DroppedAt(self.name(*node).to_string())
+            }
             _ => TraceEnd::Other,
         };
     }
@@ -243,7 +245,12 @@ impl Walker<'_, '_> {
         let mut text = match k {
             Kind::Req | Kind::Rep => format!("out {} ({} -> {})", e.dev, show(e.saddr), show(e.daddr)),
             Kind::ErrReq | Kind::ErrRep => {
-                format!("ICMP {} about the {}, out {}", icmp_desc(&e.itype, &e.code), if k == Kind::ErrReq { "request" } else { "reply" }, e.dev)
+                format!(
+                    "ICMP {} about the {}, out {}",
+                    icmp_desc(&e.itype, &e.code),
+                    if k == Kind::ErrReq { "request" } else { "reply" },
+                    e.dev
+                )
             }
         };
         let last = self.at(node, Hook::Out, Pos::Last, k, e.ttl, Some(&e.dev));
@@ -257,7 +264,18 @@ impl Walker<'_, '_> {
 
     /// From postrouting's first chain at `node` (device `dev`, TTL `ttl`) to the next node.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn leave(&mut self, dir: Dir, k: Kind, node: usize, ttl: u8, dev: &str, saddr: Option<IpAddr>, prev: u64, mut text: String, path: &mut Vec<usize>) -> Vec<End> {
+    pub(super) fn leave(
+        &mut self,
+        dir: Dir,
+        k: Kind,
+        node: usize,
+        ttl: u8,
+        dev: &str,
+        saddr: Option<IpAddr>,
+        prev: u64,
+        mut text: String,
+        path: &mut Vec<usize>,
+    ) -> Vec<End> {
         let pf = self.at(node, Hook::Post, Pos::First, k, ttl, Some(dev));
         if pf.is_empty() {
             text.push_str(&format!(" -> vanished before postrouting at {}", self.name(node)));

@@ -17,10 +17,7 @@ pub(super) fn canonical_dir(p: &Path, what: &str) -> Result<PathBuf> {
 pub(super) fn nonce() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     format!("{:x}{:x}{:x}", std::process::id(), t, N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -58,8 +55,7 @@ pub(super) fn sweep_stale_dirs() {
             if pid <= 0 || !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 continue;
             }
-            let gone = unsafe { libc::kill(pid, 0) } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            let gone = unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
             if gone {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -71,9 +67,7 @@ pub(super) fn sweep_stale_dirs() {
 /// slower on disk), else a subdir of the private dir.
 pub(super) fn memory_dir(private: &Path) -> Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
-    let on_tmpfs = nix::sys::statfs::statfs(shm)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
-        .unwrap_or(false);
+    let on_tmpfs = nix::sys::statfs::statfs(shm).map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC).unwrap_or(false);
     if on_tmpfs {
         let prefix = format!("{MEMORY_PREFIX}{}-", std::process::id());
         if let Ok(d) = tempfile::Builder::new().prefix(&prefix).tempdir_in(shm) {

@@ -69,9 +69,7 @@ impl Guest {
                 exit_signal: libc::SIGCHLD as u64,
                 ..Default::default()
             };
-            pid = unsafe {
-                libc::syscall(libc::SYS_clone3, &mut ca as *mut CloneArgs, std::mem::size_of::<CloneArgs>())
-            };
+            pid = unsafe { libc::syscall(libc::SYS_clone3, &mut ca as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
             if pid == 0 {
                 // Child. Only async-signal-safe calls until execve.
                 unsafe {
@@ -114,13 +112,7 @@ impl Guest {
         }
         let pid = pid as libc::pid_t;
         drop((console_w, stdin_r, err_w, life_r));
-        let guest = Guest {
-            pid,
-            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
-            console: console_r,
-            _stdin: stdin_w,
-            reaped: false,
-        };
+        let guest = Guest { pid, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) }, console: console_r, _stdin: stdin_w, reaped: false };
         // EOF on the error pipe = execve succeeded.
         let mut buf = [0u8; 4];
         let mut f = std::fs::File::from(err_r);
@@ -175,9 +167,7 @@ impl Guest {
     /// SIGKILL. Dead ones may linger as zombies for a moment: without the namespace they are
     /// reparented to the host's init, which reaps them.
     pub(super) fn kill_session(&self) -> Vec<(i32, String)> {
-        let alive = || -> Vec<(i32, String)> {
-            session_members(self.pid).into_iter().filter(|m| m.2 != 'Z').map(|m| (m.0, m.1)).collect()
-        };
+        let alive = || -> Vec<(i32, String)> { session_members(self.pid).into_iter().filter(|m| m.2 != 'Z').map(|m| (m.0, m.1)).collect() };
         let mut left = alive();
         if left.is_empty() {
             return left;

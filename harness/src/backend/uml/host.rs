@@ -2,11 +2,11 @@
 //! compiler), and the LD_PRELOAD FPU shim for hosts whose XSAVE area is larger than UML's buffer
 //! (its C source is `fpu_shim.c`, included at build time).
 
+use super::dirs::PRIVATE_PREFIX;
+use super::{UML_KERNEL, UML_MODULES};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use super::dirs::PRIVATE_PREFIX;
-use super::{UML_KERNEL, UML_MODULES};
 
 /// Everything [`run`] needs from the host, probed once.
 #[derive(Debug)]
@@ -27,9 +27,7 @@ pub(super) fn probe_host() -> Result<HostConfig, String> {
         return Err("the UML backend is only supported on x86_64 Linux".into());
     }
     if !is_executable(Path::new(UML_KERNEL)) {
-        return Err(format!(
-            "{UML_KERNEL} not found: install the Debian package `user-mode-linux`"
-        ));
+        return Err(format!("{UML_KERNEL} not found: install the Debian package `user-mode-linux`"));
     }
     let out = std::process::Command::new(UML_KERNEL)
         .arg("--version")
@@ -39,10 +37,7 @@ pub(super) fn probe_host() -> Result<HostConfig, String> {
         .map_err(|e| format!("cannot run {UML_KERNEL} --version: {e}"))?;
     let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() || version.is_empty() || version.contains(char::is_whitespace) {
-        return Err(format!(
-            "{UML_KERNEL} --version failed ({}): reinstall the Debian package `user-mode-linux`",
-            out.status
-        ));
+        return Err(format!("{UML_KERNEL} --version failed ({}): reinstall the Debian package `user-mode-linux`", out.status));
     }
     let moddir = Path::new(UML_MODULES).join(&version);
     if !moddir.join("modules.dep").is_file() {
@@ -78,9 +73,7 @@ pub(super) fn is_executable(p: &Path) -> bool {
 
 pub(super) fn find_in_path(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    names.iter().find_map(|n| {
-        std::env::split_paths(&path).map(|d| d.join(n)).find(|p| is_executable(p))
-    })
+    names.iter().find_map(|n| std::env::split_paths(&path).map(|d| d.join(n)).find(|p| is_executable(p)))
 }
 
 /// Size of UML 6.1's FPU buffer on x86_64: `sizeof(struct _xstate)` (legacy 512 + header 64 +
@@ -140,11 +133,7 @@ pub(super) fn build_fpu_shim(cc: &Path, dir: &Path) -> Result<PathBuf> {
         .output()
         .with_context(|| format!("running {}", cc.display()))?;
     if !out.status.success() {
-        bail!(
-            "building the UML FPU shim with {} failed: {}",
-            cc.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("building the UML FPU shim with {} failed: {}", cc.display(), String::from_utf8_lossy(&out.stderr));
     }
     Ok(so)
 }

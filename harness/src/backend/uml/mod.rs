@@ -188,7 +188,6 @@ pub fn module_dir() -> Option<PathBuf> {
     host_config().ok().map(|h| Path::new(UML_MODULES).join(&h.version))
 }
 
-
 /// Guest paths the init script covers with its own filesystems; host paths below them are
 /// invisible in the guest unless mounted through hostfs again.
 const GUEST_OVERMOUNTS: &[&str] = &["/dev", "/proc", "/sys", "/tmp", "/run", "/var/run"];
@@ -299,11 +298,7 @@ fn run_observed(job: &UmlJob, started: impl FnOnce(libc::pid_t, &Path, &Path)) -
             if exited {
                 break;
             }
-            bail!(
-                "UML guest did not die within 10 s of SIGKILL (pid {})\n{}",
-                guest.pid,
-                tail(&console)
-            );
+            bail!("UML guest did not die within 10 s of SIGKILL (pid {})\n{}", guest.pid, tail(&console));
         }
         let wait_ms = until.saturating_duration_since(now).as_millis().min(60_000) as i32 + 1;
         let mut fds = [
@@ -366,16 +361,7 @@ fn run_observed(job: &UmlJob, started: impl FnOnce(libc::pid_t, &Path, &Path)) -
     }
     let exit_code = match reported.as_deref().map(str::trim).map(str::parse::<i32>) {
         Some(Ok(c)) => c,
-        _ => bail!(
-            "UML guest ended ({status}) without reporting the command's exit code\n{}",
-            tail(console_text.as_bytes())
-        ),
+        _ => bail!("UML guest ended ({status}) without reporting the command's exit code\n{}", tail(console_text.as_bytes())),
     };
-    Ok(UmlOutcome {
-        exit_code,
-        console: console_text,
-        boot: boot.unwrap_or_default(),
-        total: start.elapsed(),
-        fpu_shim,
-    })
+    Ok(UmlOutcome { exit_code, console: console_text, boot: boot.unwrap_or_default(), total: start.elapsed(), fpu_shim })
 }

@@ -1,11 +1,11 @@
 //! The validated job ([`Plan`]) and the files the guest boots with: init script, fstab, modprobe
 //! wrapper and module tree, the guest's own alternatives dir.
 
-use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
 use super::dirs::{canonical_dir, nonce, write_executable};
 use super::host::HostConfig;
-use super::{ESP_CRYPTO_MODULES, GUEST_OVERMOUNTS, GUEST_PRIVATE, UML_MODULES, UmlJob};
+use super::{UmlJob, ESP_CRYPTO_MODULES, GUEST_OVERMOUNTS, GUEST_PRIVATE, UML_MODULES};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
 
 /// The validated job, ready to be turned into an init script.
 pub(super) struct Plan<'a> {
@@ -25,9 +25,8 @@ impl<'a> Plan<'a> {
             bail!("UmlJob.argv must start with an absolute program path, got {:?}", job.argv);
         }
         for (k, _) in &job.env {
-            let ok = !k.is_empty()
-                && !k.starts_with(|c: char| c.is_ascii_digit())
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let ok =
+                !k.is_empty() && !k.starts_with(|c: char| c.is_ascii_digit()) && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
                 bail!("invalid environment variable name {k:?}");
             }
@@ -90,10 +89,7 @@ impl<'a> Plan<'a> {
     pub(super) fn write_guest_files(&self, private: &Path) -> Result<PathBuf> {
         let modroot = private.join("modroot/lib/modules");
         std::fs::create_dir_all(&modroot)?;
-        std::os::unix::fs::symlink(
-            Path::new(UML_MODULES).join(&self.host.version),
-            modroot.join(&self.host.version),
-        )?;
+        std::os::unix::fs::symlink(Path::new(UML_MODULES).join(&self.host.version), modroot.join(&self.host.version))?;
         write_executable(&private.join("modprobe"), &self.modprobe_wrapper())?;
         if !self.job.alternatives.is_empty() {
             write_alternatives(&private.join("alternatives"), Path::new(HOST_ALTERNATIVES), &self.job.alternatives)?;
@@ -110,8 +106,7 @@ impl<'a> Plan<'a> {
     /// provides (per modules.alias) are answered by the shell alone.
     pub(super) fn modprobe_wrapper(&self) -> String {
         let mut w = String::from("#!/bin/sh\n# vpnlab UML guest: kernel module autoloader\nfor n; do :; done\n");
-        let aliases = std::fs::read_to_string(Path::new(UML_MODULES).join(&self.host.version).join("modules.alias"))
-            .unwrap_or_default();
+        let aliases = std::fs::read_to_string(Path::new(UML_MODULES).join(&self.host.version).join("modules.alias")).unwrap_or_default();
         let mut crypto: Vec<&str> = aliases
             .lines()
             .filter_map(|l| l.strip_prefix("alias "))
@@ -125,10 +120,7 @@ impl<'a> Plan<'a> {
             let pats: Vec<String> = crypto.iter().map(|a| format!("'{a}'")).collect();
             w.push_str(&format!("case $n in crypto-*) case $n in {}) ;; *) exit 1;; esac;; esac\n", pats.join("|")));
         }
-        w.push_str(&format!(
-            "exec {} -d {GUEST_PRIVATE}/modroot \"$@\"\n",
-            sh_quote(&self.host.modprobe.to_string_lossy())
-        ));
+        w.push_str(&format!("exec {} -d {GUEST_PRIVATE}/modroot \"$@\"\n", sh_quote(&self.host.modprobe.to_string_lossy())));
         w
     }
 
@@ -186,10 +178,7 @@ impl<'a> Plan<'a> {
         line(&format!("echo {GUEST_PRIVATE}/modprobe > /proc/sys/kernel/modprobe || fail modprobe wrapper"));
         if !self.modules.is_empty() {
             let mods = self.modules.join(" ");
-            line(&format!(
-                "{} -d {GUEST_PRIVATE}/modroot -a {mods} || fail modprobe {mods}",
-                q(&self.host.modprobe)
-            ));
+            line(&format!("{} -d {GUEST_PRIVATE}/modroot -a {mods} || fail modprobe {mods}", q(&self.host.modprobe)));
         }
         // Nodes for drivers not loaded yet (devtmpfs creates them on load); opening one
         // autoloads the driver through the wrapper.
@@ -238,7 +227,6 @@ impl<'a> Plan<'a> {
     }
 }
 
-
 pub(super) const HOST_ALTERNATIVES: &str = "/etc/alternatives";
 
 /// A copy of the alternatives dir `host` (its symlinks) in `dir`, with the links named in
@@ -254,7 +242,6 @@ pub(super) fn write_alternatives(dir: &Path, host: &Path, changes: &[(String, Pa
     }
     Ok(())
 }
-
 
 /// fstab fields are whitespace separated; octal escapes as in getmntent(3).
 pub(super) fn fstab_escape(p: &Path) -> String {

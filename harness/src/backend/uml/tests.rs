@@ -1,11 +1,11 @@
 //! Tests of the UML backend (real guests, serialised): results, leak checks, modules, the FPU shim.
 
+use super::dirs::{private_base, write_executable, MEMORY_PREFIX, PRIVATE_PREFIX};
+use super::guest::session_members;
+use super::host::{host_xsave_size, HostConfig, UML_XSTATE_SIZE};
+use super::plan::write_alternatives;
 use super::*;
 use std::sync::Mutex;
-use super::dirs::{MEMORY_PREFIX, PRIVATE_PREFIX, private_base, write_executable};
-use super::guest::session_members;
-use super::host::{HostConfig, UML_XSTATE_SIZE, host_xsave_size};
-use super::plan::write_alternatives;
 
 /// Guests are serialised: each may use up to a GB and a CPU, and the leak checks below
 /// look for any linux.uml process.
@@ -38,9 +38,7 @@ fn run(job: &UmlJob) -> Result<UmlOutcome> {
 
 fn home_uml() -> Vec<std::ffi::OsString> {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
-    std::fs::read_dir(home.join(".uml"))
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default()
+    std::fs::read_dir(home.join(".uml")).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default()
 }
 
 /// Nothing of the last run on this thread is left: no process in its session (zombies
@@ -75,10 +73,7 @@ fn sh(script: &str, shared: &Path) -> UmlJob {
 fn run_ok(job: &UmlJob) -> UmlOutcome {
     let home = home_uml();
     let out = run(job).expect("UML run");
-    eprintln!(
-        "UML: exit {} boot {:?} total {:?} shim {}\n{}",
-        out.exit_code, out.boot, out.total, out.fpu_shim, out.console
-    );
+    eprintln!("UML: exit {} boot {:?} total {:?} shim {}\n{}", out.exit_code, out.boot, out.total, out.fpu_shim, out.console);
     assert_clean(&home);
     out
 }
@@ -159,7 +154,8 @@ fn write_alternatives_copies_and_changes_links() {
     std::os::unix::fs::symlink("/usr/bin/vim.basic", host.path().join("editor")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("alt");
-    write_alternatives(&dir, host.path(), &[("iptables".into(), "/usr/sbin/iptables-legacy".into()), ("absent".into(), "/x".into())]).unwrap();
+    write_alternatives(&dir, host.path(), &[("iptables".into(), "/usr/sbin/iptables-legacy".into()), ("absent".into(), "/x".into())])
+        .unwrap();
     assert_eq!(std::fs::read_link(dir.join("iptables")).unwrap(), Path::new("/usr/sbin/iptables-legacy"));
     assert_eq!(std::fs::read_link(dir.join("editor")).unwrap(), Path::new("/usr/bin/vim.basic"));
     assert!(!dir.join("absent").exists() && !dir.join("absent").is_symlink());
@@ -172,10 +168,7 @@ fn uml_ppp_device_opens() {
         return;
     }
     let shared = tempfile::tempdir().unwrap();
-    let mut job = sh(
-        "exec 3<>/dev/ppp && echo ppp-open-ok; exec 3>&-; grep -E '^ppp_(generic|async) ' /proc/modules",
-        shared.path(),
-    );
+    let mut job = sh("exec 3<>/dev/ppp && echo ppp-open-ok; exec 3>&-; grep -E '^ppp_(generic|async) ' /proc/modules", shared.path());
     job.modules = vec!["ppp_generic".into(), "ppp_async".into()];
     let out = run_ok(&job);
     assert_eq!(out.exit_code, 0, "{}", out.console);
@@ -301,11 +294,13 @@ fn uml_program_and_cwd_outside_the_shared_dir() {
     let shared = tempfile::tempdir().unwrap();
     let bin = tempfile::tempdir().unwrap();
     let prog = bin.path().join("prog.sh");
-    write_executable(&prog, "#!/bin/sh\necho \"prog ran in $(pwd) args $*\"\ntouch x 2>/dev/null || echo cwd-read-only\necho out > \"$1/out.txt\"\n").unwrap();
-    let mut job = UmlJob::new(
-        vec![prog.to_string_lossy().into(), shared.path().canonicalize().unwrap().to_string_lossy().into()],
-        shared.path(),
-    );
+    write_executable(
+        &prog,
+        "#!/bin/sh\necho \"prog ran in $(pwd) args $*\"\ntouch x 2>/dev/null || echo cwd-read-only\necho out > \"$1/out.txt\"\n",
+    )
+    .unwrap();
+    let mut job =
+        UmlJob::new(vec![prog.to_string_lossy().into(), shared.path().canonicalize().unwrap().to_string_lossy().into()], shared.path());
     job.cwd = bin.path().to_path_buf();
     job.timeout = Duration::from_secs(120);
     let out = run_ok(&job);
@@ -355,8 +350,7 @@ fn uml_guest_dies_with_its_harness() {
         .find(|pid| {
             let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             let ppid = st.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)?.parse::<i32>().ok());
-            ppid == Some(helper_pid)
-                && std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(Path::new(UML_KERNEL))
+            ppid == Some(helper_pid) && std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_deref() == Some(Path::new(UML_KERNEL))
         })
         .expect("UML kernel process of the helper");
     let members = session_members(kernel);
@@ -376,9 +370,11 @@ fn uml_guest_dies_with_its_harness() {
             .iter()
             .flat_map(|(d, p)| {
                 let prefix = format!("{p}{helper_pid}-");
-                std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()).filter(move |e| {
-                    e.file_name().unwrap().to_string_lossy().starts_with(&prefix)
-                })
+                std::fs::read_dir(d)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(move |e| e.file_name().unwrap().to_string_lossy().starts_with(&prefix))
             })
             .collect()
     };
@@ -408,12 +404,7 @@ fn uml_avx512_state_survives_guest_thread_switches() {
     let src = shared.path().join("avxstress.c");
     std::fs::write(&src, AVX_STRESS_C).unwrap();
     let bin = shared.path().join("avxstress");
-    let st = std::process::Command::new(cc)
-        .args(["-O2", "-mavx512f", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .unwrap();
+    let st = std::process::Command::new(cc).args(["-O2", "-mavx512f", "-pthread", "-o"]).arg(&bin).arg(&src).status().unwrap();
     assert!(st.success());
     let mut job = UmlJob::new(vec![bin.to_string_lossy().into(), "4".into(), "2".into()], shared.path());
     job.timeout = Duration::from_secs(120);

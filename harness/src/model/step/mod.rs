@@ -74,36 +74,111 @@ pub struct LinePattern {
 pub enum Action {
     /// `src`: `-I` with a source address or an interface name.
     /// `size`: `-s` payload bytes.
-    Ping { node: usize, src: Option<String>, dest: IpAddr, count: u32, size: Option<u32>, expect: PingExpect },
-    RouteAdd { node: usize, route: Route },
-    RouteDel { node: usize, route: Route },
-    RuleAdd { node: usize, rule: Rule },
-    RuleDel { node: usize, rule: Rule },
-    Sh { node: usize, cmd: String, expect_fail: bool },
-    Chmod { node: usize, mode: u32, path: String },
-    Sysctl { node: usize, key: String, value: String },
-    Show { node: usize, cmd: String },
+    Ping {
+        node: usize,
+        src: Option<String>,
+        dest: IpAddr,
+        count: u32,
+        size: Option<u32>,
+        expect: PingExpect,
+    },
+    RouteAdd {
+        node: usize,
+        route: Route,
+    },
+    RouteDel {
+        node: usize,
+        route: Route,
+    },
+    RuleAdd {
+        node: usize,
+        rule: Rule,
+    },
+    RuleDel {
+        node: usize,
+        rule: Rule,
+    },
+    Sh {
+        node: usize,
+        cmd: String,
+        expect_fail: bool,
+    },
+    Chmod {
+        node: usize,
+        mode: u32,
+        path: String,
+    },
+    Sysctl {
+        node: usize,
+        key: String,
+        value: String,
+    },
+    Show {
+        node: usize,
+        cmd: String,
+    },
     /// Where a short ping from the node to `dest` goes, hop by hop (nft sets in every node).
     /// `-> delivered` / `-> dropped at NODE` judges where the round trip ended.
-    Trace { node: usize, dest: IpAddr, expect: Option<TraceExpect> },
+    Trace {
+        node: usize,
+        dest: IpAddr,
+        expect: Option<TraceExpect>,
+    },
     /// A kernel counter of the node by its nstat name, optionally compared (`-> > 0`).
-    Counter { node: usize, name: String, expect: Option<(super::counter::CmpOp, i64)> },
-    Tcp { node: usize, dest: SocketAddr, send: Option<u64>, within: Duration, expect: TcpExpect },
+    Counter {
+        node: usize,
+        name: String,
+        expect: Option<(super::counter::CmpOp, i64)>,
+    },
+    Tcp {
+        node: usize,
+        dest: SocketAddr,
+        send: Option<u64>,
+        within: Duration,
+        expect: TcpExpect,
+    },
     /// NFQUEUE impairment of packets leaving `ifname`; `None` = `off`.
-    Impair { node: usize, ifname: String, spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>, expect: Option<ImpairExpect> },
-    Service { op: ServiceOp, service: usize },
+    Impair {
+        node: usize,
+        ifname: String,
+        spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>,
+        expect: Option<ImpairExpect>,
+    },
+    Service {
+        op: ServiceOp,
+        service: usize,
+    },
     /// Which lines are read: by default those logged since the last step that changed
     /// something began (`since start`: since the service started; `after`: since the previous
     /// step began).
-    Log { service: usize, pattern: LinePattern, within: Duration, scope: LogScope },
-    NoLog { service: usize, pattern: LinePattern, watch: Option<Duration>, scope: LogScope },
+    Log {
+        service: usize,
+        pattern: LinePattern,
+        within: Duration,
+        scope: LogScope,
+    },
+    NoLog {
+        service: usize,
+        pattern: LinePattern,
+        watch: Option<Duration>,
+        scope: LogScope,
+    },
 }
 
 impl Action {
     /// Does this step change the lab (routes, firewall, files, services, impairments)? A
     /// `log` check reads, by default, only the lines logged since the last such step began.
     pub fn changes(&self) -> bool {
-        !matches!(self, Action::Ping { .. } | Action::Show { .. } | Action::Trace { .. } | Action::Counter { .. } | Action::Tcp { .. } | Action::Log { .. } | Action::NoLog { .. })
+        !matches!(
+            self,
+            Action::Ping { .. }
+                | Action::Show { .. }
+                | Action::Trace { .. }
+                | Action::Counter { .. }
+                | Action::Tcp { .. }
+                | Action::Log { .. }
+                | Action::NoLog { .. }
+        )
     }
 }
 
@@ -167,8 +242,15 @@ pub fn split_condition(text: &str) -> Result<(Option<VersionCond>, usize), Synta
         "pppd" => "pppd",
         other => return Err(err(lead + 1, format!("unknown daemon `{other}` in a version condition (openvpn, libreswan, pppd)"))),
     };
-    let op = [">=", ">", "<=", "<", "==", "!="].into_iter().find(|o| *o == w[1]).ok_or_else(|| err(lead, format!("bad operator `{}`: {hint}", w[1])))?;
-    let version: Vec<u64> = w[2].split('.').map(|x| x.parse::<u64>()).collect::<Result<_, _>>().map_err(|_| err(lead, format!("bad version `{}`: {hint}", w[2])))?;
+    let op = [">=", ">", "<=", "<", "==", "!="]
+        .into_iter()
+        .find(|o| *o == w[1])
+        .ok_or_else(|| err(lead, format!("bad operator `{}`: {hint}", w[1])))?;
+    let version: Vec<u64> = w[2]
+        .split('.')
+        .map(|x| x.parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| err(lead, format!("bad version `{}`: {hint}", w[2])))?;
     let rest = close + 1 + (text[close + 1..].len() - text[close + 1..].trim_start().len());
     Ok((Some(VersionCond { daemon, op, version }), rest))
 }
@@ -214,7 +296,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
     lower.parse().ok()
 }
 
-
 /// Parses a `/regex/` or `'literal'` starting at `rest` (offset `base`), returning the pattern
 /// and what follows it.
 fn pattern(rest: &str, base: usize) -> Result<(LinePattern, &str, usize), SyntaxError> {
@@ -247,15 +328,22 @@ pub fn parse_step(text: &str, names: &dyn Names) -> Result<Action, SyntaxError> 
         return Err(err(0, "empty step"));
     };
     if let Some(node_name) = first.strip_suffix(':') {
-        let node = names
-            .node(node_name)
-            .ok_or_else(|| err(o0, format!("unknown node `{node_name}` (nodes: {})", names.node_names())))?;
+        let node = names.node(node_name).ok_or_else(|| err(o0, format!("unknown node `{node_name}` (nodes: {})", names.node_names())))?;
         let Some(&(o1, verb)) = w.get(1) else {
             return Err(err(o0, "nothing to do after the node name"));
         };
         let rest_at = o1 + verb.len();
         let rest = body[rest_at..].trim();
-        return node_action(node, verb, o1, rest, rest_at + (body[rest_at..].len() - body[rest_at..].trim_start().len()), &w[2..], expect, names);
+        return node_action(
+            node,
+            verb,
+            o1,
+            rest,
+            rest_at + (body[rest_at..].len() - body[rest_at..].trim_start().len()),
+            &w[2..],
+            expect,
+            names,
+        );
     }
     service_action(first, o0, body, &w, expect, names)
 }
@@ -289,7 +377,11 @@ fn node_action(
                 match a {
                     "-I" => {
                         let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, "-I wants a source address or an interface name"))?;
-                        let is_ifname = !v.is_empty() && v.len() <= 15 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && v.parse::<IpAddr>().is_err() && !v.chars().all(|c| c.is_ascii_digit() || c == '.');
+                        let is_ifname = !v.is_empty()
+                            && v.len() <= 15
+                            && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                            && v.parse::<IpAddr>().is_err()
+                            && !v.chars().all(|c| c.is_ascii_digit() || c == '.');
                         if !is_ifname {
                             parse_addr(v, vo)?;
                         }
@@ -298,7 +390,8 @@ fn node_action(
                     }
                     "-s" => {
                         let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, "-s wants a payload size in bytes"))?;
-                        size = Some(v.parse().ok().filter(|n: &u32| *n <= 65507).ok_or_else(|| err(vo, "-s wants a payload size 0..65507"))?);
+                        size =
+                            Some(v.parse().ok().filter(|n: &u32| *n <= 65507).ok_or_else(|| err(vo, "-s wants a payload size 0..65507"))?);
                         i += 1;
                     }
                     "-c" => {
@@ -374,7 +467,10 @@ fn node_action(
         "chmod" => {
             no_expect("chmod")?;
             let (mo, m) = *args.first().ok_or_else(|| err(verb_at, "chmod MODE PATH"))?;
-            let mode = u32::from_str_radix(m, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| err(mo, format!("`{m}` is not an octal mode like 755")))?;
+            let mode = u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| err(mo, format!("`{m}` is not an octal mode like 755")))?;
             let (po, p) = *args.get(1).ok_or_else(|| err(mo, "chmod MODE PATH: the path is missing"))?;
             if p.starts_with('/') || p.split('/').any(|c| c == "..") {
                 return Err(err(po, "the path must be relative to the node's directory"));
@@ -398,22 +494,35 @@ fn node_action(
                 let (o, word) = args[i];
                 let (vo, v) = *args.get(i + 1).ok_or_else(|| err(o, format!("`{word}` wants a value")))?;
                 match word {
-                    "send" => send = Some(parse_size(v).filter(|n| *n > 0).ok_or_else(|| err(vo, format!("`{v}` is not a size like 100KB")))?),
+                    "send" => {
+                        send = Some(parse_size(v).filter(|n| *n > 0).ok_or_else(|| err(vo, format!("`{v}` is not a size like 100KB")))?)
+                    }
                     "within" => within = parse_duration(v).ok_or_else(|| err(vo, format!("`{v}` is not a duration like 5s")))?,
                     _ => return Err(err(o, format!("`{word}` is not understood (send SIZE, within DURATION)"))),
                 }
                 i += 2;
             }
-            let expect = match (expect, send.is_some()) {
-                (None, false) | (Some((_, "open")), false) => TcpExpect::Open,
-                (None, true) | (Some((_, "complete")), true) => TcpExpect::Complete,
-                (Some((_, "refused")), _) => TcpExpect::Refused,
-                (Some((_, "unreachable")), _) => TcpExpect::Unreachable,
-                (Some((_, "stalls")), _) => TcpExpect::Stalls,
-                (Some((_, "closed")), true) => TcpExpect::Closed,
-                (Some((o, e)), false) => return Err(err(o, format!("`{e}`: a connect check expects `open`, `refused` (RST), `unreachable` (ICMP error) or `stalls` (no answer)"))),
-                (Some((o, e)), true) => return Err(err(o, format!("`{e}`: a transfer expects `complete`, `stalls`, `closed` (by the peer), `refused` or `unreachable`"))),
-            };
+            let expect =
+                match (expect, send.is_some()) {
+                    (None, false) | (Some((_, "open")), false) => TcpExpect::Open,
+                    (None, true) | (Some((_, "complete")), true) => TcpExpect::Complete,
+                    (Some((_, "refused")), _) => TcpExpect::Refused,
+                    (Some((_, "unreachable")), _) => TcpExpect::Unreachable,
+                    (Some((_, "stalls")), _) => TcpExpect::Stalls,
+                    (Some((_, "closed")), true) => TcpExpect::Closed,
+                    (Some((o, e)), false) => return Err(err(
+                        o,
+                        format!(
+                            "`{e}`: a connect check expects `open`, `refused` (RST), `unreachable` (ICMP error) or `stalls` (no answer)"
+                        ),
+                    )),
+                    (Some((o, e)), true) => {
+                        return Err(err(
+                            o,
+                            format!("`{e}`: a transfer expects `complete`, `stalls`, `closed` (by the peer), `refused` or `unreachable`"),
+                        ))
+                    }
+                };
             Ok(Action::Tcp { node, dest, send, within, expect })
         }
         "counter" => {
@@ -437,7 +546,8 @@ fn node_action(
             Ok(Action::Trace { node, dest: parse_addr(d, o)?, expect })
         }
         "impair" => {
-            let (io, ifname) = *args.first().ok_or_else(|| err(verb_at, "impair IFNAME SPEC|off (e.g. `impair eth0 reorder every 10 hold 3 udp`)"))?;
+            let (io, ifname) =
+                *args.first().ok_or_else(|| err(verb_at, "impair IFNAME SPEC|off (e.g. `impair eth0 reorder every 10 hold 3 udp`)"))?;
             let spec_at = io + ifname.len();
             let spec_text = &rest[spec_at - rest_at..];
             let lead = spec_text.len() - spec_text.trim_start().len();
@@ -450,11 +560,21 @@ fn node_action(
                 None => None,
                 Some((_, "acted")) if spec.is_none() => Some(ImpairExpect::Acted),
                 Some((_, "idle")) if spec.is_none() => Some(ImpairExpect::Idle),
-                Some((o, e)) => return Err(err(o, format!("`{e}`: only `impair IF off` takes an expectation: `-> acted` (it acted on a packet) or `-> idle`"))),
+                Some((o, e)) => {
+                    return Err(err(
+                        o,
+                        format!("`{e}`: only `impair IF off` takes an expectation: `-> acted` (it acted on a packet) or `-> idle`"),
+                    ))
+                }
             };
             Ok(Action::Impair { node, ifname: ifname.to_string(), spec, expect })
         }
-        _ => Err(err(verb_at, format!("unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, trace, counter, impair)"))),
+        _ => Err(err(
+            verb_at,
+            format!(
+                "unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, trace, counter, impair)"
+            ),
+        )),
     }
 }
 
@@ -481,7 +601,8 @@ fn service_action(
         return Err(err(o, format!("`{verb}` takes no `-> ...` expectation")));
     }
     let service = |idx: usize| -> Result<usize, SyntaxError> {
-        let (o, s) = *w.get(idx).ok_or_else(|| err(verb_at, format!("`{verb}` wants a service name (services: {})", names.service_names())))?;
+        let (o, s) =
+            *w.get(idx).ok_or_else(|| err(verb_at, format!("`{verb}` wants a service name (services: {})", names.service_names())))?;
         names.service(s).ok_or_else(|| err(o, format!("unknown service `{s}` (services: {})", names.service_names())))
     };
     match verb {

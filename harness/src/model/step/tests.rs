@@ -21,7 +21,9 @@ impl Names for N {
 #[test]
 fn ping_steps() {
     match parse_step("client: ping 10.198.0.1 -> unreachable", &N).unwrap() {
-        Action::Ping { node: 0, dest, count: 2, expect: PingExpect::Unreachable, src: None, size: None } => assert_eq!(dest.to_string(), "10.198.0.1"),
+        Action::Ping { node: 0, dest, count: 2, expect: PingExpect::Unreachable, src: None, size: None } => {
+            assert_eq!(dest.to_string(), "10.198.0.1")
+        }
         a => panic!("{a:?}"),
     }
     match parse_step("client: ping -c 50 -I 10.198.0.10 10.200.0.1 -> loss 5%..20%", &N).unwrap() {
@@ -77,14 +79,22 @@ fn misc_steps() {
     assert!(matches!(parse_step("gateway: sysctl net.ipv4.ip_forward=1", &N).unwrap(), Action::Sysctl { .. }));
     assert!(parse_step("gateway: sysctl kernel.panic=1", &N).unwrap_err().msg.contains("host"));
     assert!(matches!(parse_step("client: sh false -> fails", &N).unwrap(), Action::Sh { expect_fail: true, .. }));
-    assert!(matches!(parse_step("client: tcp 10.0.0.1:5001 send 100KB within 3s -> stalls", &N).unwrap(), Action::Tcp { send: Some(100_000), expect: TcpExpect::Stalls, .. }));
+    assert!(matches!(
+        parse_step("client: tcp 10.0.0.1:5001 send 100KB within 3s -> stalls", &N).unwrap(),
+        Action::Tcp { send: Some(100_000), expect: TcpExpect::Stalls, .. }
+    ));
     assert!(parse_step("client: frobnicate", &N).unwrap_err().msg.contains("unknown step"));
 }
 
 #[test]
 fn impair_steps() {
     match parse_step("gateway: impair eth0 reorder every 10 hold 3 udp", &N).unwrap() {
-        Action::Impair { node: 1, ifname, spec: Some((crate::impair::Impairment::Reorder { every: 10, hold: 3 }, Some(crate::impair::Proto::Udp))), .. } => assert_eq!(ifname, "eth0"),
+        Action::Impair {
+            node: 1,
+            ifname,
+            spec: Some((crate::impair::Impairment::Reorder { every: 10, hold: 3 }, Some(crate::impair::Proto::Udp))),
+            ..
+        } => assert_eq!(ifname, "eth0"),
         a => panic!("{a:?}"),
     }
     assert!(matches!(parse_step("gateway: impair eth0 off", &N).unwrap(), Action::Impair { spec: None, .. }));

@@ -502,27 +502,28 @@ fn node_action(
                 }
                 i += 2;
             }
-            let expect =
-                match (expect, send.is_some()) {
-                    (None, false) | (Some((_, "open")), false) => TcpExpect::Open,
-                    (None, true) | (Some((_, "complete")), true) => TcpExpect::Complete,
-                    (Some((_, "refused")), _) => TcpExpect::Refused,
-                    (Some((_, "unreachable")), _) => TcpExpect::Unreachable,
-                    (Some((_, "stalls")), _) => TcpExpect::Stalls,
-                    (Some((_, "closed")), true) => TcpExpect::Closed,
-                    (Some((o, e)), false) => return Err(err(
+            let expect = match (expect, send.is_some()) {
+                (None, false) | (Some((_, "open")), false) => TcpExpect::Open,
+                (None, true) | (Some((_, "complete")), true) => TcpExpect::Complete,
+                (Some((_, "refused")), _) => TcpExpect::Refused,
+                (Some((_, "unreachable")), _) => TcpExpect::Unreachable,
+                (Some((_, "stalls")), _) => TcpExpect::Stalls,
+                (Some((_, "closed")), true) => TcpExpect::Closed,
+                (Some((o, e)), false) => {
+                    return Err(err(
                         o,
                         format!(
                             "`{e}`: a connect check expects `open`, `refused` (RST), `unreachable` (ICMP error) or `stalls` (no answer)"
                         ),
-                    )),
-                    (Some((o, e)), true) => {
-                        return Err(err(
-                            o,
-                            format!("`{e}`: a transfer expects `complete`, `stalls`, `closed` (by the peer), `refused` or `unreachable`"),
-                        ))
-                    }
-                };
+                    ))
+                }
+                (Some((o, e)), true) => {
+                    return Err(err(
+                        o,
+                        format!("`{e}`: a transfer expects `complete`, `stalls`, `closed` (by the peer), `refused` or `unreachable`"),
+                    ))
+                }
+            };
             Ok(Action::Tcp { node, dest, send, within, expect })
         }
         "counter" => {

@@ -27,7 +27,49 @@ use std::time::Instant;
 
 /// The suites of Debian's archive vpnlab knows, in the order a version is looked up.
 pub const SUITES: [&str; 4] = ["bookworm", "trixie", "sid", "bullseye"];
-const MIRROR: &str = "http://deb.debian.org/debian";
+
+/// The Debian archive to fetch from: `$VPNLAB_DEBIAN_MIRROR`, else the first Debian archive in
+/// the host's own apt sources (the one this machine already uses; never changed by vpnlab).
+fn mirror() -> Result<String> {
+    if let Some(m) = std::env::var_os("VPNLAB_DEBIAN_MIRROR").filter(|m| !m.is_empty()) {
+        return Ok(m.to_string_lossy().into_owned());
+    }
+    let debian_suite = |s: &str| {
+        let base = s.split('-').next().unwrap_or(s);
+        ["bookworm", "trixie", "sid", "bullseye", "forky", "stable", "testing", "unstable", "oldstable"].contains(&base) && !s.ends_with("-security")
+    };
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(d) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = d.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        if f.extension().is_some_and(|e| e == "sources") {
+            // deb822 stanzas: `Types: deb`, `URIs: ...`, `Suites: ...`.
+            for stanza in text.split("\n\n") {
+                let field = |k: &str| stanza.lines().find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()));
+                let (Some(types), Some(uris), Some(suites)) = (field("Types:"), field("URIs:"), field("Suites:")) else { continue };
+                if types.split_whitespace().any(|t| t == "deb") && suites.split_whitespace().any(debian_suite) {
+                    if let Some(u) = uris.split_whitespace().next() {
+                        return Ok(u.to_string());
+                    }
+                }
+            }
+        } else {
+            for l in text.lines() {
+                let w: Vec<&str> = l.split_whitespace().filter(|w| !w.starts_with('[')).collect();
+                if let ["deb", url, suite, ..] = w.as_slice() {
+                    if debian_suite(suite) {
+                        return Ok(url.to_string());
+                    }
+                }
+            }
+        }
+    }
+    anyhow::bail!("no Debian archive in this machine's apt sources to fetch Debian builds from: set VPNLAB_DEBIAN_MIRROR to one, or use a path SPEC")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -368,7 +410,7 @@ pub fn debian_root(suite: &str) -> Result<PathBuf> {
     // Only /usr is bind-mounted: a suite before bookworm is not merged-/usr (its libraries and
     // loader are in /lib) and is refused below. (mmdebstrap's merged-usr hook failed for
     // bullseye in unshare mode here.)
-    let out = cmd.arg(suite).arg(&tmp).arg(MIRROR).stdin(Stdio::null()).output().context("running mmdebstrap")?;
+    let out = cmd.arg(suite).arg(&tmp).arg(mirror()?).stdin(Stdio::null()).output().context("running mmdebstrap")?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&tmp);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -470,7 +512,8 @@ pub fn archive_versions(package: &str) -> Result<Vec<(String, String)>> {
     for sub in ["lists/partial", "cache/archives/partial", "etc"] {
         std::fs::create_dir_all(d.join(sub))?;
     }
-    let sources: String = SUITES.iter().map(|s| format!("deb {MIRROR} {s} main\n")).collect();
+    let m = mirror()?;
+    let sources: String = SUITES.iter().map(|s| format!("deb {m} {s} main\n")).collect();
     std::fs::write(d.join("etc/sources.list"), sources)?;
     if !d.join("status").exists() {
         std::fs::write(d.join("status"), "")?;

@@ -36,7 +36,8 @@ fn mirror() -> Result<String> {
     }
     let debian_suite = |s: &str| {
         let base = s.split('-').next().unwrap_or(s);
-        ["bookworm", "trixie", "sid", "bullseye", "forky", "stable", "testing", "unstable", "oldstable"].contains(&base) && !s.ends_with("-security")
+        ["bookworm", "trixie", "sid", "bullseye", "forky", "stable", "testing", "unstable", "oldstable"].contains(&base)
+            && !s.ends_with("-security")
     };
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(d) = std::fs::read_dir("/etc/apt/sources.list.d") {
@@ -68,7 +69,9 @@ fn mirror() -> Result<String> {
             }
         }
     }
-    anyhow::bail!("no Debian archive in this machine's apt sources to fetch Debian builds from: set VPNLAB_DEBIAN_MIRROR to one, or use a path SPEC")
+    anyhow::bail!(
+        "no Debian archive in this machine's apt sources to fetch Debian builds from: set VPNLAB_DEBIAN_MIRROR to one, or use a path SPEC"
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

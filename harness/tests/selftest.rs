@@ -2,6 +2,8 @@
 //! fails with a diff, a lab without its fix step fails, and nothing (process, namespace, work
 //! dir) survives a run that passes or a `vpnlab run` killed with SIGKILL half-way.
 
+mod common;
+use common::copy_dir;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,18 +36,6 @@ fn copy_lab(id: &str) -> (tempfile::TempDir, PathBuf) {
     let dst = tmp.path().join(id);
     copy_dir(&labs().join(id), &dst);
     (tmp, dst)
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else if !e.file_name().to_string_lossy().ends_with(".snap.new") {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
 }
 
 /// Processes whose cwd is below `root` (daemons run in their node's directory).

@@ -7,6 +7,8 @@
 //! The assertions are on outcomes and structure, not on the harness's transcript wording, except
 //! for lines the test labs below write themselves.
 
+mod common;
+use common::copy_dir;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -62,18 +64,6 @@ fn lab(root: &Path, id: &str, toml: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("lab.toml"), toml).unwrap();
     d
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else if !e.file_name().to_string_lossy().ends_with(".snap.new") {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
 }
 
 fn read_report(p: &Path) -> Value {

@@ -101,6 +101,9 @@ enum Cmd {
         /// Stop after this step: a number (steps of prelude + scenario) or text the step contains.
         #[arg(long)]
         until: Option<String>,
+        /// Run the lab's daemons from another build, as with `vpnlab run --with NAME=SPEC`.
+        #[arg(long = "with", value_name = "NAME=SPEC")]
+        with: Vec<String>,
     },
     /// Run a command in a node of a lab that is up: `vpnlab exec LAB NODE -- CMD...`.
     Exec {
@@ -140,7 +143,13 @@ enum Cmd {
         dir: std::path::PathBuf,
     },
     #[command(name = "__serve", hide = true)]
-    Serve { lab_dir: std::path::PathBuf, scenario: String, until: String },
+    Serve {
+        lab_dir: std::path::PathBuf,
+        scenario: String,
+        until: String,
+        #[arg(long = "with")]
+        with: Vec<String>,
+    },
     /// Measure topology build/teardown (vpnlab vs `ip -batch` vs one `ip` per operation) and
     /// lab wall times; writes BENCHMARKS.md.
     Bench {
@@ -265,8 +274,10 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             print!("{out}");
             Ok(0)
         }
-        Cmd::Up { lab, scenario, until } => {
+        Cmd::Up { lab, scenario, until, with } => {
             env::require_root()?;
+            // A bad SPEC is found (and a Debian build fetched) before the lab is built.
+            vpnlab::with::resolve_all(&with)?;
             let (lab, _) = select(&[lab])?.remove(0);
             env::check_runnable(&lab)?;
             if vpnlab::backend::choose(&lab) != Ok(vpnlab::backend::Backend::Native) {
@@ -285,7 +296,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 }
                 .into());
             }
-            let st = vpnlab::session::up(&lab, &sc, until.as_deref())?;
+            let st = vpnlab::session::up(&lab, &sc, until.as_deref(), &with)?;
             print!("{}", vpnlab::session::describe(&st));
             Ok(if st.failure.is_some() { 1 } else { 0 })
         }
@@ -356,8 +367,8 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Cmd::Serve { lab_dir, scenario, until } => {
-            vpnlab::session::serve(&lab_dir, &scenario, &until)?;
+        Cmd::Serve { lab_dir, scenario, until, with } => {
+            vpnlab::session::serve(&lab_dir, &scenario, &until, &with)?;
             Ok(0)
         }
         Cmd::Check { labs } => {

@@ -82,8 +82,10 @@ pub fn key_for(arg: &str) -> String {
 
 // ------------------------------------------------------------------ client side
 
-/// `vpnlab up`: starts the server and waits until the lab is ready; returns its state.
-pub fn up(lab: &Lab, scenario: &str, until: Option<&str>) -> Result<State> {
+/// `vpnlab up`: starts the server and waits until the lab is ready; returns its state. `with`:
+/// `NAME=SPEC` builds of the daemons (already resolved once by the caller; the server resolves
+/// them again from the cache).
+pub fn up(lab: &Lab, scenario: &str, until: Option<&str>, with: &[String]) -> Result<State> {
     let key = key_of(&lab.id);
     let dir = dir_of(&key);
     if let Ok(st) = read_state(&key) {
@@ -102,6 +104,9 @@ pub fn up(lab: &Lab, scenario: &str, until: Option<&str>) -> Result<State> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("__serve").arg(&lab.dir).arg(scenario).arg(until.unwrap_or(""));
+    for w in with {
+        cmd.arg(format!("--with={w}"));
+    }
     cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log));
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -294,10 +299,11 @@ pub fn logs(key: &str, service: Option<&str>, follow: bool, out: &mut dyn Write)
 // ------------------------------------------------------------------ server side
 
 /// The detached server (`vpnlab __serve LAB_DIR SCENARIO UNTIL`).
-pub fn serve(lab_dir: &Path, scenario: &str, until: &str) -> Result<()> {
+pub fn serve(lab_dir: &Path, scenario: &str, until: &str, with: &[String]) -> Result<()> {
     let lab = model::load(lab_dir).map_err(|e| anyhow!("{e}"))?;
     let key = key_of(&lab.id);
-    let opts = Options { keep: false, progress: true, pcap: false, with: Default::default(), sink: None };
+    let with = crate::with::resolve_all(with)?;
+    let opts = Options { keep: false, progress: true, pcap: false, with, sink: None };
     let mut live = Live::start(&lab, scenario, &opts)?;
     // Run up to the requested step.
     let total = live.remaining().len();

@@ -109,18 +109,45 @@ fn ask_with(daemon: &str, mounts: &[crate::process::BindMount]) -> String {
                 });
             }
         }
-        match cmd.output() {
-            Ok(o) => {
+        // A build that never answers (a wrapper that execs itself, a hung binary) must not hang
+        // the run: a deadline, then SIGKILL.
+        match run_with_deadline(cmd, std::time::Duration::from_secs(10)) {
+            Ok(Some((out, err))) => {
                 let pick = |b: &[u8]| String::from_utf8_lossy(b).lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string);
-                if let Some(line) = pick(&o.stdout).or_else(|| pick(&o.stderr)) {
+                if let Some(line) = pick(&out).or_else(|| pick(&err)) {
                     return line;
                 }
                 why = format!("`{}` printed nothing", argv.join(" "));
             }
+            Ok(None) => why = format!("`{}` did not finish within 10s", argv.join(" ")),
             Err(e) => why = format!("`{}`: {e}", argv.join(" ")),
         }
     }
     format!("unknown ({why})")
+}
+
+/// Runs `cmd` with its output captured; `None` (and the process killed) past `limit`.
+fn run_with_deadline(mut cmd: Command, limit: std::time::Duration) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    use std::io::Read;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    // `--version` prints a few lines: the pipes never fill before it exits.
+    match crate::process::wait_deadline(&mut child, std::time::Instant::now() + limit).map_err(std::io::Error::other)? {
+        Some(_) => {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            if let Some(mut o) = child.stdout.take() {
+                o.read_to_end(&mut out)?;
+            }
+            if let Some(mut e) = child.stderr.take() {
+                e.read_to_end(&mut err)?;
+            }
+            Ok(Some((out, err)))
+        }
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -69,3 +69,27 @@ fn bad_specs_exit_2_with_what_is_available() {
     assert!(t.contains("no such version") && t.contains("available:") && t.contains("(sid)"), "{t}");
     assert!(t.lines().filter(|l| !l.starts_with("vpnlab: ")).count() <= 2, "one error: {t}");
 }
+
+#[test]
+fn a_lab_kept_up_runs_the_chosen_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let wrapper = dir.path().join("openvpn");
+    // The wrapper is mounted over /usr/sbin/openvpn in the daemons' mount namespaces: it must
+    // exec a copy of the real one, not /usr/sbin/openvpn (itself).
+    let real = dir.path().join("real-openvpn");
+    std::fs::copy("/usr/sbin/openvpn", &real).unwrap();
+    std::fs::write(&wrapper, format!("#!/bin/sh\necho \"$*\" >> {}\nexec {} \"$@\"\n", marker.display(), real.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = format!("openvpn={}", wrapper.display());
+    let up = vpnlab(&["up", "openvpn/ccd-permissions", "--until", "1", "--with", &spec]);
+    let down = vpnlab(&["down", "openvpn/ccd-permissions"]);
+    assert_eq!(up.status.code(), Some(0), "{}", text(&up));
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down));
+    let ran = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert!(ran.contains("--config"), "the kept-up lab's daemons ran the chosen build: {ran}");
+    // A bad SPEC is refused before anything is built.
+    let o = vpnlab(&["up", "openvpn/ccd-permissions", "--with", "openvpn=/nonexistent/openvpn"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}

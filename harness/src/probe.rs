@@ -59,6 +59,9 @@ pub fn parse_ping(out: &str) -> PingResult {
 /// when every probe has been answered, by a reply or by an error).
 pub const SILENCE: Duration = Duration::from_secs(1);
 
+/// How long a reachability check waits for its replies (ping's `-w`).
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Runs real `ping`. Reachability checks stop at the first `count` replies (deadline 5 s);
 /// negative checks send `count` probes 10 ms apart and wait [`SILENCE`] after the last; loss
 /// checks send exactly `count` (20 ms apart) and wait [`SILENCE`] for the last replies.
@@ -77,7 +80,9 @@ pub fn ping(
     let silence = format!("{}", SILENCE.as_secs_f64());
     let mut argv: Vec<String> = vec!["ping".into(), "-n".into(), "-c".into(), count.to_string()];
     match expect {
-        PingExpect::Reachable => argv.extend(["-i", "0.01", "-w", "5"].map(String::from)),
+        PingExpect::Reachable => {
+            argv.extend(["-i".to_string(), "0.01".to_string(), "-w".to_string(), REPLY_DEADLINE.as_secs().to_string()])
+        }
         PingExpect::Unreachable => argv.extend(["-i".to_string(), "0.01".to_string(), "-W".to_string(), silence]),
         PingExpect::Loss(..) => argv.extend(["-i".to_string(), "0.02".to_string(), "-W".to_string(), silence]),
     }
@@ -109,7 +114,7 @@ pub fn ping(
             .map(|(f, w)| crate::facts::IcmpError { from: f.to_string(), what: w.to_string() })
             .collect(),
         not_sent: None,
-        waited: if matches!(expect, PingExpect::Reachable) { Duration::from_secs(5) } else { SILENCE },
+        waited: if matches!(expect, PingExpect::Reachable) { REPLY_DEADLINE } else { SILENCE },
     };
     // No route at all: ping cannot even send ("connect: Network is unreachable").
     if let Some(l) = out.text.lines().find(|l| l.contains("Network is unreachable") && !l.starts_with("From ")) {

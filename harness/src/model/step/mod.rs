@@ -357,7 +357,7 @@ fn node_action(
     rest_at: usize,
     args: &[(usize, &str)],
     expect: Option<(usize, &str)>,
-    _names: &dyn Names,
+    names: &dyn Names,
 ) -> Result<Action, SyntaxError> {
     let no_expect = |what: &str| -> Result<(), SyntaxError> {
         match expect {
@@ -539,8 +539,8 @@ fn node_action(
                 None => None,
                 Some((_, "delivered")) => Some(TraceExpect::Delivered),
                 Some((o, e)) => match e.strip_prefix("dropped at ").map(str::trim) {
-                    Some(n) if _names.node(n).is_some() => Some(TraceExpect::DroppedAt(n.to_string())),
-                    Some(n) => return Err(err(o, format!("unknown node `{n}` (nodes: {})", _names.node_names()))),
+                    Some(n) if names.node(n).is_some() => Some(TraceExpect::DroppedAt(n.to_string())),
+                    Some(n) => return Err(err(o, format!("unknown node `{n}` (nodes: {})", names.node_names()))),
                     None => return Err(err(o, format!("`{e}`: a trace expects `delivered` or `dropped at NODE`"))),
                 },
             };

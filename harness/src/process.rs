@@ -216,6 +216,18 @@ pub struct Daemon {
     pub exited: Option<ExitStatus>,
 }
 
+/// A daemon dropped while running (a panic, an early return) is killed and reaped here: an
+/// unreaped child of ours inside the lab's PID namespace would keep the namespace's init from
+/// finishing its exit, and `PidNs::kill_all` would wait for it forever.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.exited.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 impl Daemon {
     pub fn start(name: &str, netns: &NetNs, pid: &PidNs, argv: &[String], cwd: &Path, log: &Path, mounts: &[BindMount]) -> Result<Daemon> {
         let f = log_file(log)?;

@@ -81,7 +81,7 @@ pub struct Scenario {
 pub enum KernelFeature {
     Ppp,
     Esp,
-    /// nft's `inet` family (tables `inet ...`; the trace step's counting sets).
+    /// nft's `inet` family (tables `inet ...`).
     NftInet,
     /// nft's `ip` family (tables `ip ...`).
     NftIpv4,
@@ -205,7 +205,7 @@ impl Lab {
     }
     /// Every kernel feature the lab needs (for one scenario, or for any of them): the declared
     /// ones plus those its content shows: nft rulesets' table families, sysctls newer than
-    /// Linux 5.15, `trace` steps (nft inet sets), `impair` steps (NFQUEUE), `netem` in commands.
+    /// Linux 5.15, `impair` steps (NFQUEUE), `netem` in commands.
     pub fn kernel_needs(&self, scenario: Option<&str>) -> Vec<KernelFeature> {
         let mut out = self.kernel.clone();
         for n in &self.nodes {
@@ -223,7 +223,6 @@ impl Lab {
         };
         for st in steps {
             match &st.action {
-                Action::Trace { .. } => out.push(KernelFeature::NftInet),
                 Action::Impair { spec: Some(_), .. } => out.push(KernelFeature::Nfqueue),
                 Action::Sh { cmd, .. } | Action::Show { cmd, .. } if cmd.contains("netem") => out.push(KernelFeature::Netem),
                 _ => {}

@@ -30,6 +30,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod explain;
+pub(crate) mod nflog;
 mod ruleset;
 #[cfg(test)]
 mod tests;
@@ -77,10 +78,83 @@ pub fn trace(
     dest: IpAddr,
     probe: impl FnOnce() -> Result<()>,
 ) -> Result<Trace> {
+    trace_by(Method::for_this_kernel(), nodes, pid, cwd, src_node, dest, probe)
+}
+
+/// [`trace`] with the observation method chosen by the caller (tests run both).
+pub fn trace_by(
+    method: Method,
+    nodes: &[TraceNode],
+    pid: &PidNs,
+    cwd: &Path,
+    src_node: usize,
+    dest: IpAddr,
+    probe: impl FnOnce() -> Result<()>,
+) -> Result<Trace> {
     if src_node >= nodes.len() {
         bail!("trace: source node index {src_node} out of range ({} nodes)", nodes.len());
     }
     let fam = Fam { v6: dest.is_ipv6() };
+    let (obs, before, after, probed) = match method {
+        Method::Nft => observe_nft(nodes, pid, cwd, fam, dest, probe)?,
+        Method::Nflog => observe_nflog(nodes, pid, cwd, fam, dest, probe)?,
+    };
+    probed.context("the probe of the trace failed")?;
+
+    let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other };
+    w.explain(src_node);
+    Ok(Trace { lines: w.lines, end: w.end })
+}
+
+/// How the trace observes the nodes' hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// An nftables inet table with counting sets (the kernel has `NF_TABLES_INET`).
+    Nft,
+    /// iptables rules with the NFLOG target, read from nfnetlink_log (Debian's user-mode-linux
+    /// kernel, which has no nftables inet or ip family).
+    Nflog,
+}
+
+impl Method {
+    /// nft where the running kernel has the inet family (probed once per process), else NFLOG.
+    pub fn for_this_kernel() -> Method {
+        if crate::env::kernel_has(crate::model::KernelFeature::NftInet) {
+            Method::Nft
+        } else {
+            Method::Nflog
+        }
+    }
+}
+
+type Observed = (Vec<Obs>, Vec<Counters>, Vec<Counters>, Result<()>);
+
+/// Reads until three readings 50 ms apart agree (the observation points count only the probe's
+/// ICMP, nothing else), within 3 s: packets still in flight (a reply on its way back through a
+/// tunnel; on a loaded machine a userspace VPN daemon can hold a packet for a while) land.
+fn settle<T: PartialEq>(mut read: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen = read()?;
+    let mut agreeing = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let again = read()?;
+        agreeing = if again == seen { agreeing + 1 } else { 0 };
+        seen = again;
+        if agreeing >= 2 || Instant::now() >= deadline {
+            return Ok(seen);
+        }
+    }
+}
+
+fn observe_nft(
+    nodes: &[TraceNode],
+    pid: &PidNs,
+    cwd: &Path,
+    fam: Fam,
+    dest: IpAddr,
+    probe: impl FnOnce() -> Result<()>,
+) -> Result<Observed> {
     let ruleset = ruleset(fam, dest);
     // `nft -f FILE` (as the runner loads rulesets): a temporary file in the node's directory, so
     // that even a killed run leaves it only inside its work dir (swept with it).
@@ -93,43 +167,42 @@ pub fn trace(
         let out = nft(n.netns, pid, cwd, &["-f", path.as_str()])?;
         if !out.success() {
             let first: Vec<&str> = out.text.lines().take(3).collect();
-            let hint = if out.text.contains("Operation not supported") {
-                " (this kernel has no nftables inet family, like Debian's user-mode-linux kernel: trace needs the native backend)"
-            } else {
-                ""
-            };
-            bail!("node `{}`: loading the trace table failed ({}){hint}:\n{}", n.name, out.describe_status(), first.join("\n"));
+            bail!("node `{}`: loading the trace table failed ({}):\n{}", n.name, out.describe_status(), first.join("\n"));
         }
         Ok(())
     })?;
     let before = par(nodes, |n| snmp(n.netns))?;
     let probed = probe();
-    // Let packets still in flight (a reply on its way back through a tunnel) land: collect until
-    // three readings 50 ms apart agree (the sets only count the probe's ICMP, nothing else); on a
-    // loaded machine a userspace VPN daemon can hold a packet for a while.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut texts = collect(nodes, pid, cwd)?;
-    let mut agreeing = 0;
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let again = collect(nodes, pid, cwd)?;
-        agreeing = if again == texts { agreeing + 1 } else { 0 };
-        texts = again;
-        if agreeing >= 2 || Instant::now() >= deadline {
-            break;
-        }
-    }
+    let texts = settle(|| collect(nodes, pid, cwd))?;
     let after = par(nodes, |n| snmp(n.netns))?;
     if std::env::var_os("VPNLAB_TRACE_DEBUG").is_some() {
         debug_dump(nodes, &ruleset, &texts, &before, &after);
     }
     let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect();
     installed.remove()?;
-    probed.context("the probe of the trace failed")?;
+    Ok((obs, before, after, probed))
+}
 
-    let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other };
-    w.explain(src_node);
-    Ok(Trace { lines: w.lines, end: w.end })
+fn observe_nflog(
+    nodes: &[TraceNode],
+    pid: &PidNs,
+    cwd: &Path,
+    fam: Fam,
+    dest: IpAddr,
+    probe: impl FnOnce() -> Result<()>,
+) -> Result<Observed> {
+    let mut installed = nflog::Installed::install(nodes, pid, cwd, fam, dest)?;
+    let before = par(nodes, |n| snmp(n.netns))?;
+    let probed = probe();
+    let counts = settle(|| installed.read())?;
+    let after = par(nodes, |n| snmp(n.netns))?;
+    if std::env::var_os("VPNLAB_TRACE_DEBUG").is_some() {
+        let texts: Vec<String> = counts.iter().map(|c| format!("{c:#?}")).collect();
+        debug_dump(nodes, &nflog::rules(fam, true), &texts, &before, &after);
+    }
+    let obs = installed.obs()?;
+    installed.remove()?;
+    Ok((obs, before, after, probed))
 }
 
 /// `VPNLAB_TRACE_DEBUG=1`: the ruleset, every node's sets and its SNMP deltas, on stderr.

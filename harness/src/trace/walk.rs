@@ -124,23 +124,47 @@ impl Walker<'_, '_> {
         self.nodes[node].netns.run(move || std::fs::read_to_string(path).ok()).ok().flatten().map(|s| s.trim().to_string())
     }
 
-    /// The base chains other than ours on a hook of the node: `inet f fwd (policy drop)`.
+    /// The base chains other than ours on a hook of the node: `inet f fwd, policy drop`,
+    /// `ip filter FORWARD, policy drop`. nftables' chains (iptables-nft's among them) come from
+    /// `nft list chains`; iptables-legacy's (the user-mode-linux guest's only iptables) from
+    /// `iptables-legacy-save`, written the same way, so a lab's iptables firewall is named alike
+    /// on both backends. Accept-policy chains of the raw, mangle and security tables are left
+    /// out: that is where the NFLOG observation points live (and, with iptables-nft, where they
+    /// leave empty chains behind), not where labs put their firewalls.
     pub(super) fn chains_on(&self, node: usize, h: Hook) -> String {
-        let Ok(text) = self.cmd(node, &["nft".into(), "list".into(), "chains".into()]) else { return String::new() };
-        let (mut table, mut chain) = (String::new(), String::new());
+        let ours = |table: &str, policy: Option<&str>| {
+            let t = table.split_whitespace().nth(1).unwrap_or("");
+            matches!(t, "raw" | "mangle" | "security") && policy.is_none_or(|p| p.eq_ignore_ascii_case("accept"))
+        };
         let mut found = Vec::new();
-        for l in text.lines() {
-            let t = l.trim();
-            if let Some(r) = t.strip_prefix("table ") {
-                table = r.trim_end_matches('{').trim().to_string();
-            } else if let Some(r) = t.strip_prefix("chain ") {
-                chain = r.trim_end_matches('{').trim().to_string();
-            } else if t.contains(&format!("hook {} ", h.nft())) && table != format!("inet {TABLE}") {
-                let policy = t.split("policy ").nth(1).map(|p| p.trim_end_matches(';').trim().to_string());
-                found.push(match policy {
-                    Some(p) => format!("{table} {chain}, policy {p}"),
-                    None => format!("{table} {chain}"),
-                });
+        if let Ok(text) = self.cmd(node, &["nft".into(), "list".into(), "chains".into()]) {
+            let (mut table, mut chain) = (String::new(), String::new());
+            for l in text.lines() {
+                let t = l.trim();
+                if let Some(r) = t.strip_prefix("table ") {
+                    table = r.trim_end_matches('{').trim().to_string();
+                } else if let Some(r) = t.strip_prefix("chain ") {
+                    chain = r.trim_end_matches('{').trim().to_string();
+                } else if t.contains(&format!("hook {} ", h.nft())) && table != format!("inet {TABLE}") {
+                    let policy = t.split("policy ").nth(1).map(|p| p.trim_end_matches(';').trim().to_string());
+                    if ours(&table, policy.as_deref()) {
+                        continue;
+                    }
+                    found.push(match policy {
+                        Some(p) => format!("{table} {chain}, policy {p}"),
+                        None => format!("{table} {chain}"),
+                    });
+                }
+            }
+        }
+        let save = if self.fam.v6 { "ip6tables-legacy-save" } else { "iptables-legacy-save" };
+        if crate::env::which(save).is_some() {
+            if let Ok(text) = self.cmd(node, &[save.into()]) {
+                for (table, chain, policy) in legacy_chains(&text, h) {
+                    if !ours(&format!("{} {table}", self.fam.ip()), Some(&policy)) {
+                        found.push(format!("{} {table} {chain}, policy {policy}", self.fam.ip()));
+                    }
+                }
             }
         }
         found.join("; ")
@@ -398,4 +422,40 @@ impl Walker<'_, '_> {
         }
         ends
     }
+}
+
+/// The built-in chains of `iptables-legacy-save` output on hook `h` that hold a rule other than
+/// the trace's own or a policy other than ACCEPT: (table, chain, policy in lower case).
+pub(super) fn legacy_chains(text: &str, h: Hook) -> Vec<(String, String, String)> {
+    let chain = match h {
+        Hook::Pre => "PREROUTING",
+        Hook::In => "INPUT",
+        Hook::Fwd => "FORWARD",
+        Hook::Out => "OUTPUT",
+        Hook::Post => "POSTROUTING",
+    };
+    let mut out = Vec::new();
+    let mut table = String::new();
+    let mut policy: Option<String> = None;
+    let mut rules = 0;
+    let mut flush = |table: &str, policy: &mut Option<String>, rules: &mut usize| {
+        if let Some(p) = policy.take() {
+            if *rules > 0 || p != "ACCEPT" {
+                out.push((table.to_string(), chain.to_string(), p.to_lowercase()));
+            }
+        }
+        *rules = 0;
+    };
+    for l in text.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            flush(&table, &mut policy, &mut rules);
+            table = t.trim().to_string();
+        } else if let Some(r) = l.strip_prefix(&format!(":{chain} ")) {
+            policy = r.split_whitespace().next().map(str::to_string);
+        } else if l.starts_with(&format!("-A {chain} ")) && !l.contains("vpnlab_trace_") {
+            rules += 1;
+        }
+    }
+    flush(&table, &mut policy, &mut rules);
+    out
 }

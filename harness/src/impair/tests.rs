@@ -1,4 +1,5 @@
-//! Tests of impairment: parsing, and real impairments of traffic between namespaces.
+//! Tests of impairment: the rule, and real impairments of traffic between namespaces (the spec
+//! parser is tested in the model crate).
 
 use super::impairer::rule_argv;
 use super::*;
@@ -6,75 +7,11 @@ use crate::ns::{NetNs, PidNs};
 use crate::process::run_capture;
 use crate::topology::Topology;
 use std::net::UdpSocket;
-use std::time::Instant;
-
-// ------------------------------------------------------------ parse
-
-#[test]
-fn parses_every_impairment() {
-    assert_eq!(parse("drop every 10"), Ok((Impairment::DropEvery(10), None)));
-    assert_eq!(parse("reorder every 10 hold 3"), Ok((Impairment::Reorder { every: 10, hold: 3 }, None)));
-    assert_eq!(parse("duplicate every 5 udp"), Ok((Impairment::Duplicate { every: 5 }, Some(Proto::Udp))));
-    assert_eq!(parse("  delay 50ms proto tcp "), Ok((Impairment::Delay(Duration::from_millis(50)), Some(Proto::Tcp))));
-    assert_eq!(parse("delay 1.5s icmp"), Ok((Impairment::Delay(Duration::from_millis(1500)), Some(Proto::Icmp))));
-    assert_eq!(parse("fragments reorder every 10 hold 3"), Ok((Impairment::Reorder { every: 10, hold: 3 }, Some(Proto::Fragments))));
-    assert_eq!(parse("reorder every 10 hold 3 fragments"), Ok((Impairment::Reorder { every: 10, hold: 3 }, Some(Proto::Fragments))));
-    assert_eq!(rule_argv("-I", "eth0", Some(Proto::Fragments), 1)[9], "-f");
-    assert_eq!(parse("duplicate every 1"), Ok((Impairment::Duplicate { every: 1 }, None)));
-}
-
-#[test]
-fn displays_the_canonical_text() {
-    for s in ["drop every 10", "reorder every 10 hold 3", "duplicate every 5", "delay 50ms", "delay 2000ms"] {
-        assert_eq!(parse(s).unwrap().0.to_string(), s);
-    }
-    assert_eq!(Proto::Udp.to_string(), "udp");
-}
-
-#[test]
-fn parse_errors_point_at_the_word() {
-    let at = |s: &str| parse(s).unwrap_err();
-    assert_eq!(at("").0, 0);
-    assert_eq!(at("   ").0, 3);
-    let (o, m) = at("loss every 3");
-    assert_eq!(o, 0);
-    assert!(m.contains("unknown impairment `loss`"), "{m}");
-    let (o, m) = at("drop 10");
-    assert_eq!(o, 5);
-    assert!(m.contains("expected `every`"), "{m}");
-    let (o, m) = at("drop every");
-    assert_eq!(o, 10);
-    assert!(m.contains("number"), "{m}");
-    let (o, m) = at("drop every 1");
-    assert_eq!(o, 11);
-    assert!(m.contains("at least 2"), "{m}");
-    let (o, m) = at("drop every ten");
-    assert_eq!(o, 11);
-    assert!(m.contains("`ten`"), "{m}");
-    let (o, m) = at("reorder every 10 keep 3");
-    assert_eq!(o, 17);
-    assert!(m.contains("expected `hold`"), "{m}");
-    assert_eq!(at("reorder every 10 hold 0").0, 22);
-    assert_eq!(at("reorder every 10").0, 16);
-    assert_eq!(at("duplicate every 0").0, 16);
-    let (o, m) = at("delay 50");
-    assert_eq!(o, 6);
-    assert!(m.contains("not a duration"), "{m}");
-    assert_eq!(at("delay 0ms").0, 6);
-    assert_eq!(at("delay 11s").0, 6);
-    assert_eq!(at("delay").0, 5);
-    let (o, m) = at("drop every 10 sctp");
-    assert_eq!(o, 14);
-    assert!(m.contains("unexpected `sctp`"), "{m}");
-    let (o, m) = at("drop every 10 proto sctp");
-    assert_eq!(o, 20);
-    assert!(m.contains("unknown protocol"), "{m}");
-    assert_eq!(at("drop every 10 proto").0, 19);
-    assert_eq!(at("drop every 10 udp tcp").0, 18);
-}
+use std::time::{Duration, Instant};
 
 #[test]
 fn rule_text() {
+    assert_eq!(rule_argv("-I", "eth0", Some(Proto::Fragments), 1)[9], "-f");
     assert_eq!(
         rule_argv("-I", "eth1", Some(Proto::Udp), 7).join(" "),
         "iptables -w 5 -t mangle -I POSTROUTING -o eth1 -p udp -m mark ! --mark 0x76700000/0xffff0000 -j NFQUEUE --queue-num 7 --queue-bypass"

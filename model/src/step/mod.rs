@@ -6,8 +6,6 @@ use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-pub use crate::facts::LogScope;
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum PingExpect {
     Reachable,
@@ -192,6 +190,23 @@ pub struct Step {
     pub offset: usize,
 }
 
+/// Which log lines a `log`/`nolog` check reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum LogScope {
+    /// Since the service's last start.
+    SinceStart,
+    /// Since the last step that changed something began (or the service's start, if later).
+    SinceChange,
+    /// Since the previous step began.
+    SincePrevious,
+}
+
+/// `OpenVPN 2.7.8 x86_64...` -> `2.7.8`; `pppd version 2.5.2` -> `2.5.2`.
+pub fn version_number(line: &str) -> Option<String> {
+    let re = regex::Regex::new(r"\b(\d+\.\d+(?:\.\d+)?)").ok()?;
+    re.captures(line).map(|c| c[1].to_string())
+}
+
 /// A step's version condition: `[openvpn >= 2.7]`, `[libreswan < 5]`, `[pppd == 2.4]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionCond {
@@ -205,7 +220,7 @@ impl VersionCond {
     /// Does the daemon whose `--version` first line is `line` meet the condition? Versions are
     /// compared on the components the condition gives (`2.7` matches 2.7.8 for `==`).
     pub fn holds(&self, line: &str) -> bool {
-        let Some(n) = crate::with::version_number(line) else { return false };
+        let Some(n) = version_number(line) else { return false };
         let have: Vec<u64> = n.split('.').filter_map(|x| x.parse().ok()).take(self.version.len()).collect();
         let mut want = self.version.clone();
         want.truncate(have.len().max(1));

@@ -44,6 +44,7 @@ fn run(lab: &model::Lab, scenario: &str) -> runner::Run {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_line_logged_before_a_change_does_not_satisfy_a_check_after_it() {
     let (_t, lab) = lab_with(
         r#"
@@ -67,6 +68,7 @@ steps = ["restart server", "log server /Initialization Sequence Completed/"]
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn reachability_checks_fail_both_ways_and_say_what_they_saw() {
     let (_t, lab) = lab_with(
         r#"
@@ -89,6 +91,7 @@ steps = ["lanhost: ip route del default", "lanhost: ping 10.200.0.2 -> loss 100%
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn an_impairment_shows_its_counters_and_can_be_asserted() {
     let (_t, lab) = lab_with(
         r#"
@@ -109,6 +112,7 @@ steps = ["wan: impair eth1 drop every 2 icmp", "client: ping -c 4 10.198.0.10", 
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_trace_expectation_is_judged_on_where_the_round_trip_ended() {
     let (_t, lab) = lab_with(
         r#"

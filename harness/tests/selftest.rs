@@ -85,6 +85,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn an_edited_snapshot_line_fails_with_a_diff() {
     work_root();
     let (_tmp, dir) = copy_lab(LAB);
@@ -106,6 +107,7 @@ fn an_edited_snapshot_line_fails_with_a_diff() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn removing_the_fix_step_fails_the_scenario() {
     work_root();
     let (_tmp, dir) = copy_lab(LAB);
@@ -133,6 +135,7 @@ fn removing_the_fix_step_fails_the_scenario() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_passing_run_leaves_nothing() {
     let root = work_root();
     let lab = model::load(&labs().join(LAB)).unwrap();
@@ -168,6 +171,7 @@ fn start_half_way(root: &Path) -> (std::process::Child, Vec<(u32, String)>, Hash
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn sigterm_and_sigint_leave_nothing_at_all() {
     work_root();
     for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
@@ -188,6 +192,7 @@ fn sigterm_and_sigint_leave_nothing_at_all() {
 /// `-j 2`: two scenarios up at once; SIGTERM stops both, removes both work dirs, and the run
 /// still ends with its summary so far.
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn sigterm_during_a_parallel_run_leaves_nothing_and_prints_the_summary_so_far() {
     work_root();
     let root = tempfile::tempdir().unwrap();
@@ -219,6 +224,7 @@ fn sigterm_during_a_parallel_run_leaves_nothing_and_prints_the_summary_so_far() 
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
     work_root();
     let root = tempfile::tempdir().unwrap();
@@ -245,6 +251,7 @@ fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
 
 /// The same lab through user-mode-linux gives the same transcript as natively (same snapshot).
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn the_uml_backend_matches_the_native_snapshot() {
     work_root();
     if let Err(why) = vpnlab::backend::uml::available() {
@@ -267,6 +274,7 @@ fn the_uml_backend_matches_the_native_snapshot() {
 /// SIGKILL at many points of a run (topology build, daemon start, steps, teardown): once the
 /// next vpnlab command has started, nothing of the killed run is left.
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn sigkill_at_any_point_leaves_nothing() {
     work_root();
     for delay_ms in [0u64, 3, 10, 25, 50, 100, 200, 350, 500, 700] {
@@ -314,6 +322,7 @@ fn sigkill_at_any_point_leaves_nothing() {
 /// Two `vpnlab run` of the same lab at the same time both pass (anonymous namespaces cannot
 /// collide), next to a third lab.
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn concurrent_runs_of_the_same_lab_do_not_collide() {
     work_root();
     let root = tempfile::tempdir().unwrap();

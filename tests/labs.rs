@@ -190,7 +190,7 @@ fn uml_trace_is_an_error(lab: &model::Lab) -> Result<Completion, Failed> {
     if vpnlab::backend::has(vpnlab::backend::Backend::Uml, model::KernelFeature::NftInet) {
         return Ok(Completion::ignored_with("this user-mode-linux kernel has the nft inet family"));
     }
-    let opts = runner::Options { keep: false, progress: false, pcap: false, with: Default::default(), sink: None };
+    let opts = runner::Options { keep: false, progress: false, pcap: false, with: Default::default(), sink: None, work_root: None };
     let out = suite::run_checked_on(lab, "where-it-dies", &opts, false, Some(vpnlab::backend::Backend::Uml));
     let msg = out.error.clone().unwrap_or_default();
     if out.outcome != suite::Outcome::Error || !msg.contains("`nft-inet`") || !msg.contains("CONFIG_NF_TABLES_INET") {
@@ -247,6 +247,7 @@ fn run_on(
         pcap: std::env::var_os("VPNLAB_PCAP").is_some(),
         with: with.clone(),
         sink: None,
+        work_root: None,
     };
     // The first line of a failure names the outcome: `check-failed: step 3 `...`: observed ...,
     // expected ...`, `drift: ...` or `error: ...`; the transcript, diff and kept work dir follow.

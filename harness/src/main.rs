@@ -388,7 +388,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             let repeat = repeat.max(1);
             // Fetched (or found in the cache) before anything runs; a bad SPEC exits 2.
             let with = vpnlab::with::resolve_all(&with)?;
-            let opts = runner::Options { keep, progress: !quiet, pcap, with, sink: None };
+            let opts = runner::Options { keep, progress: !quiet, pcap, with, sink: None, work_root: None };
             let jobs = jobs.map(|j| j as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
             let out = Outputs { report: report.as_deref(), junit: junit.as_deref() };
             run_suite(&selected, &opts, accept, repeat, jobs, out)

@@ -12,9 +12,14 @@ fn work_root() -> &'static Path {
         assert!(vpnlab::env::is_root(), "these tests need root: run `sudo -E cargo test`");
         let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("checks-root-{}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
-        std::env::set_var("VPNLAB_WORK_ROOT", &p);
         p
     })
+}
+
+/// Options whose work dirs go under [`work_root`] (given to the runner, not through the
+/// environment: nothing here calls `set_var`).
+fn opts() -> runner::Options {
+    runner::Options { work_root: Some(work_root().to_path_buf()), ..Default::default() }
 }
 
 /// The lab with `scenarios` (TOML text) appended, loaded from a temp copy.
@@ -38,7 +43,7 @@ fn lab_with(scenarios: &str) -> (tempfile::TempDir, model::Lab) {
 }
 
 fn run(lab: &model::Lab, scenario: &str) -> runner::Run {
-    let r = runner::run(lab, scenario, &runner::Options::default()).unwrap();
+    let r = runner::run(lab, scenario, &opts()).unwrap();
     assert!(!r.error, "{scenario}: an error, not a verdict: {:?}\n{}", r.failure, r.transcript);
     r
 }

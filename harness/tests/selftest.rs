@@ -25,9 +25,14 @@ fn work_root() -> &'static Path {
         // Under target/tmp (cargo's scratch dir for integration tests), not /tmp: nothing to leak.
         let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("selftest-root-{}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
-        std::env::set_var("VPNLAB_WORK_ROOT", &p);
         p
     })
+}
+
+/// Options whose work dirs go under [`work_root`] (given to the runner, not through the
+/// environment: nothing here calls `set_var`).
+fn opts() -> runner::Options {
+    runner::Options { work_root: Some(work_root().to_path_buf()), ..Default::default() }
 }
 
 /// A copy of a lab folder that a test may edit.
@@ -95,14 +100,14 @@ fn an_edited_snapshot_line_fails_with_a_diff() {
     assert_ne!(text, edited, "the snapshot has the line this test edits");
     std::fs::write(&snap, edited).unwrap();
     let lab = model::load(&dir).unwrap();
-    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false);
+    let out = suite::run_checked(&lab, "fix-gateway-route", &opts(), false);
     assert_eq!(out.outcome, suite::Outcome::Drift, "an edited snapshot line is drift: {}", out.report);
     assert!(out.failed_step.is_none() && out.diff.is_some());
     assert!(out.report.contains("-client$ ping -c2 10.198.0.1  -> reachable (ttl=64)"), "{}", out.report);
     assert!(out.report.contains("+client$ ping -c2 10.198.0.1  -> reachable (ttl=63)"), "{}", out.report);
     // And the unedited copy passes (the test can tell the two apart).
     std::fs::write(&snap, text).unwrap();
-    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false);
+    let out = suite::run_checked(&lab, "fix-gateway-route", &opts(), false);
     assert_eq!(out.outcome, suite::Outcome::Passed, "{}", out.report);
 }
 
@@ -117,7 +122,7 @@ fn removing_the_fix_step_fails_the_scenario() {
     assert_ne!(text, without, "the lab has the fix step this test removes");
     std::fs::write(&file, without).unwrap();
     let lab = model::load(&dir).unwrap();
-    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false);
+    let out = suite::run_checked(&lab, "fix-gateway-route", &opts(), false);
     assert_eq!(out.outcome, suite::Outcome::CheckFailed, "{}", out.report);
     let f = out.failed_step.as_ref().expect("the failed check is named");
     assert_eq!(f.step, "client: ping 10.198.0.1 -> reachable");
@@ -130,6 +135,7 @@ fn removing_the_fix_step_fails_the_scenario() {
     );
     // The failed run keeps its work dir with the daemon logs, and says where.
     let kept = out.workdir.clone().expect("a failed run keeps its work dir");
+    assert!(kept.starts_with(work_root()), "{} is under the work root given in the options", kept.display());
     assert!(kept.join("logs/server.log").is_file() && out.report.contains(&kept.display().to_string()));
     std::fs::remove_dir_all(kept).unwrap();
 }
@@ -139,7 +145,7 @@ fn removing_the_fix_step_fails_the_scenario() {
 fn a_passing_run_leaves_nothing() {
     let root = work_root();
     let lab = model::load(&labs().join(LAB)).unwrap();
-    let out = suite::run_checked(&lab, "fix-masquerade", &runner::Options::default(), false);
+    let out = suite::run_checked(&lab, "fix-masquerade", &opts(), false);
     assert_eq!(out.outcome, suite::Outcome::Passed, "{}", out.report);
     assert!(out.workdir.is_none());
     // (other tests of this binary run other scenarios under the same root at the same time)

@@ -3,7 +3,7 @@
 //!
 //! A lab whose programs are not installed is ignored with the reason and the package to
 //! install, except with CI=true, where it fails: a CI that silently skips labs is worse than a
-//! red one. Not being root fails every trial with the fix.
+//! red one. Not being root likewise ignores every trial with the fix (fails it with CI=true).
 //!
 //! A failed trial's message starts with the scenario's outcome (see `suite::Outcome`):
 //! `check-failed: ...`, `drift: ...` or `error: ...`.
@@ -147,11 +147,22 @@ const UML_TRIALS: &[(&str, &str)] = &[
     ("openvpn/tls-negotiation-failed", "open-the-port"),
 ];
 
+/// `None` as root; else the trial's result: ignored with the reason (shown by the test output),
+/// or failed under CI.
+fn not_root() -> Option<Result<Completion, Failed>> {
+    let Err(why) = env::require_root() else { return None };
+    Some(if snapshot::is_ci() {
+        Err(format!("{} (CI=true: a lab that cannot run is a failure, not a skip)", why.msg).into())
+    } else {
+        Ok(Completion::ignored_with(format!("needs root: {}", why.hint)))
+    })
+}
+
 /// `None` when the UML backend can run here; else the trial's result (ignored, or failed
 /// under CI).
 fn uml_unusable() -> Option<Result<Completion, Failed>> {
-    if let Err(why) = env::require_root() {
-        return Some(Err(Failed::from(why.to_string())));
+    if let Some(r) = not_root() {
+        return Some(r);
     }
     let Err(why) = vpnlab::backend::uml::available() else { return None };
     Some(if snapshot::is_ci() {
@@ -195,7 +206,9 @@ fn run_on(
     with: &vpnlab::with::With,
     backend: Option<vpnlab::backend::Backend>,
 ) -> Result<Completion, Failed> {
-    env::require_root().map_err(|e| Failed::from(e.to_string()))?;
+    if let Some(r) = not_root() {
+        return r;
+    }
     if let Some(why) = env::unmet(lab) {
         if snapshot::is_ci() {
             return Err(format!("{why} (CI=true: a lab that cannot run is a failure, not a skip)").into());
@@ -209,6 +222,7 @@ fn run_on(
         pcap: std::env::var_os("VPNLAB_PCAP").is_some(),
         with: with.clone(),
         sink: None,
+        work_root: None,
     };
     // The first line of a failure names the outcome: `check-failed: step 3 `...`: observed ...,
     // expected ...`, `drift: ...` or `error: ...`; the transcript, diff and kept work dir follow.

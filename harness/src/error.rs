@@ -1,38 +1,12 @@
 //! Errors the user can act on. Bad input and a bad environment end a run with exit code 2 and
 //! one message that names the file, the line and what to do; a lab that runs and fails is a
 //! verdict (exit 1), not an error of this kind.
+//!
+//! [`InputError`] (a bad lab file) lives in the model crate; the runtime adds [`EnvError`].
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 
-/// A problem in a lab file (or a file it names), located at `file:line:column`.
-#[derive(Debug, Clone)]
-pub struct InputError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub col: usize,
-    pub msg: String,
-    pub hint: String,
-}
-
-impl InputError {
-    /// Builds an error at a byte offset of `src` (the text of `file`).
-    pub fn at(file: &Path, src: &str, offset: usize, msg: impl Into<String>, hint: impl Into<String>) -> Self {
-        let (line, col) = line_col(src, offset);
-        InputError { file: file.to_path_buf(), line, col, msg: msg.into(), hint: hint.into() }
-    }
-}
-
-impl fmt::Display for InputError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error: {}", self.file.display(), self.line, self.col, self.msg)?;
-        if !self.hint.is_empty() {
-            write!(f, "\n  help: {}", self.hint)?;
-        }
-        Ok(())
-    }
-}
-impl std::error::Error for InputError {}
+pub use vpnlab_model::error::{line_col, InputError};
 
 /// The machine cannot run a lab: not root, a daemon binary missing, a kernel feature missing.
 #[derive(Debug, Clone)]
@@ -48,47 +22,11 @@ impl fmt::Display for EnvError {
 }
 impl std::error::Error for EnvError {}
 
-/// 1-based line and column (in characters) of a byte offset.
-pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(src.len());
-    while !src.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &src[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
-    (line, col)
-}
-
 /// Exit code for an error: 2 for bad input or environment, 1 for anything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.downcast_ref::<InputError>().is_some() || err.downcast_ref::<EnvError>().is_some() {
         2
     } else {
         1
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn line_col_counts_from_one() {
-        let src = "a = 1\nbb = 2\n";
-        assert_eq!(line_col(src, 0), (1, 1));
-        assert_eq!(line_col(src, 6), (2, 1));
-        assert_eq!(line_col(src, 8), (2, 3));
-    }
-
-    #[test]
-    fn offsets_inside_a_character_do_not_panic() {
-        assert_eq!(line_col("a\n\u{3000}b", 3), (2, 1));
-    }
-
-    #[test]
-    fn display_names_file_line_and_fix() {
-        let e = InputError::at(Path::new("labs/x/lab.toml"), "x\ny", 2, "unknown node `y`", "declare it");
-        assert_eq!(e.to_string(), "labs/x/lab.toml:2:1: error: unknown node `y`\n  help: declare it");
     }
 }

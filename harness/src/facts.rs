@@ -158,16 +158,8 @@ pub enum StartOutcome {
     NotReady,
 }
 
-/// Which log lines a `log`/`nolog` check reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum LogScope {
-    /// Since the service's last start.
-    SinceStart,
-    /// Since the last step that changed something began (or the service's start, if later).
-    SinceChange,
-    /// Since the previous step began.
-    SincePrevious,
-}
+/// Which log lines a `log`/`nolog` check reads (part of the step's syntax, so in the model).
+pub use vpnlab_model::step::LogScope;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LogFact {

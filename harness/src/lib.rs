@@ -16,7 +16,8 @@ pub mod impair;
 pub mod judge;
 pub mod junit;
 pub mod matrix;
-pub mod model;
+/// The lab model (its own crate, `model/`): everything a lab file can say, validated.
+pub use vpnlab_model as model;
 pub mod narrate;
 pub mod newlab;
 pub mod ns;

@@ -75,7 +75,8 @@ pub fn run(selected: &[(Lab, Vec<String>)], columns: &[Choice], progress: bool) 
                     cells.push(None);
                     continue;
                 }
-                let opts = Options { keep: false, progress, pcap: false, with: With { choices: vec![c.clone()] }, sink: None };
+                let opts =
+                    Options { keep: false, progress, pcap: false, with: With { choices: vec![c.clone()] }, sink: None, work_root: None };
                 eprintln!("== {id} (with {})", c.label());
                 let out = suite::run_checked(lab, s, &opts, false);
                 eprintln!("== {} [with {}]", out.verdict_line(), c.label());

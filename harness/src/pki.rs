@@ -20,15 +20,8 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-/// What a lab asks for: server and client certificate names.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PkiSpec {
-    #[serde(default)]
-    pub servers: Vec<String>,
-    #[serde(default)]
-    pub clients: Vec<String>,
-}
+/// What a lab asks for (the model's `[pki]` table).
+pub use vpnlab_model::pki::PkiSpec;
 
 /// Common name of the generated CA.
 const CA_CN: &str = "vpnlab CA";
@@ -294,16 +287,6 @@ mod tests {
         assert!(generate(&spec(&["s"], &[]), &tmp.path().join("missing")).is_err());
         // Nothing was written for the rejected specs.
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn pki_spec_from_toml() {
-        let s: PkiSpec = toml::from_str("servers = [\"server\"]\nclients = [\"c1\", \"c2\"]").unwrap();
-        assert_eq!(s.servers, ["server"]);
-        assert_eq!(s.clients, ["c1", "c2"]);
-        let s: PkiSpec = toml::from_str("").unwrap();
-        assert!(s.servers.is_empty() && s.clients.is_empty());
-        assert!(toml::from_str::<PkiSpec>("server = [\"x\"]").is_err());
     }
 
     /// Writes a PKI into $VPNLAB_PKI_DIR, for trying it out with real daemons:

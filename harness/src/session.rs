@@ -303,7 +303,7 @@ pub fn serve(lab_dir: &Path, scenario: &str, until: &str, with: &[String]) -> Re
     let lab = model::load(lab_dir).map_err(|e| anyhow!("{e}"))?;
     let key = key_of(&lab.id);
     let with = crate::with::resolve_all(with)?;
-    let opts = Options { keep: false, progress: true, pcap: false, with, sink: None };
+    let opts = Options { keep: false, progress: true, pcap: false, with, sink: None, work_root: None };
     let mut live = Live::start(&lab, scenario, &opts)?;
     // Run up to the requested step.
     let total = live.remaining().len();

@@ -456,11 +456,8 @@ fn matches_version(spec: &str, version: &str) -> bool {
     version == spec || version.strip_prefix(spec).is_some_and(|rest| rest.starts_with(['.', '~', '+', '-']))
 }
 
-/// `OpenVPN 2.7.8 x86_64...` -> `2.7.8`; `pppd version 2.5.2` -> `2.5.2`.
-pub fn version_number(line: &str) -> Option<String> {
-    let re = regex::Regex::new(r"\b(\d+\.\d+(?:\.\d+)?)").ok()?;
-    re.captures(line).map(|c| c[1].to_string())
-}
+/// `OpenVPN 2.7.8 x86_64...` -> `2.7.8` (the model's, used by its `[openvpn >= 2.7]` conditions).
+pub use crate::model::step::version_number;
 
 /// `major.minor` of a `--version` line.
 pub fn minor(line: &str) -> Option<String> {

@@ -57,13 +57,18 @@ fn base() -> PathBuf {
 }
 
 impl WorkDir {
+    /// A work dir under `$VPNLAB_WORK_ROOT` (default: the temp dir).
     pub fn new(label: &str) -> Result<WorkDir> {
-        let base = base();
-        std::fs::create_dir_all(&base).ok();
+        WorkDir::new_in(&base(), label)
+    }
+
+    /// A work dir under `base`.
+    pub fn new_in(base: &Path, label: &str) -> Result<WorkDir> {
+        std::fs::create_dir_all(base).ok();
         let slug: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
         let staging = tempfile::Builder::new()
             .prefix(&format!("{STAGING}{}-", std::process::id()))
-            .tempdir_in(&base)
+            .tempdir_in(base)
             .context("create the work dir")?;
         // Daemons that drop privileges (user nobody) must still reach their files.
         std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
@@ -103,9 +108,15 @@ impl WorkDir {
     }
 }
 
-/// Removes work dirs left by runs that died without cleaning up (their lock is free).
+/// Removes work dirs left by runs that died without cleaning up (their lock is free), under
+/// `$VPNLAB_WORK_ROOT` (default: the temp dir).
 pub fn sweep() -> usize {
-    let Ok(entries) = std::fs::read_dir(base()) else { return 0 };
+    sweep_in(&base())
+}
+
+/// [`sweep`] under `base`.
+pub fn sweep_in(base: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else { return 0 };
     let mut n = 0;
     for e in entries.flatten() {
         let p = e.path();
@@ -139,10 +150,8 @@ mod tests {
     #[test]
     fn sweep_spares_live_and_kept_dirs_and_removes_dead_ones() {
         let root = tempfile::tempdir().unwrap();
-        // The env var is read by base(); tests in this module run it serially through a lock.
-        std::env::set_var("VPNLAB_WORK_ROOT", root.path());
-        let live = WorkDir::new("live").unwrap();
-        let kept = WorkDir::new("kept").unwrap().keep();
+        let live = WorkDir::new_in(root.path(), "live").unwrap();
+        let kept = WorkDir::new_in(root.path(), "kept").unwrap().keep();
         let dead = root.path().join("vpnlab-dead-123");
         std::fs::create_dir(&dead).unwrap();
         std::fs::write(dead.join(LOCK), "").unwrap();
@@ -151,15 +160,14 @@ mod tests {
                                                 // A dir being created by a live process (staging name, no lock yet) is left alone...
         let staging = root.path().join(format!("{STAGING}{}-abc123", std::process::id()));
         std::fs::create_dir(&staging).unwrap();
-        assert_eq!(sweep(), 1);
+        assert_eq!(sweep_in(root.path()), 1);
         assert!(live.path().exists() && kept.exists() && foreign.exists() && !dead.exists() && staging.exists());
         assert!(live.path().file_name().unwrap().to_string_lossy().starts_with("vpnlab-live-"), "final name once locked");
         // ...and one whose creator died (here: a pid that cannot exist) is swept.
         let orphan = root.path().join(format!("{STAGING}4194305-def456"));
         std::fs::create_dir(&orphan).unwrap();
-        assert_eq!(sweep(), 1);
+        assert_eq!(sweep_in(root.path()), 1);
         assert!(!orphan.exists() && staging.exists());
         drop(live);
-        std::env::remove_var("VPNLAB_WORK_ROOT");
     }
 }

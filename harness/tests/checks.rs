@@ -12,9 +12,14 @@ fn work_root() -> &'static Path {
         assert!(vpnlab::env::is_root(), "these tests need root: run `sudo -E cargo test`");
         let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("checks-root-{}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
-        std::env::set_var("VPNLAB_WORK_ROOT", &p);
         p
     })
+}
+
+/// Options whose work dirs go under [`work_root`] (given to the runner, not through the
+/// environment: nothing here calls `set_var`).
+fn opts() -> runner::Options {
+    runner::Options { work_root: Some(work_root().to_path_buf()), ..Default::default() }
 }
 
 /// The lab with `scenarios` (TOML text) appended, loaded from a temp copy.
@@ -38,12 +43,13 @@ fn lab_with(scenarios: &str) -> (tempfile::TempDir, model::Lab) {
 }
 
 fn run(lab: &model::Lab, scenario: &str) -> runner::Run {
-    let r = runner::run(lab, scenario, &runner::Options::default()).unwrap();
+    let r = runner::run(lab, scenario, &opts()).unwrap();
     assert!(!r.error, "{scenario}: an error, not a verdict: {:?}\n{}", r.failure, r.transcript);
     r
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_line_logged_before_a_change_does_not_satisfy_a_check_after_it() {
     let (_t, lab) = lab_with(
         r#"
@@ -67,6 +73,7 @@ steps = ["restart server", "log server /Initialization Sequence Completed/"]
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn reachability_checks_fail_both_ways_and_say_what_they_saw() {
     let (_t, lab) = lab_with(
         r#"
@@ -89,6 +96,7 @@ steps = ["lanhost: ip route del default", "lanhost: ping 10.200.0.2 -> loss 100%
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn an_impairment_shows_its_counters_and_can_be_asserted() {
     let (_t, lab) = lab_with(
         r#"
@@ -109,6 +117,7 @@ steps = ["wan: impair eth1 drop every 2 icmp", "client: ping -c 4 10.198.0.10", 
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_trace_expectation_is_judged_on_where_the_round_trip_ended() {
     let (_t, lab) = lab_with(
         r#"

@@ -246,10 +246,9 @@ fn daemon_death_hanging_steps_and_deadlines_fail_clearly() {
 /// what to install; a lab needing a feature only derived from its content (a `trace` step ->
 /// nft-inet) is placed accordingly. Probing never changes the host (no /dev/ppp created).
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn doctor_reports_features_labs_and_what_to_install() {
-    if !vpnlab::env::is_root() {
-        return;
-    }
+    assert!(vpnlab::env::is_root(), "needs root: sudo -E cargo test");
     let labs = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     lab_dir(labs.path(), "t/plain", GOOD);

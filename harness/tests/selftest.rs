@@ -25,9 +25,14 @@ fn work_root() -> &'static Path {
         // Under target/tmp (cargo's scratch dir for integration tests), not /tmp: nothing to leak.
         let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("selftest-root-{}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
-        std::env::set_var("VPNLAB_WORK_ROOT", &p);
         p
     })
+}
+
+/// Options whose work dirs go under [`work_root`] (given to the runner, not through the
+/// environment: nothing here calls `set_var`).
+fn opts() -> runner::Options {
+    runner::Options { work_root: Some(work_root().to_path_buf()), ..Default::default() }
 }
 
 /// A copy of a lab folder that a test may edit.
@@ -85,6 +90,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn an_edited_snapshot_line_fails_with_a_diff() {
     work_root();
     let (_tmp, dir) = copy_lab(LAB);
@@ -94,18 +100,19 @@ fn an_edited_snapshot_line_fails_with_a_diff() {
     assert_ne!(text, edited, "the snapshot has the line this test edits");
     std::fs::write(&snap, edited).unwrap();
     let lab = model::load(&dir).unwrap();
-    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false);
+    let out = suite::run_checked(&lab, "fix-gateway-route", &opts(), false);
     assert_eq!(out.outcome, suite::Outcome::Drift, "an edited snapshot line is drift: {}", out.report);
     assert!(out.failed_step.is_none() && out.diff.is_some());
     assert!(out.report.contains("-client$ ping -c2 10.198.0.1  -> reachable (ttl=64)"), "{}", out.report);
     assert!(out.report.contains("+client$ ping -c2 10.198.0.1  -> reachable (ttl=63)"), "{}", out.report);
     // And the unedited copy passes (the test can tell the two apart).
     std::fs::write(&snap, text).unwrap();
-    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false);
+    let out = suite::run_checked(&lab, "fix-gateway-route", &opts(), false);
     assert_eq!(out.outcome, suite::Outcome::Passed, "{}", out.report);
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn removing_the_fix_step_fails_the_scenario() {
     work_root();
     let (_tmp, dir) = copy_lab(LAB);
@@ -115,7 +122,7 @@ fn removing_the_fix_step_fails_the_scenario() {
     assert_ne!(text, without, "the lab has the fix step this test removes");
     std::fs::write(&file, without).unwrap();
     let lab = model::load(&dir).unwrap();
-    let out = suite::run_checked(&lab, "fix-gateway-route", &runner::Options::default(), false);
+    let out = suite::run_checked(&lab, "fix-gateway-route", &opts(), false);
     assert_eq!(out.outcome, suite::Outcome::CheckFailed, "{}", out.report);
     let f = out.failed_step.as_ref().expect("the failed check is named");
     assert_eq!(f.step, "client: ping 10.198.0.1 -> reachable");
@@ -128,15 +135,17 @@ fn removing_the_fix_step_fails_the_scenario() {
     );
     // The failed run keeps its work dir with the daemon logs, and says where.
     let kept = out.workdir.clone().expect("a failed run keeps its work dir");
+    assert!(kept.starts_with(work_root()), "{} is under the work root given in the options", kept.display());
     assert!(kept.join("logs/server.log").is_file() && out.report.contains(&kept.display().to_string()));
     std::fs::remove_dir_all(kept).unwrap();
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_passing_run_leaves_nothing() {
     let root = work_root();
     let lab = model::load(&labs().join(LAB)).unwrap();
-    let out = suite::run_checked(&lab, "fix-masquerade", &runner::Options::default(), false);
+    let out = suite::run_checked(&lab, "fix-masquerade", &opts(), false);
     assert_eq!(out.outcome, suite::Outcome::Passed, "{}", out.report);
     assert!(out.workdir.is_none());
     // (other tests of this binary run other scenarios under the same root at the same time)
@@ -168,6 +177,7 @@ fn start_half_way(root: &Path) -> (std::process::Child, Vec<(u32, String)>, Hash
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn sigterm_and_sigint_leave_nothing_at_all() {
     work_root();
     for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
@@ -188,6 +198,7 @@ fn sigterm_and_sigint_leave_nothing_at_all() {
 /// `-j 2`: two scenarios up at once; SIGTERM stops both, removes both work dirs, and the run
 /// still ends with its summary so far.
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn sigterm_during_a_parallel_run_leaves_nothing_and_prints_the_summary_so_far() {
     work_root();
     let root = tempfile::tempdir().unwrap();
@@ -219,6 +230,7 @@ fn sigterm_during_a_parallel_run_leaves_nothing_and_prints_the_summary_so_far() 
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
     work_root();
     let root = tempfile::tempdir().unwrap();
@@ -245,6 +257,7 @@ fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
 
 /// The same lab through user-mode-linux gives the same transcript as natively (same snapshot).
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn the_uml_backend_matches_the_native_snapshot() {
     work_root();
     if let Err(why) = vpnlab::backend::uml::available() {
@@ -267,6 +280,7 @@ fn the_uml_backend_matches_the_native_snapshot() {
 /// SIGKILL at many points of a run (topology build, daemon start, steps, teardown): once the
 /// next vpnlab command has started, nothing of the killed run is left.
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn sigkill_at_any_point_leaves_nothing() {
     work_root();
     for delay_ms in [0u64, 3, 10, 25, 50, 100, 200, 350, 500, 700] {
@@ -314,6 +328,7 @@ fn sigkill_at_any_point_leaves_nothing() {
 /// Two `vpnlab run` of the same lab at the same time both pass (anonymous namespaces cannot
 /// collide), next to a third lab.
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn concurrent_runs_of_the_same_lab_do_not_collide() {
     work_root();
     let root = tempfile::tempdir().unwrap();

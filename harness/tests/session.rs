@@ -50,6 +50,7 @@ fn netns_names(prefix: &str) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn up_exec_shell_step_logs_down() {
     let env = Env::new("a");
     let lab = "openvpn/missing-return-route";
@@ -102,6 +103,7 @@ fn up_exec_shell_step_logs_down() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn down_cleans_up_after_a_killed_server() {
     let env = Env::new("b");
     let lab = "openvpn/basic-server";

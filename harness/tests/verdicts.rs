@@ -101,6 +101,7 @@ fn missing_return_route() -> (tempfile::TempDir, PathBuf) {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_fix_replaced_by_a_no_op_is_check_failed_not_drift() {
     let (labs, dir) = missing_return_route();
     let work = tempfile::tempdir().unwrap();
@@ -135,6 +136,7 @@ fn a_fix_replaced_by_a_no_op_is_check_failed_not_drift() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn an_edited_unasserted_snapshot_line_is_drift() {
     let (labs, dir) = missing_return_route();
     let work = tempfile::tempdir().unwrap();
@@ -162,6 +164,7 @@ fn an_edited_unasserted_snapshot_line_is_drift() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_daemon_that_dies_at_start_is_check_failed_and_the_next_scenario_still_runs() {
     let labs = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -192,6 +195,7 @@ fn a_daemon_that_dies_at_start_is_check_failed_and_the_next_scenario_still_runs(
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_run_always_ends_with_the_summary_line_also_after_an_error() {
     let labs = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -214,6 +218,7 @@ fn a_run_always_ends_with_the_summary_line_also_after_an_error() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn the_report_of_a_mixed_run_matches_its_schema() {
     let labs = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -280,6 +285,7 @@ fn the_report_of_a_mixed_run_matches_its_schema() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn repeat_shows_the_lines_that_differed_between_repetitions() {
     let labs = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -332,6 +338,7 @@ fn repeat_shows_the_lines_that_differed_between_repetitions() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn an_unwritable_report_path_is_refused_before_anything_runs() {
     let labs = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -359,6 +366,7 @@ fn mixed_labs() -> tempfile::TempDir {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn junit_of_a_mixed_run_has_a_testcase_per_scenario() {
     let labs = mixed_labs();
     let work = tempfile::tempdir().unwrap();
@@ -407,6 +415,7 @@ fn junit_of_a_mixed_run_has_a_testcase_per_scenario() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn parallel_runs_print_each_scenario_together_and_report_in_selection_order() {
     let labs = mixed_labs();
     let work = tempfile::tempdir().unwrap();
@@ -456,6 +465,7 @@ fn parallel_runs_print_each_scenario_together_and_report_in_selection_order() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_bad_job_count_or_junit_path_is_refused_before_anything_runs() {
     let labs = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@ fn text(o: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_binary_that_is_not_on_path_runs() {
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().join("real-openvpn");
@@ -39,6 +40,7 @@ fn a_binary_that_is_not_on_path_runs() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_debian_version_is_fetched_once_then_cached() {
     // The first run may fetch (network to Debian's archive); the second fetches nothing.
     let first = vpnlab(&["run", "-q", "openvpn/basic-server::connected", "--with", "openvpn=debian:sid"]);
@@ -52,6 +54,7 @@ fn a_debian_version_is_fetched_once_then_cached() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn bad_specs_exit_2_with_what_is_available() {
     let o = vpnlab(&["run", "openvpn/basic-server", "--with", "openvpn=/nonexistent/openvpn"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -71,6 +74,7 @@ fn bad_specs_exit_2_with_what_is_available() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn a_lab_kept_up_runs_the_chosen_build() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("marker");

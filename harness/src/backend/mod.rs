@@ -231,7 +231,7 @@ pub fn guest_main_if_requested() {
 fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
-    let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None };
+    let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None, work_root: None };
     let run = runner::run(&lab, &job.scenario, &opts)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let r = GuestResult {
@@ -295,7 +295,7 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options, backend: Backend) -> Resul
 }
 
 fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
-    let work = crate::workdir::WorkDir::new(&format!("{}-{scenario}-uml", lab.id))?;
+    let work = opts.work_dir(&format!("{}-{scenario}-uml", lab.id))?;
     let shared = work.path().to_path_buf();
     let lab_dir = std::fs::canonicalize(&lab.dir).with_context(|| format!("lab folder {}", lab.dir.display()))?;
     let job = Job {

@@ -296,20 +296,17 @@ fn complex_configs_make_a_valid_lab() {
     assert!(out.changes.iter().any(|c| c.starts_with("acme-client.ovpn lines ") && c.contains("inline <ca>")), "{:?}", out.changes);
 }
 
-/// Creates the lab and runs its `connect` scenario (None: not root, outside CI).
-fn run_lab(spec: &NewLab) -> Option<crate::runner::Run> {
-    if !crate::env::is_root() {
-        assert!(!crate::snapshot::is_ci(), "running a generated lab needs root: run `sudo -E cargo test`");
-        eprintln!("SKIPPED: running a generated lab needs root (sudo -E cargo test)");
-        return None;
-    }
+/// Creates the lab and runs its `connect` scenario.
+fn run_lab(spec: &NewLab) -> crate::runner::Run {
+    assert!(crate::env::is_root(), "running a generated lab needs root: sudo -E cargo test");
     let dir = create(spec).unwrap();
     let lab = crate::model::load(&dir).unwrap();
-    Some(crate::runner::run(&lab, "connect", &Default::default()).unwrap())
+    crate::runner::run(&lab, "connect", &Default::default()).unwrap()
 }
 
 /// The configs of labs/openvpn/basic-server, turned into a lab and run for real.
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn basic_server_configs_connect() {
     let tmp = tempfile::tempdir().unwrap();
     let labs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../labs/openvpn/basic-server");
@@ -319,7 +316,7 @@ fn basic_server_configs_connect() {
         client_conf: labs.join("client.conf"),
         dir: tmp.path().to_path_buf(),
     };
-    let Some(run) = run_lab(&spec) else { return };
+    let run = run_lab(&spec);
     assert!(run.failure.is_none(), "{:?}\n{}", run.failure, run.transcript);
     assert!(run.transcript.contains("Initialization Sequence Completed"), "{}", run.transcript);
     assert!(run.transcript.contains("client$ ping -c2 10.8.0.1  -> reachable"), "{}", run.transcript);
@@ -327,6 +324,7 @@ fn basic_server_configs_connect() {
 
 /// The complex fixture also connects (tcp through the port forward, both LANs reachable).
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn complex_configs_connect() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = NewLab {
@@ -335,7 +333,7 @@ fn complex_configs_connect() {
         client_conf: fixture("acme-client.ovpn"),
         dir: tmp.path().to_path_buf(),
     };
-    let Some(run) = run_lab(&spec) else { return };
+    let run = run_lab(&spec);
     assert!(run.failure.is_none(), "{:?}\n{}", run.failure, run.transcript);
     assert_eq!(run.transcript.matches("-> reachable").count(), 3, "{}", run.transcript);
 }

@@ -41,9 +41,19 @@ pub struct Options {
     /// Builds of the daemons chosen with `--with` (bind mounts in each service's private mount
     /// namespace); empty: the host's.
     pub with: crate::with::With,
+    /// Where the work dir is made; `None`: `$VPNLAB_WORK_ROOT`, else the temp dir.
+    pub work_root: Option<std::path::PathBuf>,
 }
 
 impl Options {
+    /// A new work dir for a run labelled `label`, under [`Options::work_root`].
+    pub fn work_dir(&self, label: &str) -> Result<WorkDir> {
+        match &self.work_root {
+            Some(root) => WorkDir::new_in(root, label),
+            None => WorkDir::new(label),
+        }
+    }
+
     /// Whether progress lines are wanted at all (printed, or for the sink).
     pub fn wants_progress(&self) -> bool {
         self.progress || self.sink.is_some()
@@ -192,7 +202,7 @@ impl<'a> Live<'a> {
     /// [`Live::failure`]); only environment problems are errors.
     pub fn start(lab: &'a Lab, scenario: &str, opts: &'a Options) -> Result<Live<'a>> {
         let sc = lab.scenario(scenario).ok_or_else(|| anyhow!("{} has no scenario `{scenario}`", lab.id))?;
-        let work = std::sync::Arc::new(WorkDir::new(&format!("{}-{scenario}", lab.id))?);
+        let work = std::sync::Arc::new(opts.work_dir(&format!("{}-{scenario}", lab.id))?);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let label = format!("{}::{scenario}", lab.id);
         let t0 = Instant::now();

@@ -1,4 +1,4 @@
-//! Property tests of the lab parser (`vpnlab::model::parse`): whatever the text, it must not
+//! Property tests of the lab parser (`vpnlab_model::parse`): whatever the text, it must not
 //! panic, and it must return either a lab or one `InputError` that points inside the text
 //! (1 <= line <= lines + 1, 1 <= col <= that line's length + 1) with a message and a hint.
 //!
@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Once;
-use vpnlab::model;
+use vpnlab_model as model;
 
 const LAB: &str = include_str!("../../labs/openvpn/missing-return-route/lab.toml");
 

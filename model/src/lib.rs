@@ -1,9 +1,17 @@
 //! The lab model: `lab.toml` parsed (serde + toml with spans) and validated into a [`Lab`] that
 //! the rest of the harness trusts. Every problem becomes one [`InputError`] that names
 //! `file:line:column` and the fix; nothing is built from an invalid lab.
+//!
+//! This crate is the bottom layer: everything a lab file can say (topology, services, steps, the
+//! impairment, PKI and PPP specs) and its validation, pure data and parsing. It depends on no
+//! runtime crate (no nix, tokio, rtnetlink, rcgen); the runtime (`vpnlab`) re-exports it as
+//! `vpnlab::model`.
 
 pub mod counter;
+pub mod error;
+pub mod impair;
 mod lab;
+pub mod pki;
 mod ppp;
 mod raw;
 pub mod route;

@@ -299,8 +299,8 @@ fn is_main_default(route: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use crate::error::InputError;
-    use crate::model::step::Action;
-    use crate::model::{parse, KernelFeature, Lab};
+    use crate::step::Action;
+    use crate::{parse, KernelFeature, Lab};
 
     const LAB: &str = r#"[lab]
 title = "ppp"

@@ -6,7 +6,11 @@ use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-pub use crate::facts::LogScope;
+mod service;
+mod version;
+use service::service_action;
+pub use service::LogScope;
+pub use version::{split_condition, version_number, VersionCond};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PingExpect {
@@ -192,69 +196,6 @@ pub struct Step {
     pub offset: usize,
 }
 
-/// A step's version condition: `[openvpn >= 2.7]`, `[libreswan < 5]`, `[pppd == 2.4]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VersionCond {
-    /// The daemon as the report names it: `openvpn`, `pluto` (for `libreswan`), `pppd`.
-    pub daemon: &'static str,
-    pub op: &'static str,
-    pub version: Vec<u64>,
-}
-
-impl VersionCond {
-    /// Does the daemon whose `--version` first line is `line` meet the condition? Versions are
-    /// compared on the components the condition gives (`2.7` matches 2.7.8 for `==`).
-    pub fn holds(&self, line: &str) -> bool {
-        let Some(n) = crate::with::version_number(line) else { return false };
-        let have: Vec<u64> = n.split('.').filter_map(|x| x.parse().ok()).take(self.version.len()).collect();
-        let mut want = self.version.clone();
-        want.truncate(have.len().max(1));
-        let ord = have.cmp(&want);
-        match self.op {
-            ">=" => ord.is_ge(),
-            ">" => ord.is_gt(),
-            "<=" => ord.is_le(),
-            "<" => ord.is_lt(),
-            "==" => ord.is_eq(),
-            "!=" => ord.is_ne(),
-            _ => false,
-        }
-    }
-}
-
-/// Splits a leading `[NAME OP VERSION] ` off a step: the condition and the byte offset where
-/// the step itself starts.
-pub fn split_condition(text: &str) -> Result<(Option<VersionCond>, usize), SyntaxError> {
-    let lead = text.len() - text.trim_start().len();
-    if !text[lead..].starts_with('[') {
-        return Ok((None, 0));
-    }
-    let close = text.find(']').ok_or_else(|| err(lead, "a version condition `[openvpn >= 2.7]` needs its `]`"))?;
-    let inner = &text[lead + 1..close];
-    let w: Vec<&str> = inner.split_whitespace().collect();
-    let hint = "write it like [openvpn >= 2.7], [libreswan < 5.0] or [pppd == 2.4] (operators: >= > <= < == !=)";
-    if w.len() != 3 {
-        return Err(err(lead, format!("bad version condition `[{inner}]`: {hint}")));
-    }
-    let daemon = match w[0] {
-        "openvpn" => "openvpn",
-        "libreswan" | "pluto" => "pluto",
-        "pppd" => "pppd",
-        other => return Err(err(lead + 1, format!("unknown daemon `{other}` in a version condition (openvpn, libreswan, pppd)"))),
-    };
-    let op = [">=", ">", "<=", "<", "==", "!="]
-        .into_iter()
-        .find(|o| *o == w[1])
-        .ok_or_else(|| err(lead, format!("bad operator `{}`: {hint}", w[1])))?;
-    let version: Vec<u64> = w[2]
-        .split('.')
-        .map(|x| x.parse::<u64>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| err(lead, format!("bad version `{}`: {hint}", w[2])))?;
-    let rest = close + 1 + (text[close + 1..].len() - text[close + 1..].trim_start().len());
-    Ok((Some(VersionCond { daemon, op, version }), rest))
-}
-
 /// Names the step parser resolves.
 pub trait Names {
     fn node(&self, name: &str) -> Option<usize>;
@@ -294,25 +235,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
         }
     }
     lower.parse().ok()
-}
-
-/// Parses a `/regex/` or `'literal'` starting at `rest` (offset `base`), returning the pattern
-/// and what follows it.
-fn pattern(rest: &str, base: usize) -> Result<(LinePattern, &str, usize), SyntaxError> {
-    let trimmed = rest.trim_start();
-    let lead = rest.len() - trimmed.len();
-    let (delim, literal) = match trimmed.chars().next() {
-        Some('/') => ('/', false),
-        Some('\'') => ('\'', true),
-        _ => return Err(err(base + lead, "expected a pattern: /regex/ or 'literal text'")),
-    };
-    let body = &trimmed[1..];
-    let end = body.rfind(delim).ok_or_else(|| err(base + lead, format!("the pattern is not closed with {delim}")))?;
-    let text = &body[..end];
-    let src = if literal { regex::escape(text) } else { text.to_string() };
-    let re = Regex::new(&src).map_err(|e| err(base + lead + 1, format!("bad regex: {e}")))?;
-    let after = &body[end + 1..];
-    Ok((LinePattern { re, text: text.to_string() }, after, base + lead + 1 + end + 1))
 }
 
 pub fn parse_step(text: &str, names: &dyn Names) -> Result<Action, SyntaxError> {
@@ -588,83 +510,6 @@ pub fn check_sysctl_key(k: &str) -> Result<(), String> {
         return Err(format!("`{k}`: only per-namespace `net.*` sysctls can be set in a node (others would change the host)"));
     }
     Ok(())
-}
-
-fn service_action(
-    verb: &str,
-    verb_at: usize,
-    body: &str,
-    w: &[(usize, &str)],
-    expect: Option<(usize, &str)>,
-    names: &dyn Names,
-) -> Result<Action, SyntaxError> {
-    if let Some((o, _)) = expect {
-        return Err(err(o, format!("`{verb}` takes no `-> ...` expectation")));
-    }
-    let service = |idx: usize| -> Result<usize, SyntaxError> {
-        let (o, s) =
-            *w.get(idx).ok_or_else(|| err(verb_at, format!("`{verb}` wants a service name (services: {})", names.service_names())))?;
-        names.service(s).ok_or_else(|| err(o, format!("unknown service `{s}` (services: {})", names.service_names())))
-    };
-    match verb {
-        "start" | "stop" | "restart" => {
-            let op = match verb {
-                "start" => ServiceOp::Start,
-                "stop" => ServiceOp::Stop,
-                _ => ServiceOp::Restart,
-            };
-            if let Some((o, _)) = w.get(2) {
-                return Err(err(*o, format!("`{verb} SERVICE` takes nothing more")));
-            }
-            Ok(Action::Service { op, service: service(1)? })
-        }
-        "log" | "nolog" => {
-            let svc = service(1)?;
-            let (so, s) = w[1];
-            let pat_at = so + s.len();
-            let (pattern, after, after_at) = pattern(&body[pat_at..], pat_at)?;
-            let opts = words(after);
-            let mut within = Duration::from_secs(5);
-            let mut watch = None;
-            let mut scope = LogScope::SinceChange;
-            let mut i = 0;
-            while i < opts.len() {
-                let (o, word) = opts[i];
-                let o = o + after_at;
-                match (verb, word) {
-                    ("log", "within") | ("nolog", "for") => {
-                        let (vo, v) = *opts.get(i + 1).ok_or_else(|| err(o, format!("`{word}` wants a duration like 5s")))?;
-                        let d = parse_duration(v).ok_or_else(|| err(vo + after_at, format!("`{v}` is not a duration like 5s")))?;
-                        if verb == "log" {
-                            within = d;
-                        } else {
-                            watch = Some(d);
-                        }
-                        i += 1;
-                    }
-                    (_, "after") => scope = LogScope::SincePrevious,
-                    (_, "since") if opts.get(i + 1).map(|w| w.1) == Some("start") => {
-                        scope = LogScope::SinceStart;
-                        i += 1;
-                    }
-                    _ => {
-                        let known = if verb == "log" { "within DURATION, after, since start" } else { "for DURATION, after, since start" };
-                        return Err(err(o, format!("`{word}` is not understood here ({known})")));
-                    }
-                }
-                i += 1;
-            }
-            Ok(if verb == "log" {
-                Action::Log { service: svc, pattern, within, scope }
-            } else {
-                Action::NoLog { service: svc, pattern, watch, scope }
-            })
-        }
-        _ => Err(err(
-            verb_at,
-            format!("`{verb}`: a step is `NODE: ACTION` (nodes: {}) or start|stop|restart|log|nolog SERVICE", names.node_names()),
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,18 @@ enum Cmd {
         /// into ~/.cache/vpnlab). Repeatable, one SPEC per NAME.
         #[arg(long = "with", value_name = "NAME=SPEC")]
         with: Vec<String>,
+        /// Write a self-contained HTML page to this file (outcomes, failing steps, transcripts
+        /// with the difference from the snapshot marked, daemon logs, topology pictures, pcap
+        /// paths); rewritten after every scenario.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
+        /// Run only part K of N of the selected scenarios (numbered in selection order; part K
+        /// has those whose number modulo N is K-1): N CI jobs run the suite between them.
+        #[arg(long, value_name = "K/N", value_parser = vpnlab::shard::Shard::parse)]
+        shard: Option<vpnlab::shard::Shard>,
     },
+    /// Print a shell's completion script (e.g. `vpnlab completions bash > /etc/bash_completion.d/vpnlab`).
+    Completions { shell: clap_complete::Shell },
     /// Run labs against several daemon versions side by side: a grid scenario x version of the
     /// outcomes, printed and written as Markdown and JSON.
     Matrix {
@@ -175,12 +186,24 @@ enum Cmd {
 fn main() -> ExitCode {
     vpnlab::backend::guest_main_if_requested();
     vpnlab::snapshot::quiet_insta();
+    // `--version` also asks the daemons for theirs (clap's own flag prints a fixed string).
+    if matches!(std::env::args().nth(1).as_deref(), Some("--version" | "-V")) {
+        print!("{}", vpnlab::completions::version_text());
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     // Commands that own labs clean up on SIGINT/SIGTERM; `exec`/`shell` leave signals to the
     // program they run (Ctrl-C belongs to the shell).
     if !matches!(
         cli.cmd,
-        Cmd::Exec { .. } | Cmd::Shell { .. } | Cmd::Logs { .. } | Cmd::New { .. } | Cmd::Show { .. } | Cmd::List | Cmd::Check { .. }
+        Cmd::Exec { .. }
+            | Cmd::Shell { .. }
+            | Cmd::Logs { .. }
+            | Cmd::New { .. }
+            | Cmd::Show { .. }
+            | Cmd::List
+            | Cmd::Check { .. }
+            | Cmd::Completions { .. }
     ) {
         vpnlab::ns::install_signal_cleanup();
     }
@@ -242,6 +265,10 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
         workdir::sweep();
     }
     match cli.cmd {
+        Cmd::Completions { shell } => {
+            vpnlab::completions::write(shell, &mut <Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
+            Ok(0)
+        }
         Cmd::List => {
             for (lab, _) in select(&[])? {
                 println!("{}  - {}", lab.id, lab.title);
@@ -416,11 +443,20 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             eprintln!("written to {} and {}", out.display(), json.display());
             Ok(if m.all_passed() { 0 } else { 1 })
         }
-        Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat, with, jobs, junit } => {
+        Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat, with, jobs, junit, html, shard } => {
             // Everything that can be wrong with the input or the environment is found before
             // anything runs (exit 2); after that every selected scenario runs, whatever an
             // earlier one did, and the run ends with the summary line.
             let selected = select(&labs)?;
+            let selected = match shard {
+                Some(sh) => {
+                    let all: usize = selected.iter().map(|(_, s)| s.len()).sum();
+                    let part = sh.apply(selected);
+                    eprintln!("vpnlab: shard {sh}: {} of {all} scenarios", part.iter().map(|(_, s)| s.len()).sum::<usize>());
+                    part
+                }
+                None => selected,
+            };
             env::require_root()?;
             for (lab, _) in &selected {
                 env::check_runnable(lab)?;
@@ -430,7 +466,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             let with = vpnlab::with::resolve_all(&with)?;
             let opts = runner::Options { keep, progress: !quiet, pcap, with, sink: None };
             let jobs = jobs.map(|j| j as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            let out = Outputs { report: report.as_deref(), junit: junit.as_deref() };
+            let out = Outputs { report: report.as_deref(), junit: junit.as_deref(), html: html.as_deref() };
             run_suite(&selected, &opts, accept, repeat, jobs, out)
         }
     }
@@ -440,6 +476,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
 struct Outputs<'a> {
     report: Option<&'a std::path::Path>,
     junit: Option<&'a std::path::Path>,
+    html: Option<&'a std::path::Path>,
 }
 
 /// What the worker threads tell the main thread, which alone prints (so a scenario's lines are
@@ -566,8 +603,10 @@ fn run_suite(
         r.duration_s = vpnlab::report::secs(t0.elapsed().as_secs_f64());
         r
     };
+    // Each lab's picture for the HTML report, drawn once.
+    let topologies = outputs.html.map(|_| vpnlab::html::Topologies::of(selected.iter().map(|(l, _)| l))).unwrap_or_default();
     let save = |slots: &[Slot], complete: bool, write_error: &mut Option<String>| {
-        if outputs.report.is_none() && outputs.junit.is_none() {
+        if outputs.report.is_none() && outputs.junit.is_none() && outputs.html.is_none() {
             return;
         }
         let r = build_report(slots, complete);
@@ -583,13 +622,20 @@ fn run_suite(
                 *write_error = Some(format!("vpnlab: cannot write the JUnit file {}: {e}", p.display()));
             }
         }
+        if let Some(p) = outputs.html {
+            let details: std::collections::BTreeMap<String, vpnlab::junit::Details> =
+                slots.iter().filter_map(|s| s.done.as_ref()).map(|(e, _, d)| (e.id.clone(), d.clone())).collect();
+            if let Err(e) = vpnlab::html::write(&r, &details, &topologies, p) {
+                *write_error = Some(format!("vpnlab: cannot write the HTML report {}: {e}", p.display()));
+            }
+        }
     };
     // An unwritable report or JUnit file is an environment problem: found before anything runs.
     save(&slots, false, &mut write_error);
     if let Some(e) = write_error.take() {
         return Err(EnvError {
             msg: e.trim_start_matches("vpnlab: ").to_string(),
-            hint: "give --report / --junit a path in a writable directory".into(),
+            hint: "give --report / --junit / --html a path in a writable directory".into(),
         }
         .into());
     }
@@ -689,6 +735,7 @@ fn run_suite(
                         let details = vpnlab::junit::Details {
                             body: rep_run.map(|r| r.report.clone()).unwrap_or_default(),
                             transcript: runs.first().map(|r| r.transcript.clone()).unwrap_or_default(),
+                            logs: rep_run.map(|r| r.logs.clone()).unwrap_or_default(),
                         };
                         slot.done = Some((entry, this, details));
                         save(&slots, false, &mut write_error);

@@ -3,9 +3,17 @@
 
 use std::io::Write;
 
-/// Writes the completion script for `shell` of the command line `cmd` (named `vpnlab`).
-pub fn write(shell: clap_complete::Shell, cmd: &mut clap::Command, out: &mut dyn Write) {
-    clap_complete::generate(shell, cmd, "vpnlab", out);
+/// Writes the completion script for `shell` of the command line `cmd` (named `vpnlab`), without
+/// its hidden subcommands (clap_complete's bash script would offer them).
+pub fn write(shell: clap_complete::Shell, cmd: &clap::Command, out: &mut dyn Write) {
+    let mut shown = clap::Command::new("vpnlab").version(env!("CARGO_PKG_VERSION")).args(cmd.get_arguments().cloned());
+    if let Some(a) = cmd.get_about() {
+        shown = shown.about(a.clone());
+    }
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        shown = shown.subcommand(sub.clone());
+    }
+    clap_complete::generate(shell, &mut shown, "vpnlab", out);
 }
 
 /// `vpnlab --version`: vpnlab's own version, then for every VPN daemon the labs run (openvpn,

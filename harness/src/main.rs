@@ -266,7 +266,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
     }
     match cli.cmd {
         Cmd::Completions { shell } => {
-            vpnlab::completions::write(shell, &mut <Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
+            vpnlab::completions::write(shell, &<Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
             Ok(0)
         }
         Cmd::List => {

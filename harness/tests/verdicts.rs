@@ -409,3 +409,32 @@ fn a_bad_job_count_or_junit_path_is_refused_before_anything_runs() {
     assert!(out.text.contains("/nonexistent-dir/j.xml"), "{}", out.text);
     assert!(!out.text.contains("== t/good"), "nothing ran: {}", out.text);
 }
+
+#[test]
+fn shards_split_the_selection_between_them_each_scenario_once() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for id in ["t/a", "t/b", "t/c"] {
+        lab(labs.path(), id, GOOD);
+    }
+    let mut ran = Vec::new();
+    for k in 1..=2 {
+        let report = work.path().join(format!("r{k}.json"));
+        let shard = format!("{k}/2");
+        let out = vpnlab(
+            &["run", "-q", "--accept", "--shard", &shard, "--report", &report.to_string_lossy(), "t/a", "t/b", "t/c"],
+            labs.path(),
+            work.path(),
+        );
+        assert_eq!(out.code, Some(0), "{}", out.text);
+        let ids: Vec<String> =
+            read_report(&report)["scenarios"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+        assert!(out.text.contains(&format!("vpnlab: shard {shard}: {} of 3 scenarios", ids.len())), "{}", out.text);
+        ran.push(ids);
+    }
+    // Numbered in selection order, round robin: 0 and 2 in shard 1, 1 in shard 2.
+    assert_eq!(ran, [vec!["t/a::ping", "t/c::ping"], vec!["t/b::ping"]]);
+    let out = vpnlab(&["run", "-q", "--shard", "3/2", "t/a"], labs.path(), work.path());
+    assert_eq!(out.code, Some(2), "{}", out.text);
+    assert!(out.text.contains("expected K/N with 1 <= K <= N"), "{}", out.text);
+}

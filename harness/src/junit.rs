@@ -17,12 +17,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-/// What JUnit readers show beyond the report entry: the body of a failure (the verdict's full
-/// report: transcript, diff, work dir) and the transcript (as the test case's system-out).
+/// What JUnit readers (and the HTML report) show beyond the report entry: the body of a failure
+/// (the verdict's full report: transcript, diff, work dir), the transcript (as the test case's
+/// system-out) and, for the HTML report, every daemon's log.
 #[derive(Debug, Clone, Default)]
 pub struct Details {
     pub body: String,
     pub transcript: String,
+    /// (service, log text), from [`crate::suite::Checked::logs`].
+    pub logs: Vec<(String, String)>,
 }
 
 /// How many differing lines a drift's message carries.
@@ -153,6 +156,7 @@ mod tests {
             error: None,
             diff: None,
             workdir: None,
+            pcaps: Vec::new(),
             versions: BTreeMap::from([("openvpn".to_string(), "OpenVPN 2.6.14 x86_64-pc-linux-gnu".to_string())]),
             repetitions: None,
         }
@@ -189,8 +193,10 @@ mod tests {
         let mut e = entry("a/b::e", Outcome::Error);
         e.error = Some("bad \u{1b}[31mred\u{1b}[0m <&> \u{7} \"quoted\"".into());
         r.push(e, &crate::suite::Tally { error: 1, ..Default::default() });
-        let details =
-            BTreeMap::from([("a/b::e".to_string(), Details { body: "body \u{0} <tag>".into(), transcript: "t\u{8}x ]]>".into() })]);
+        let details = BTreeMap::from([(
+            "a/b::e".to_string(),
+            Details { body: "body \u{0} <tag>".into(), transcript: "t\u{8}x ]]>".into(), ..Default::default() },
+        )]);
         let xml = build(&r, &details).to_string().unwrap();
         let doc = roxmltree::Document::parse(&xml).unwrap_or_else(|err| panic!("{err}\n{xml}"));
         let tc = doc.descendants().find(|n| n.has_tag_name("testcase")).unwrap();

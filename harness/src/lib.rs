@@ -6,12 +6,14 @@
 
 pub mod backend;
 pub mod bench;
+pub mod completions;
 pub mod counters;
 pub mod diagram;
 pub mod doctor;
 pub mod env;
 pub mod error;
 pub mod facts;
+pub mod html;
 pub mod impair;
 pub mod judge;
 pub mod junit;
@@ -27,6 +29,7 @@ pub mod process;
 pub mod report;
 pub mod runner;
 pub mod session;
+pub mod shard;
 pub mod snapshot;
 pub mod suite;
 pub mod topology;

@@ -62,7 +62,18 @@ enum Cmd {
         /// into ~/.cache/vpnlab). Repeatable, one SPEC per NAME.
         #[arg(long = "with", value_name = "NAME=SPEC")]
         with: Vec<String>,
+        /// Write a self-contained HTML page to this file (outcomes, failing steps, transcripts
+        /// with the difference from the snapshot marked, daemon logs, topology pictures, pcap
+        /// paths); rewritten after every scenario.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
+        /// Run only part K of N of the selected scenarios (numbered in selection order; part K
+        /// has those whose number modulo N is K-1): N CI jobs run the suite between them.
+        #[arg(long, value_name = "K/N", value_parser = vpnlab::shard::Shard::parse)]
+        shard: Option<vpnlab::shard::Shard>,
     },
+    /// Print a shell's completion script (e.g. `vpnlab completions bash > /etc/bash_completion.d/vpnlab`).
+    Completions { shell: clap_complete::Shell },
     /// Run labs against several daemon versions side by side: a grid scenario x version of the
     /// outcomes, printed and written as Markdown and JSON.
     Matrix {
@@ -178,12 +189,24 @@ enum Cmd {
 fn main() -> ExitCode {
     vpnlab::backend::guest_main_if_requested();
     vpnlab::snapshot::quiet_insta();
+    // `--version` also asks the daemons for theirs (clap's own flag prints a fixed string).
+    if matches!(std::env::args().nth(1).as_deref(), Some("--version" | "-V")) {
+        print!("{}", vpnlab::completions::version_text());
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     // Commands that own labs clean up on SIGINT/SIGTERM; `exec`/`shell` leave signals to the
     // program they run (Ctrl-C belongs to the shell).
     if !matches!(
         cli.cmd,
-        Cmd::Exec { .. } | Cmd::Shell { .. } | Cmd::Logs { .. } | Cmd::New { .. } | Cmd::Show { .. } | Cmd::List | Cmd::Check { .. }
+        Cmd::Exec { .. }
+            | Cmd::Shell { .. }
+            | Cmd::Logs { .. }
+            | Cmd::New { .. }
+            | Cmd::Show { .. }
+            | Cmd::List
+            | Cmd::Check { .. }
+            | Cmd::Completions { .. }
     ) {
         vpnlab::ns::install_signal_cleanup();
     }
@@ -202,6 +225,10 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
         workdir::sweep();
     }
     match cli.cmd {
+        Cmd::Completions { shell } => {
+            vpnlab::completions::write(shell, &<Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
+            Ok(0)
+        }
         Cmd::List => {
             for (lab, _) in select(&[])? {
                 println!("{}  - {}", lab.id, lab.title);
@@ -376,11 +403,20 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             eprintln!("written to {} and {}", out.display(), json.display());
             Ok(if m.all_passed() { 0 } else { 1 })
         }
-        Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat, with, jobs, junit } => {
+        Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat, with, jobs, junit, html, shard } => {
             // Everything that can be wrong with the input or the environment is found before
             // anything runs (exit 2); after that every selected scenario runs, whatever an
             // earlier one did, and the run ends with the summary line.
             let selected = select(&labs)?;
+            let selected = match shard {
+                Some(sh) => {
+                    let all: usize = selected.iter().map(|(_, s)| s.len()).sum();
+                    let part = sh.apply(selected);
+                    eprintln!("vpnlab: shard {sh}: {} of {all} scenarios", part.iter().map(|(_, s)| s.len()).sum::<usize>());
+                    part
+                }
+                None => selected,
+            };
             env::require_root()?;
             for (lab, _) in &selected {
                 env::check_runnable(lab)?;
@@ -390,7 +426,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             let with = vpnlab::with::resolve_all(&with)?;
             let opts = runner::Options { keep, progress: !quiet, pcap, with, sink: None, work_root: None };
             let jobs = jobs.map(|j| j as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            let out = Outputs { report: report.as_deref(), junit: junit.as_deref() };
+            let out = Outputs { report: report.as_deref(), junit: junit.as_deref(), html: html.as_deref() };
             run_suite(&selected, &opts, accept, repeat, jobs, out)
         }
     }

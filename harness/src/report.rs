@@ -68,6 +68,8 @@ pub struct ScenarioReport {
     pub diff: Option<String>,
     /// The kept work dir (daemon logs, node files), if it was kept.
     pub workdir: Option<String>,
+    /// The `--pcap` captures in the kept work dir (`pcap/<node>-<if>.pcap`, `pcap/lan-<name>.pcap`).
+    pub pcaps: Vec<String>,
     /// Daemon -> first line of its `--version`, for the daemons the lab's services run.
     pub versions: BTreeMap<String, String>,
     /// Only with `--repeat` (N > 1).
@@ -105,6 +107,7 @@ impl ScenarioReport {
             error: rep.and_then(|r| r.error.clone()),
             diff: rep.and_then(|r| r.diff.clone()),
             workdir: rep.and_then(|r| r.workdir.as_ref()).map(|w| w.display().to_string()),
+            pcaps: rep.and_then(|r| r.workdir.as_deref()).map(pcaps).unwrap_or_default(),
             versions: crate::versions::of_lab(lab),
             repetitions: (repeat > 1).then(|| Repetitions {
                 count: runs.len(),
@@ -160,6 +163,29 @@ impl Report {
         tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
     }
+}
+
+/// The pcap files in a kept work dir: `pcap/*.pcap`, and for a scenario run in user-mode-linux
+/// the guest's work dir inside it (`vpnlab-*/pcap/*.pcap`); sorted.
+pub fn pcaps(work: &Path) -> Vec<String> {
+    let mut dirs = vec![work.join("pcap")];
+    dirs.extend(
+        std::fs::read_dir(work)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("vpnlab-"))
+            .map(|e| e.path().join("pcap")),
+    );
+    let mut out: Vec<String> = dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
+        .map(|p| p.display().to_string())
+        .collect();
+    out.sort();
+    out
 }
 
 /// Seconds rounded to milliseconds (reports need no nanoseconds).

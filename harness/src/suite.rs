@@ -115,6 +115,9 @@ pub struct Checked {
     /// This run's sanitized transcript (empty when nothing ran).
     pub transcript: String,
     pub workdir: Option<PathBuf>,
+    /// Every daemon's log (service name, text; long logs keep their end), read before a
+    /// passing run's work dir goes: for the HTML report.
+    pub logs: Vec<(String, String)>,
     pub timings: Timings,
     /// The backend that ran it (`None` when none could be chosen).
     pub backend: Option<Backend>,
@@ -207,6 +210,7 @@ impl Checked {
             diff: None,
             transcript: String::new(),
             workdir: None,
+            logs: Vec::new(),
             timings: Timings::default(),
             backend,
             duration: Duration::ZERO,
@@ -233,6 +237,7 @@ fn judge(lab: &Lab, scenario: &str, opts: &Options, accept: bool, id: &str, forc
         diff: None,
         transcript: run.transcript.clone(),
         workdir: None,
+        logs: run.work_path().map(daemon_logs).unwrap_or_default(),
         timings: run.timings.clone(),
         backend: Some(backend),
         duration: Duration::ZERO,
@@ -331,6 +336,50 @@ fn judge(lab: &Lab, scenario: &str, opts: &Options, accept: bool, id: &str, forc
     }
     c.workdir = run.workdir.clone();
     c
+}
+
+/// How much of a daemon's log [`daemon_logs`] keeps (its end: where a daemon says why it stopped).
+pub const LOG_TAIL_BYTES: usize = 64 * 1024;
+
+/// The daemon logs of a work dir, by service name: `logs/*.log`, and for a scenario run in
+/// user-mode-linux the guest's own work dir inside it (`vpnlab-*/logs/*.log`). A log longer
+/// than [`LOG_TAIL_BYTES`] keeps its end, after a line saying how much was cut.
+pub fn daemon_logs(work: &Path) -> Vec<(String, String)> {
+    let mut dirs = vec![work.join("logs")];
+    let mut inner: Vec<PathBuf> = std::fs::read_dir(work)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vpnlab-"))
+        .map(|e| e.path().join("logs"))
+        .collect();
+    inner.sort();
+    dirs.extend(inner);
+    let mut out = Vec::new();
+    for d in dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        files.sort();
+        for f in files {
+            let Ok(bytes) = std::fs::read(&f) else { continue };
+            let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let text = if bytes.len() > LOG_TAIL_BYTES {
+                // The end, from the start of a whole line.
+                let cut = bytes.len() - LOG_TAIL_BYTES;
+                let cut = bytes[cut..].iter().position(|&b| b == b'\n').map_or(cut, |i| cut + i + 1);
+                format!("[... the first {cut} bytes cut]\n{}", String::from_utf8_lossy(&bytes[cut..]))
+            } else {
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
+            out.push((name, text));
+        }
+    }
+    out
 }
 
 /// Counts of outcomes over runs, for the summary line and the report.

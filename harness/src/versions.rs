@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 /// The daemons whose version the report records, by the name the report uses.
-const KNOWN: [&str; 3] = ["openvpn", "pluto", "pppd"];
+pub const DAEMONS: [&str; 3] = ["openvpn", "pluto", "pppd"];
 
 /// The report's name for the daemon a service's command line starts (`ipsec pluto ...` is
 /// pluto), or `None` for programs whose version the report does not record (sshd, scripts).
@@ -69,7 +69,7 @@ fn ask(daemon: &str) -> String {
 }
 
 fn ask_with(daemon: &str, mounts: &[crate::process::BindMount]) -> String {
-    debug_assert!(KNOWN.contains(&daemon));
+    debug_assert!(DAEMONS.contains(&daemon));
     let tries: Vec<Vec<&str>> = match daemon {
         "pluto" => vec![vec!["/usr/libexec/ipsec/pluto", "--version"], vec!["ipsec", "pluto", "--version"]],
         other => vec![vec![other, "--version"]],

@@ -8,62 +8,16 @@
 //! for lines the test labs below write themselves.
 
 mod common;
+use common::cli::{lab, mixed_labs, vpnlab, Out, GOOD, UNBUILDABLE};
 use common::copy_dir;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-const GOOD: &str = "[lab]\ntitle = \"two nodes\"\n[nodes.a]\n[nodes.b]\n[[links]]\na = \"a:eth0 10.9.0.1/24\"\nb = \"b:eth0 10.9.0.2/24\"\n[scenarios.ping]\nsteps = [\"a: ping 10.9.0.2\", \"a: show echo verdicts-test-line\"]\n";
-
-/// A scenario that cannot be built: nft refuses the ruleset (an error, not a verdict).
-const UNBUILDABLE: &str = "[lab]\ntitle = \"cannot be built\"\n[nodes.a]\nnft = \"this is not a ruleset\"\n[nodes.b]\n[[links]]\na = \"a:eth0 10.9.0.1/24\"\nb = \"b:eth0 10.9.0.2/24\"\n[scenarios.ping]\nsteps = [\"a: ping 10.9.0.2\"]\n";
 
 /// A transcript that differs on every run (8 random bytes).
 const RANDOM: &str = "[lab]\ntitle = \"random\"\n[nodes.a]\n[nodes.b]\n[[links]]\na = \"a:eth0 10.9.0.1/24\"\nb = \"b:eth0 10.9.0.2/24\"\n[scenarios.dice]\nsteps = [\"a: show echo before\", \"a: show od -An -N8 -tx8 /dev/urandom\", \"a: show echo after\"]\n";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Out {
-    code: Option<i32>,
-    /// stdout and stderr as one stream, in the order written.
-    text: String,
-}
-
-impl Out {
-    fn last_line(&self) -> &str {
-        self.text.lines().last().unwrap_or("")
-    }
-}
-
-/// Runs `vpnlab ARGS` with the labs under `labs`, a private work root, outside CI.
-fn vpnlab(args: &[&str], labs: &Path, work: &Path) -> Out {
-    assert!(vpnlab::env::is_root(), "these tests need root: run `sudo -E cargo test`");
-    let log = tempfile::tempfile().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
-        .args(args)
-        .env("VPNLAB_LABS", labs)
-        .env("VPNLAB_WORK_ROOT", work)
-        .env_remove("CI")
-        .env_remove("VPNLAB_BACKEND")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log.try_clone().unwrap())
-        .status()
-        .unwrap();
-    let mut log = log;
-    let mut text = String::new();
-    std::io::Seek::rewind(&mut log).unwrap();
-    std::io::Read::read_to_string(&mut log, &mut text).unwrap();
-    Out { code: status.code(), text }
-}
-
-fn lab(root: &Path, id: &str, toml: &str) -> PathBuf {
-    let d = root.join(id);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("lab.toml"), toml).unwrap();
-    d
 }
 
 fn read_report(p: &Path) -> Value {
@@ -349,22 +303,6 @@ fn an_unwritable_report_path_is_refused_before_anything_runs() {
     assert!(!out.text.contains("== t/good"), "nothing ran: {}", out.text);
 }
 
-/// Records the snapshots of t/good and t/drift, then edits t/drift's so that it drifts.
-fn mixed_labs() -> tempfile::TempDir {
-    let labs = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    lab(labs.path(), "t/good", GOOD);
-    let drift = lab(labs.path(), "t/drift", GOOD);
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/daemon-exits-at-start"), &labs.path().join("t/dies"));
-    lab(labs.path(), "t/unbuildable", UNBUILDABLE);
-    let out = vpnlab(&["run", "-q", "--accept", "t/good", "t/drift"], labs.path(), work.path());
-    assert_eq!(out.code, Some(0), "{}", out.text);
-    let snap = drift.join("snapshots/ping.snap");
-    let text = std::fs::read_to_string(&snap).unwrap();
-    std::fs::write(&snap, text.replace("    verdicts-test-line\n", "    verdicts-test-line, edited\n")).unwrap();
-    labs
-}
-
 #[test]
 #[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn junit_of_a_mixed_run_has_a_testcase_per_scenario() {
@@ -480,4 +418,33 @@ fn a_bad_job_count_or_junit_path_is_refused_before_anything_runs() {
     assert_eq!(out.code, Some(2), "{}", out.text);
     assert!(out.text.contains("/nonexistent-dir/j.xml"), "{}", out.text);
     assert!(!out.text.contains("== t/good"), "nothing ran: {}", out.text);
+}
+
+#[test]
+fn shards_split_the_selection_between_them_each_scenario_once() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for id in ["t/a", "t/b", "t/c"] {
+        lab(labs.path(), id, GOOD);
+    }
+    let mut ran = Vec::new();
+    for k in 1..=2 {
+        let report = work.path().join(format!("r{k}.json"));
+        let shard = format!("{k}/2");
+        let out = vpnlab(
+            &["run", "-q", "--accept", "--shard", &shard, "--report", &report.to_string_lossy(), "t/a", "t/b", "t/c"],
+            labs.path(),
+            work.path(),
+        );
+        assert_eq!(out.code, Some(0), "{}", out.text);
+        let ids: Vec<String> =
+            read_report(&report)["scenarios"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+        assert!(out.text.contains(&format!("vpnlab: shard {shard}: {} of 3 scenarios", ids.len())), "{}", out.text);
+        ran.push(ids);
+    }
+    // Numbered in selection order, round robin: 0 and 2 in shard 1, 1 in shard 2.
+    assert_eq!(ran, [vec!["t/a::ping", "t/c::ping"], vec!["t/b::ping"]]);
+    let out = vpnlab(&["run", "-q", "--shard", "3/2", "t/a"], labs.path(), work.path());
+    assert_eq!(out.code, Some(2), "{}", out.text);
+    assert!(out.text.contains("expected K/N with 1 <= K <= N"), "{}", out.text);
 }

@@ -10,6 +10,7 @@ use vpnlab::{model, runner, suite};
 pub struct Outputs<'a> {
     pub report: Option<&'a std::path::Path>,
     pub junit: Option<&'a std::path::Path>,
+    pub html: Option<&'a std::path::Path>,
 }
 
 /// What the worker threads tell the main thread, which alone prints (so a scenario's lines are
@@ -136,8 +137,10 @@ pub fn run_suite(
         r.duration_s = vpnlab::report::secs(t0.elapsed().as_secs_f64());
         r
     };
+    // Each lab's picture for the HTML report, drawn once.
+    let topologies = outputs.html.map(|_| vpnlab::html::Topologies::of(selected.iter().map(|(l, _)| l))).unwrap_or_default();
     let save = |slots: &[Slot], complete: bool, write_error: &mut Option<String>| {
-        if outputs.report.is_none() && outputs.junit.is_none() {
+        if outputs.report.is_none() && outputs.junit.is_none() && outputs.html.is_none() {
             return;
         }
         let r = build_report(slots, complete);
@@ -153,13 +156,20 @@ pub fn run_suite(
                 *write_error = Some(format!("vpnlab: cannot write the JUnit file {}: {e}", p.display()));
             }
         }
+        if let Some(p) = outputs.html {
+            let details: std::collections::BTreeMap<String, vpnlab::junit::Details> =
+                slots.iter().filter_map(|s| s.done.as_ref()).map(|(e, _, d)| (e.id.clone(), d.clone())).collect();
+            if let Err(e) = vpnlab::html::write(&r, &details, &topologies, p) {
+                *write_error = Some(format!("vpnlab: cannot write the HTML report {}: {e}", p.display()));
+            }
+        }
     };
     // An unwritable report or JUnit file is an environment problem: found before anything runs.
     save(&slots, false, &mut write_error);
     if let Some(e) = write_error.take() {
         return Err(EnvError {
             msg: e.trim_start_matches("vpnlab: ").to_string(),
-            hint: "give --report / --junit a path in a writable directory".into(),
+            hint: "give --report / --junit / --html a path in a writable directory".into(),
         }
         .into());
     }
@@ -259,6 +269,7 @@ pub fn run_suite(
                         let details = vpnlab::junit::Details {
                             body: rep_run.map(|r| r.report.clone()).unwrap_or_default(),
                             transcript: runs.first().map(|r| r.transcript.clone()).unwrap_or_default(),
+                            logs: rep_run.map(|r| r.logs.clone()).unwrap_or_default(),
                         };
                         slot.done = Some((entry, this, details));
                         save(&slots, false, &mut write_error);

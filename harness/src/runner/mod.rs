@@ -120,6 +120,11 @@ impl Run {
         Run { transcript, failure, failed_step, error, workdir: None, timings, work: Some(work) }
     }
 
+    /// The work dir while the run holds it (or once kept): daemon logs, node files, pcaps.
+    pub fn work_path(&self) -> Option<&Path> {
+        self.work.as_ref().map(|w| w.path()).or(self.workdir.as_deref())
+    }
+
     /// Keeps the work dir (on failure, or with --keep) and returns its path.
     pub fn keep_workdir(&mut self) -> Option<PathBuf> {
         if let Some(w) = self.work.take() {

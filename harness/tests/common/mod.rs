@@ -1,5 +1,7 @@
 //! Helpers shared by the harness's integration tests.
 
+pub mod cli;
+
 use std::path::Path;
 
 /// Copies a lab folder (without `.snap.new` files a review left behind).

@@ -18,11 +18,37 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
 /// A network namespace, alive as long as this value (or a process inside it) exists.
-#[derive(Debug)]
 pub struct NetNs {
     fd: OwnedFd,
     /// The logical name (node name), for messages.
     pub name: String,
+    /// The thread that has entered the namespace and serves [`NetNs::run`] (started by the
+    /// first call, joined when the namespace is dropped).
+    worker: OnceLock<Worker>,
+}
+
+impl std::fmt::Debug for NetNs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetNs").field("fd", &self.fd).field("name", &self.name).finish()
+    }
+}
+
+/// One thread inside a namespace, running the jobs sent to it one after the other.
+struct Worker {
+    tx: mpsc::Sender<Job>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            let thread = w.thread.take();
+            drop(w); // closes the channel: the worker's loop ends
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 impl NetNs {
@@ -35,7 +61,7 @@ impl NetNs {
                 unshare(CloneFlags::CLONE_NEWNET)
                     .context("unshare(CLONE_NEWNET): creating a network namespace needs root (CAP_SYS_ADMIN)")?;
                 let f = File::open("/proc/thread-self/ns/net").context("open /proc/thread-self/ns/net")?;
-                out.push(NetNs { fd: f.into(), name });
+                out.push(NetNs { fd: f.into(), name, worker: OnceLock::new() });
             }
             Ok(out)
         })
@@ -47,17 +73,60 @@ impl NetNs {
         self.fd.as_raw_fd()
     }
 
-    /// Runs `f` on a fresh thread that has entered this namespace (sockets it opens belong to
-    /// the namespace for their whole life, whichever thread uses them later).
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("setns into node `{}`", self.name))?;
-                Ok(f())
+    /// Runs `f` on this namespace's worker thread, which entered the namespace once (sockets
+    /// it opens belong to the namespace for their whole life, whichever thread uses them later;
+    /// `/proc/thread-self/net` is the namespace's). Calls from several threads are served one
+    /// after the other; `f` must not call `run` on the same namespace (it would wait for itself).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let w = match self.worker.get() {
+            Some(w) => w,
+            None => {
+                let w = self.start_worker()?;
+                // Another thread may have won the race: its worker is used, ours ends here.
+                let _ = self.worker.set(w);
+                self.worker.get().expect("just set")
+            }
+        };
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move || {
+            let _ = rtx.send(f());
+        });
+        w.tx.send(job).map_err(|_| anyhow!("the thread of node `{}` is gone", self.name))?;
+        rrx.recv().map_err(|_| anyhow!("a call inside node `{}` panicked", self.name))
+    }
+
+    fn start_worker(&self) -> Result<Worker> {
+        let fd = self.fd.try_clone().context("dup of the namespace fd")?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let name = self.name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("netns-{name}"))
+            .spawn(move || {
+                if let Err(e) = setns(fd.as_fd(), CloneFlags::CLONE_NEWNET) {
+                    let _ = ready_tx.send(Err(anyhow!("setns into node `{name}`: {e}")));
+                    return;
+                }
+                drop(fd);
+                let _ = ready_tx.send(Ok(()));
+                for job in rx {
+                    // A panicking job drops its result sender: the caller sees the panic as an
+                    // error, and the worker goes on serving.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
             })
-            .join()
-            .map_err(|_| anyhow!("thread in node `{}` panicked", self.name))?
-        })
+            .context("spawning a namespace thread")?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Worker { tx, thread: Some(thread) }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                bail!("the thread of node `{}` died while entering it", self.name)
+            }
+        }
     }
 }
 
@@ -265,7 +334,7 @@ impl NetNs {
     /// Opens a namespace by path (`/run/netns/NAME`, `/proc/PID/ns/net`).
     pub fn open(path: &std::path::Path, name: &str) -> Result<NetNs> {
         let f = File::open(path).with_context(|| format!("open network namespace {}", path.display()))?;
-        Ok(NetNs { fd: f.into(), name: name.to_string() })
+        Ok(NetNs { fd: f.into(), name: name.to_string(), worker: OnceLock::new() })
     }
 
     /// Gives the namespace a name under /run/netns (like `ip netns attach`), so that `ip netns

@@ -184,13 +184,14 @@ impl<'a, 'b> Installed<'a, 'b> {
     pub(super) fn obs(&self) -> Result<Vec<Obs>> {
         let mut out = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
+            let fam = self.fam;
             let (names, nat) = n
                 .netns
-                .run(|| -> Result<(HashMap<u32, String>, Vec<Binding>)> {
+                .run(move || -> Result<(HashMap<u32, String>, Vec<Binding>)> {
                     let names = nix::net::if_::if_nameindex()
                         .map(|l| l.iter().map(|i| (i.index(), i.name().to_string_lossy().into_owned())).collect())
                         .context("listing its interfaces")?;
-                    Ok((names, icmp_bindings(self.fam).context("reading its conntrack table")?))
+                    Ok((names, icmp_bindings(fam).context("reading its conntrack table")?))
                 })?
                 .with_context(|| format!("node `{}`", n.name))?;
             let counts = self.classify_all(&self.counts[i], Some(&names));

@@ -75,13 +75,11 @@ fn addr_pair(i: usize) -> (String, String) {
 
 /// Builds and tears down with vpnlab; returns (build, teardown).
 fn vpnlab_once(lab: &model::Lab) -> Result<(Duration, Duration)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let t0 = Instant::now();
-    let topo = rt.block_on(Topology::build(lab))?;
+    let topo = Topology::build(lab)?;
     let build = t0.elapsed();
     let t1 = Instant::now();
     drop(topo);
-    drop(rt);
     Ok((build, t1.elapsed()))
 }
 

@@ -183,18 +183,41 @@ pub fn nl_err(e: &rtnetlink::Error) -> String {
 }
 
 /// The built network: node namespaces (same order as `lab.nodes`) and LAN namespaces.
+/// A built lab's network: one handle per node and per LAN segment. It owns the tokio runtime
+/// its rtnetlink connections run on (async pays while building: every namespace's links and
+/// addresses go in concurrently); callers see only synchronous methods.
 pub struct Topology {
     pub nodes: Vec<NsHandle>,
     pub lans: Vec<NsHandle>,
+    /// Dropped last (fields drop in order): the connections' tasks end after the handles.
+    rt: tokio::runtime::Runtime,
 }
 
 impl Topology {
-    pub async fn build(lab: &Lab) -> Result<Topology> {
+    /// Creates the namespaces and everything in them ([`Lab`]'s links, LANs, addresses,
+    /// sysctls, routes, rules).
+    pub fn build(lab: &Lab) -> Result<Topology> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the netlink runtime")?;
+        let (nodes, lans) = rt.block_on(Self::build_async(lab))?;
+        Ok(Topology { nodes, lans, rt })
+    }
+
+    /// Adds (or deletes) a route in node `node` (a lab step).
+    pub fn route(&self, node: usize, route: &Route, add: bool) -> Result<()> {
+        self.rt.block_on(self.nodes[node].route(route, add))
+    }
+
+    /// Adds (or deletes) a policy rule in node `node` (a lab step).
+    pub fn rule(&self, node: usize, rule: &Rule, add: bool) -> Result<()> {
+        self.rt.block_on(self.nodes[node].rule(rule, add))
+    }
+
+    async fn build_async(lab: &Lab) -> Result<(Vec<NsHandle>, Vec<NsHandle>)> {
         let mut names: Vec<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
         names.extend(lab.lans.iter().map(|l| format!("lan:{}", l.name)));
         let mut all = NetNs::create_many(&names)?.into_iter().map(NsHandle::open).collect::<Result<Vec<_>>>()?;
         let lans = all.split_off(lab.nodes.len());
-        let topo = Topology { nodes: all, lans };
+        let topo = Built { nodes: all, lans };
 
         // Loopbacks up.
         try_join_all(topo.nodes.iter().chain(topo.lans.iter()).map(|h| async move {
@@ -278,8 +301,14 @@ impl Topology {
             }
         }))
         .await?;
-        Ok(topo)
+        Ok((topo.nodes, topo.lans))
     }
+}
+
+/// The handles while [`Topology::build_async`] works on them.
+struct Built {
+    nodes: Vec<NsHandle>,
+    lans: Vec<NsHandle>,
 }
 
 async fn veth(a: &NsHandle, a_if: &str, b: &NsHandle, b_if: &str, mtu: Option<u32>) -> Result<()> {

@@ -48,7 +48,6 @@ struct Net {
     topo: Topology,
     pid: PidNs,
     dir: tempfile::TempDir,
-    _rt: tokio::runtime::Runtime,
 }
 
 #[derive(Debug)]
@@ -64,10 +63,9 @@ impl Net {
         assert!(crate::env::is_root(), "building namespaces needs root: sudo -E cargo test");
         let dir = tempfile::tempdir().unwrap();
         let lab = crate::model::parse(&dir.path().join("lab.toml"), LAB).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let pid = PidNs::create().unwrap();
-        let topo = rt.block_on(Topology::build(&lab)).unwrap();
-        Net { topo, pid, dir, _rt: rt }
+        let topo = Topology::build(&lab).unwrap();
+        Net { topo, pid, dir }
     }
     fn a(&self) -> &NetNs {
         &self.topo.nodes[0].ns

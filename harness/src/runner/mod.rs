@@ -188,7 +188,6 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
 /// one to the end).
 pub struct Live<'a> {
     l: Option<Lab_<'a>>,
-    rt: tokio::runtime::Runtime,
     work: std::sync::Arc<WorkDir>,
     steps: Vec<&'a Step>,
     next: usize,
@@ -208,12 +207,10 @@ impl<'a> Live<'a> {
     pub fn start(lab: &'a Lab, scenario: &str, opts: &'a Options) -> Result<Live<'a>> {
         let sc = lab.scenario(scenario).ok_or_else(|| anyhow!("{} has no scenario `{scenario}`", lab.id))?;
         let work = std::sync::Arc::new(opts.work_dir(&format!("{}-{scenario}", lab.id))?);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let label = format!("{}::{scenario}", lab.id);
         let t0 = Instant::now();
         let mut live = Live {
             l: None,
-            rt,
             work: work.clone(),
             steps: lab.prelude.iter().chain(sc.steps.iter()).collect(),
             next: 0,
@@ -225,11 +222,7 @@ impl<'a> Live<'a> {
             steps_started: None,
             early: String::new(),
         };
-        let built = live.rt.block_on(async {
-            let pid = PidNs::create()?;
-            let topo = Topology::build(lab).await?;
-            Ok::<_, anyhow::Error>((pid, topo))
-        });
+        let built = PidNs::create().and_then(|pid| Ok((pid, Topology::build(lab)?)));
         let (pid, topo) = match built {
             Ok(b) => b,
             Err(e) => {
@@ -259,7 +252,6 @@ impl<'a> Live<'a> {
         if !sc.about.is_empty() {
             l.t.push(&format!("# {}", sc.about));
         }
-        let _g = live.rt.enter();
         let mut failed_service = None;
         let mut timings = Timings::default();
         let r = (|| -> Result<(), StepFailed> {
@@ -286,7 +278,6 @@ impl<'a> Live<'a> {
             timings.daemons = td.elapsed();
             Ok(())
         })();
-        drop(_g);
         if let Err(StepFailed { msg, check }) = r {
             l.t.push(&format!("!! {msg}"));
             live.failure = Some(msg);
@@ -334,11 +325,10 @@ impl<'a> Live<'a> {
             }
         }
         let before = l.t.len();
-        let _g = self.rt.enter();
         let r = if Instant::now() > self.deadline {
             Err(StepFailed(format!("the scenario passed its deadline of {:?} before `{}`", l.lab.deadline, step.text)))
         } else {
-            l.step(step, &self.rt).and_then(|()| l.check_daemons()).and_then(|()| l.check_impairers())
+            l.step(step).and_then(|()| l.check_daemons()).and_then(|()| l.check_impairers())
         };
         if let Err(StepFailed { msg, check }) = r {
             l.t.push(&format!("!! {msg}"));
@@ -388,7 +378,6 @@ impl<'a> Live<'a> {
         let transcript = self.transcript();
         let tt = Instant::now();
         if let Some(mut l) = self.l.take() {
-            let _g = self.rt.enter();
             l.teardown();
             drop(l);
         }

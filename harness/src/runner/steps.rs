@@ -172,14 +172,14 @@ impl Lab_<'_> {
 
     /// Runs a step: executes it (observed facts), writes its transcript lines from the facts,
     /// and judges it against its expectation.
-    pub(super) fn step(&mut self, step: &Step, rt: &tokio::runtime::Runtime) -> Result<(), StepFailed> {
+    pub(super) fn step(&mut self, step: &Step) -> Result<(), StepFailed> {
         let sizes: Vec<u64> =
             self.lab.services.iter().map(|s| std::fs::metadata(self.work.log(&s.name)).map(|m| m.len()).unwrap_or(0)).collect();
         let prev_marks = std::mem::replace(&mut self.marks, sizes.clone());
         if step.action.changes() {
             self.change_marks = sizes;
         }
-        let fact = self.observe(&step.action, rt, &prev_marks)?;
+        let fact = self.observe(&step.action, &prev_marks)?;
         for line in narrate(&step.action, &fact) {
             self.tell(line);
         }
@@ -216,7 +216,7 @@ impl Lab_<'_> {
 
     /// Executes a step and returns what it observed. `Err` only when it could not be executed
     /// at all (an error of the run, not a verdict).
-    pub(super) fn observe(&mut self, action: &Action, rt: &tokio::runtime::Runtime, prev_marks: &[u64]) -> Result<Fact, StepFailed> {
+    pub(super) fn observe(&mut self, action: &Action, prev_marks: &[u64]) -> Result<Fact, StepFailed> {
         let lab = self.lab;
         let node_name = |n: &usize| lab.nodes[*n].name.clone();
         let fail = StepFailed;
@@ -239,7 +239,7 @@ impl Lab_<'_> {
             }
             Action::RouteAdd { node, route } | Action::RouteDel { node, route } => {
                 let add = matches!(action, Action::RouteAdd { .. });
-                let result = rt.block_on(self.topo.nodes[*node].route(route, add)).map_err(|e| format!("{e:#}"));
+                let result = self.topo.route(*node, route, add).map_err(|e| format!("{e:#}"));
                 Fact::Netlink {
                     node: node_name(node),
                     command: format!("ip route {} {}", if add { "add" } else { "del" }, route.text),
@@ -248,7 +248,7 @@ impl Lab_<'_> {
             }
             Action::RuleAdd { node, rule } | Action::RuleDel { node, rule } => {
                 let add = matches!(action, Action::RuleAdd { .. });
-                let result = rt.block_on(self.topo.nodes[*node].rule(rule, add)).map_err(|e| format!("{e:#}"));
+                let result = self.topo.rule(*node, rule, add).map_err(|e| format!("{e:#}"));
                 Fact::Netlink {
                     node: node_name(node),
                     command: format!("ip rule {} {}", if add { "add" } else { "del" }, rule.text),

@@ -68,9 +68,8 @@ fn run(lab_src: &str, dest: &str, ping_args: &[&str]) -> Vec<String> {
     assert!(crate::env::is_root(), "building namespaces needs root: sudo -E cargo test");
     let dir = tempfile::tempdir().unwrap();
     let lab = crate::model::parse(&dir.path().join("lab.toml"), lab_src).unwrap_or_else(|e| panic!("{e:?}"));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let pid = PidNs::create().unwrap();
-    let topo = rt.block_on(Topology::build(&lab)).unwrap();
+    let topo = Topology::build(&lab).unwrap();
     for (i, n) in lab.nodes.iter().enumerate() {
         if let Some(rules) = &n.nft {
             let f = dir.path().join(format!("{}.nft", n.name));
@@ -237,9 +236,8 @@ fn trace_openvpn_missing_return_route() {
     let lab_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../labs/openvpn/missing-return-route");
     let lab = crate::model::load(&lab_dir).unwrap_or_else(|e| panic!("{e:?}"));
     let work = crate::workdir::WorkDir::new("trace-test").unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let pid = PidNs::create().unwrap();
-    let topo = rt.block_on(Topology::build(&lab)).unwrap();
+    let topo = Topology::build(&lab).unwrap();
     let pki = work.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
     crate::pki::generate(lab.pki.as_ref().unwrap(), &pki).unwrap();

@@ -42,6 +42,43 @@ pub struct State {
     pub failure: Option<String>,
 }
 
+/// A request on the control socket (one JSON line; the server answers with one [`Reply`] line).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    /// Run the next step.
+    Step,
+    /// Tear the lab down and exit.
+    Down,
+}
+
+/// The server's answer to a [`Request`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Reply {
+    /// The transcript lines of the step that ran.
+    Ran { lines: Vec<String> },
+    /// No step ran: the scenario has failed (why) or has no steps left.
+    NotRun { failure: Option<String> },
+    /// The lab is down; the server exits.
+    Down,
+    /// The request was not understood.
+    Refused { why: String },
+}
+
+impl Reply {
+    /// What `vpnlab step` prints.
+    pub fn text(&self) -> String {
+        match self {
+            Reply::Ran { lines } => lines.join("\n"),
+            Reply::NotRun { failure: Some(f) } => format!("the scenario has failed: {f}"),
+            Reply::NotRun { failure: None } => "no steps left".to_string(),
+            Reply::Down => "down".to_string(),
+            Reply::Refused { why } => format!("refused: {why}"),
+        }
+    }
+}
+
 fn dir_of(key: &str) -> PathBuf {
     state_root().join(key)
 }
@@ -161,26 +198,26 @@ pub fn describe(st: &State) -> String {
     s
 }
 
-fn request(key: &str, cmd: &str) -> Result<String> {
+fn request(key: &str, req: &Request) -> Result<Reply> {
     let sock = dir_of(key).join("control.sock");
     let mut c = UnixStream::connect(&sock).with_context(|| format!("the server of `{key}` does not answer (try `vpnlab down {key}`)"))?;
-    c.write_all(format!("{cmd}\n").as_bytes())?;
+    c.write_all(format!("{}\n", serde_json::to_string(req)?).as_bytes())?;
     c.shutdown(std::net::Shutdown::Write)?;
     let mut out = String::new();
     std::io::Read::read_to_string(&mut c, &mut out)?;
-    Ok(out)
+    serde_json::from_str(out.trim()).with_context(|| format!("the server of `{key}` answered something unreadable: {out:?}"))
 }
 
 /// `vpnlab step LAB`: runs the next step; returns its transcript lines.
 pub fn step(key: &str) -> Result<String> {
     read_state(key)?;
-    request(key, "step")
+    Ok(format!("{}\n", request(key, &Request::Step)?.text()))
 }
 
 /// `vpnlab down LAB`: full teardown (also of a lab whose server died).
 pub fn down(key: &str) -> Result<()> {
     let st = read_state(key)?;
-    if alive(st.server_pid) && request(key, "down").is_ok() {
+    if alive(st.server_pid) && request(key, &Request::Down).is_ok() {
         let deadline = Instant::now() + Duration::from_secs(15);
         while alive(st.server_pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -354,33 +391,53 @@ pub fn serve(lab_dir: &Path, scenario: &str, until: &str, with: &[String]) -> Re
         let Ok(mut conn) = conn else { continue };
         let mut line = String::new();
         let _ = BufReader::new(&conn).read_line(&mut line);
-        match line.trim() {
-            "step" => {
+        let answer = |conn: &mut UnixStream, r: &Reply| {
+            let _ = writeln!(conn, "{}", serde_json::to_string(r).unwrap_or_default());
+        };
+        match serde_json::from_str::<Request>(line.trim()) {
+            Ok(Request::Step) => {
                 let reply = match live.step() {
-                    Some(lines) => lines.join("\n"),
-                    None if live.failure().is_some() => format!("the scenario has failed: {}", live.failure().unwrap_or("")),
-                    None => "no steps left".to_string(),
+                    Some(lines) => Reply::Ran { lines },
+                    None => Reply::NotRun { failure: live.failure().map(str::to_string) },
                 };
                 st.steps_done = total - live.remaining().len();
                 st.next_step = live.remaining().first().map(|s| s.text.clone());
                 st.failure = live.failure().map(str::to_string);
                 write_state(&key, &st)?;
-                let _ = writeln!(conn, "{reply}");
+                answer(&mut conn, &reply);
             }
-            "down" => {
+            Ok(Request::Down) => {
                 for (_, name) in &st.nodes {
                     ns::unname(&Path::new("/run/netns").join(name));
                 }
                 let run = live.finish();
                 drop(run);
                 let _ = std::fs::remove_dir_all(dir_of(&key));
-                let _ = writeln!(conn, "down");
+                answer(&mut conn, &Reply::Down);
                 return Ok(());
             }
-            other => {
-                let _ = writeln!(conn, "unknown request `{other}`");
-            }
+            Err(e) => answer(&mut conn, &Reply::Refused { why: format!("{e}: {:?}", line.trim()) }),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_protocol_round_trips_as_json_lines() {
+        for r in [Request::Step, Request::Down] {
+            let line = serde_json::to_string(&r).unwrap();
+            assert!(!line.contains('\n'));
+            assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), r);
+        }
+        assert_eq!(serde_json::to_string(&Request::Step).unwrap(), r#"{"request":"step"}"#);
+        let ran = Reply::Ran { lines: vec!["client$ ping -c2 10.198.0.1  -> reachable (ttl=63)".into()] };
+        assert_eq!(serde_json::from_str::<Reply>(&serde_json::to_string(&ran).unwrap()).unwrap(), ran);
+        assert_eq!(Reply::NotRun { failure: None }.text(), "no steps left");
+        assert_eq!(Reply::NotRun { failure: Some("x".into()) }.text(), "the scenario has failed: x");
+        assert!(serde_json::from_str::<Request>("step").is_err());
+    }
 }

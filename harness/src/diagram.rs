@@ -128,7 +128,7 @@ pub fn mermaid(lab: &Lab) -> String {
 /// An SVG picture of the topology and what drew it: Graphviz (`dot -Tsvg`, 10 s deadline) when
 /// it is installed, else [`builtin_svg`]. `VPNLAB_DOT` names another `dot` (`none`: never).
 pub fn svg(lab: &Lab) -> (String, &'static str) {
-    let prog = std::env::var("VPNLAB_DOT").unwrap_or_else(|_| "dot".into());
+    let prog = crate::config::get().dot.clone().unwrap_or_else(|| "dot".into());
     match (prog != "none").then(|| graphviz_svg(&prog, &svg_dot(lab))).flatten() {
         Some(svg) => (svg, "Graphviz dot"),
         None => (builtin_svg(lab), "the built-in layout (no Graphviz `dot` found)"),

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod bench;
 pub mod completions;
+pub mod config;
 pub mod counters;
 pub mod diagram;
 pub mod doctor;

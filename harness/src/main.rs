@@ -18,6 +18,8 @@ use vpnlab::{env, model, runner, workdir};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    config: vpnlab::config::Config,
 }
 
 #[derive(Subcommand)]
@@ -195,6 +197,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
+    vpnlab::config::set(cli.config.clone());
     // Commands that own labs clean up on SIGINT/SIGTERM; `exec`/`shell` leave signals to the
     // program they run (Ctrl-C belongs to the shell).
     if !matches!(

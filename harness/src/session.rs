@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// Where the state of labs that are up lives.
 pub fn state_root() -> PathBuf {
-    std::env::var_os("VPNLAB_STATE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/vpnlab"))
+    crate::config::get().state_dir.clone().unwrap_or_else(|| PathBuf::from("/run/vpnlab"))
 }
 
 /// The key of a lab that is up: its recipe name (`missing-return-route`).
@@ -141,6 +141,8 @@ pub fn up(lab: &Lab, scenario: &str, until: Option<&str>, with: &[String]) -> Re
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("__serve").arg(&lab.dir).arg(scenario).arg(until.unwrap_or(""));
+    // The server reads the same settings (`--state-dir` given to `up` included).
+    cmd.envs(crate::config::get().to_env());
     for w in with {
         cmd.arg(format!("--with={w}"));
     }
@@ -364,7 +366,7 @@ pub fn serve(lab_dir: &Path, scenario: &str, until: &str, with: &[String]) -> Re
     let mut names = Vec::new();
     for (i, ns) in live.node_netns().iter().enumerate() {
         // VPNLAB_NETNS_PREFIX keeps concurrent users (tests) from colliding on names.
-        let prefix = std::env::var("VPNLAB_NETNS_PREFIX").unwrap_or_default();
+        let prefix = crate::config::get().netns_prefix.clone().unwrap_or_default();
         let name = format!("{prefix}{key}-{}", lab.nodes[i].name);
         ns.name_it(&name)?;
         names.push((lab.nodes[i].name.clone(), name));

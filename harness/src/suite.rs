@@ -12,10 +12,11 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The labs folder: $VPNLAB_LABS, else ./labs, else the one next to this crate's sources.
+/// The labs folder: `--labs-dir` / $VPNLAB_LABS, else ./labs, else the one next to this crate's
+/// sources.
 pub fn labs_root() -> PathBuf {
-    if let Some(p) = std::env::var_os("VPNLAB_LABS") {
-        return PathBuf::from(p);
+    if let Some(p) = &crate::config::get().labs_dir {
+        return p.clone();
     }
     let here = PathBuf::from("labs");
     if here.join(".").is_dir() && std::fs::read_dir(&here).map(|mut d| d.next().is_some()).unwrap_or(false) {

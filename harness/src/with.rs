@@ -31,8 +31,8 @@ pub const SUITES: [&str; 4] = ["bookworm", "trixie", "sid", "bullseye"];
 /// The Debian archive to fetch from: `$VPNLAB_DEBIAN_MIRROR`, else the first Debian archive in
 /// the host's own apt sources (the one this machine already uses; never changed by vpnlab).
 fn mirror() -> Result<String> {
-    if let Some(m) = std::env::var_os("VPNLAB_DEBIAN_MIRROR").filter(|m| !m.is_empty()) {
-        return Ok(m.to_string_lossy().into_owned());
+    if let Some(m) = crate::config::get().debian_mirror.as_ref().filter(|m| !m.is_empty()) {
+        return Ok(m.clone());
     }
     let debian_suite = |s: &str| {
         let base = s.split('-').next().unwrap_or(s);

@@ -53,7 +53,7 @@ impl Drop for WorkDir {
 }
 
 fn base() -> PathBuf {
-    std::env::var_os("VPNLAB_WORK_ROOT").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
+    crate::config::get().work_root.clone().unwrap_or_else(std::env::temp_dir)
 }
 
 impl WorkDir {

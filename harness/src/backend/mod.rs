@@ -40,11 +40,11 @@ pub fn uml_usable() -> bool {
 
 /// The backend `VPNLAB_BACKEND=native|uml` forces, if any (`Err` for any other value).
 pub fn forced() -> Result<Option<Backend>, String> {
-    match std::env::var("VPNLAB_BACKEND").as_deref() {
-        Ok("native") => Ok(Some(Backend::Native)),
-        Ok("uml") => Ok(Some(Backend::Uml)),
-        Ok("") | Err(_) => Ok(None),
-        Ok(other) => Err(format!("VPNLAB_BACKEND={other}: use `native` or `uml`")),
+    match crate::config::get().backend.as_deref() {
+        Some("native") => Ok(Some(Backend::Native)),
+        Some("uml") => Ok(Some(Backend::Uml)),
+        Some("") | None => Ok(None),
+        Some(other) => Err(format!("--backend / VPNLAB_BACKEND={other}: use `native` or `uml`")),
     }
 }
 
@@ -309,11 +309,18 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     std::fs::write(&job_path, toml::to_string(&job)?)?;
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
     let mut uj = uml::UmlJob::new(vec![exe], &shared);
-    uj.env = vec![
+    // The guest's vpnlab gets this one's settings, except where it works and how it runs.
+    uj.env = crate::config::get()
+        .to_env()
+        .into_iter()
+        .filter(|(k, _)| !["VPNLAB_WORK_ROOT", "VPNLAB_BACKEND"].contains(k))
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    uj.env.extend([
         (JOB_ENV.to_string(), job_path.to_string_lossy().into_owned()),
         ("VPNLAB_WORK_ROOT".to_string(), shared.to_string_lossy().into_owned()),
         ("VPNLAB_BACKEND".to_string(), "native".to_string()),
-    ];
+    ]);
     uj.alternatives = guest_alternatives();
     uj.modules = modules_for(lab);
     // The guest mounts fresh tmpfs on /tmp and /run: a lab folder there (a checkout under /tmp)

@@ -175,7 +175,7 @@ fn observe_nft(
     let probed = probe();
     let texts = settle(|| collect(nodes, pid, cwd))?;
     let after = par(nodes, |n| snmp(n.netns))?;
-    if std::env::var_os("VPNLAB_TRACE_DEBUG").is_some() {
+    if crate::config::get().trace_debug {
         debug_dump(nodes, &ruleset, &texts, &before, &after);
     }
     let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect();
@@ -196,7 +196,7 @@ fn observe_nflog(
     let probed = probe();
     let counts = settle(|| installed.read())?;
     let after = par(nodes, |n| snmp(n.netns))?;
-    if std::env::var_os("VPNLAB_TRACE_DEBUG").is_some() {
+    if crate::config::get().trace_debug {
         let texts: Vec<String> = counts.iter().map(|c| format!("{c:#?}")).collect();
         debug_dump(nodes, &nflog::rules(fam, true), &texts, &before, &after);
     }

@@ -25,10 +25,56 @@ pub enum Backend {
 
 impl Backend {
     pub fn name(self) -> &'static str {
+        self.driver().name()
+    }
+
+    /// The driver that does this backend's work.
+    pub fn driver(self) -> &'static dyn Driver {
         match self {
-            Backend::Native => "native",
-            Backend::Uml => "uml",
+            Backend::Native => &Native,
+            Backend::Uml => &Uml,
         }
+    }
+}
+
+/// What a backend does (a new backend — a VM, a container runtime, a remote host — is one more
+/// implementation): say which kernel features it offers, and run one scenario of a lab to a
+/// [`Run`], the same result type whoever ran it (the host judges it like any other).
+pub trait Driver: Sync {
+    fn name(&self) -> &'static str;
+    /// Does its kernel have `f`? (probed once per process)
+    fn has(&self, f: KernelFeature) -> bool;
+    /// Runs `scenario` of `lab`: builds, steps, tears down, and returns what was observed.
+    fn run(&self, lab: &Lab, scenario: &str, opts: &Options) -> Result<Run>;
+}
+
+/// The host's own kernel: the runner in this process.
+pub struct Native;
+
+impl Driver for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+    fn has(&self, f: KernelFeature) -> bool {
+        crate::env::kernel_has(f)
+    }
+    fn run(&self, lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
+        runner::run(lab, scenario, opts)
+    }
+}
+
+/// A user-mode-linux guest running this same binary on the job written for it.
+pub struct Uml;
+
+impl Driver for Uml {
+    fn name(&self) -> &'static str {
+        "uml"
+    }
+    fn has(&self, f: KernelFeature) -> bool {
+        uml_features().map(|fs| fs.contains(&f)).unwrap_or(false)
+    }
+    fn run(&self, lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
+        run_uml(lab, scenario, opts)
     }
 }
 
@@ -55,10 +101,7 @@ pub fn choose(lab: &Lab) -> Result<Backend, String> {
 
 /// Does `backend`'s kernel have `f`? (native: probed on the host; uml: probed once in a guest)
 pub fn has(backend: Backend, f: KernelFeature) -> bool {
-    match backend {
-        Backend::Native => crate::env::kernel_has(f),
-        Backend::Uml => uml_features().map(|fs| fs.contains(&f)).unwrap_or(false),
-    }
+    backend.driver().has(f)
 }
 
 /// Which backend runs `scenario` of `lab` (or any scenario: `None`): `force` (else
@@ -288,10 +331,7 @@ pub fn guest_alternatives() -> Vec<(String, PathBuf)> {
 
 /// Runs a scenario on `backend`.
 pub fn run(lab: &Lab, scenario: &str, opts: &Options, backend: Backend) -> Result<Run> {
-    match backend {
-        Backend::Native => runner::run(lab, scenario, opts),
-        Backend::Uml => run_uml(lab, scenario, opts),
-    }
+    backend.driver().run(lab, scenario, opts)
 }
 
 fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {

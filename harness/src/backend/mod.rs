@@ -11,7 +11,7 @@
 pub mod uml;
 
 use crate::model::{KernelFeature, Lab};
-use crate::runner::{self, Options, Run, Timings};
+use crate::runner::{self, Options, Run};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -241,20 +241,6 @@ struct Job {
     with: crate::with::With,
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct GuestResult {
-    transcript: String,
-    failure: Option<String>,
-    #[serde(default)]
-    failed_step: Option<runner::FailedStep>,
-    #[serde(default)]
-    error: bool,
-    build_ms: f64,
-    daemons_ms: f64,
-    steps_ms: f64,
-    teardown_ms: f64,
-}
-
 const JOB_ENV: &str = "VPNLAB_GUEST_JOB";
 
 /// Call first thing in `main` of every binary that runs labs (the CLI and the test harness):
@@ -275,21 +261,9 @@ fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
     let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None, work_root: None };
-    let run = runner::run(&lab, &job.scenario, &opts)?;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let r = GuestResult {
-        transcript: run.transcript.clone(),
-        failure: run.failure.clone(),
-        failed_step: run.failed_step.clone(),
-        error: run.error,
-        build_ms: ms(run.timings.build),
-        daemons_ms: ms(run.timings.daemons),
-        steps_ms: ms(run.timings.steps),
-        teardown_ms: ms(run.timings.teardown),
-    };
-    let mut run = run;
+    let mut run = runner::run(&lab, &job.scenario, &opts)?;
     run.keep_workdir();
-    std::fs::write(job_path.with_file_name("result.toml"), toml::to_string(&r)?)?;
+    std::fs::write(job_path.with_file_name("result.toml"), toml::to_string(&run)?)?;
     Ok(())
 }
 
@@ -381,20 +355,12 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         ));
     }
     let res_path = shared.join("result.toml");
-    let res: GuestResult = match std::fs::read_to_string(&res_path) {
+    let res: Run = match std::fs::read_to_string(&res_path) {
         Ok(t) => toml::from_str(&t)?,
         Err(_) => {
             let tail: Vec<&str> = out.console.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
             bail!("the user-mode-linux guest wrote no result (exit {}); its console ended with:\n{}", out.exit_code, tail.join("\n"));
         }
     };
-    let d = |ms: f64| Duration::from_secs_f64(ms / 1e3);
-    Ok(runner::Run::from_parts(
-        res.transcript,
-        res.failure,
-        res.failed_step,
-        res.error,
-        Timings { build: d(res.build_ms), daemons: d(res.daemons_ms), steps: d(res.steps_ms), teardown: d(res.teardown_ms) },
-        work,
-    ))
+    Ok(res.with_work(work))
 }

@@ -70,7 +70,7 @@ impl Options {
 }
 
 /// Wall time of the phases of a run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Timings {
     pub build: Duration,
     pub daemons: Duration,
@@ -91,7 +91,10 @@ pub struct FailedStep {
     pub expected: String,
 }
 
-/// The result of running a scenario's steps (before the snapshot comparison).
+/// The result of running a scenario's steps (before the snapshot comparison): the same type
+/// whichever backend ran it (a user-mode-linux guest sends it to the host serialized) and for a
+/// lab kept up by `vpnlab up` (`Live::finish`).
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Run {
     /// Sanitized transcript.
     pub transcript: String,
@@ -102,22 +105,20 @@ pub struct Run {
     /// `failure` is not a verdict on the daemons: the scenario could not be built or run
     /// (a ruleset refused, a lost namespace, a guest that died).
     pub error: bool,
+    /// The kept work dir (this machine's path: not sent across).
+    #[serde(skip)]
     pub workdir: Option<PathBuf>,
     pub timings: Timings,
+    #[serde(skip)]
     work: Option<WorkDir>,
 }
 
 impl Run {
-    /// A result produced elsewhere (a user-mode-linux guest), with the host's work dir.
-    pub(crate) fn from_parts(
-        transcript: String,
-        failure: Option<String>,
-        failed_step: Option<FailedStep>,
-        error: bool,
-        timings: Timings,
-        work: WorkDir,
-    ) -> Run {
-        Run { transcript, failure, failed_step, error, workdir: None, timings, work: Some(work) }
+    /// A result produced elsewhere (a user-mode-linux guest), given the host's work dir.
+    pub(crate) fn with_work(mut self, work: WorkDir) -> Run {
+        self.workdir = None;
+        self.work = Some(work);
+        self
     }
 
     /// The work dir while the run holds it (or once kept): daemon logs, node files, pcaps.

@@ -198,8 +198,32 @@ impl Topology {
     /// sysctls, routes, rules).
     pub fn build(lab: &Lab) -> Result<Topology> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the netlink runtime")?;
-        let (nodes, lans) = rt.block_on(Self::build_async(lab))?;
-        Ok(Topology { nodes, lans, rt })
+        // Blocking work (entering namespaces, writing sysctls) happens here, between the
+        // runtime's async phases, never inside them.
+        let mut names: Vec<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
+        names.extend(lab.lans.iter().map(|l| format!("lan:{}", l.name)));
+        let mut nodes = {
+            let _g = rt.enter();
+            NetNs::create_many(&names)?.into_iter().map(NsHandle::open).collect::<Result<Vec<_>>>()?
+        };
+        let lans = nodes.split_off(lab.nodes.len());
+        let topo = Topology { nodes, lans, rt };
+        topo.rt.block_on(topo.links(lab))?;
+        topo.rt.block_on(topo.addresses(lab))?;
+        for (h, node) in topo.nodes.iter().zip(&lab.nodes) {
+            // Determinism: the kernel rate-limits the ICMP errors it sends (per destination,
+            // a token bucket refilled once a second), so whether a probe's "net unreachable"
+            // shows up would depend on how many came before it and when. No type is
+            // rate-limited in a lab node (the lab's own sysctls may still set it).
+            for (k, v) in DETERMINISM_SYSCTLS {
+                h.sysctl(k, v)?;
+            }
+            for (k, v) in &node.sysctls {
+                h.sysctl(k, v)?;
+            }
+        }
+        topo.rt.block_on(topo.routes(lab))?;
+        Ok(topo)
     }
 
     /// Adds (or deletes) a route in node `node` (a lab step).
@@ -212,13 +236,9 @@ impl Topology {
         self.rt.block_on(self.nodes[node].rule(rule, add))
     }
 
-    async fn build_async(lab: &Lab) -> Result<(Vec<NsHandle>, Vec<NsHandle>)> {
-        let mut names: Vec<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
-        names.extend(lab.lans.iter().map(|l| format!("lan:{}", l.name)));
-        let mut all = NetNs::create_many(&names)?.into_iter().map(NsHandle::open).collect::<Result<Vec<_>>>()?;
-        let lans = all.split_off(lab.nodes.len());
-        let topo = Built { nodes: all, lans };
-
+    /// Loopbacks up, veth pairs, LAN bridges and their ports.
+    async fn links(&self, lab: &Lab) -> Result<()> {
+        let topo = self;
         // Loopbacks up.
         try_join_all(topo.nodes.iter().chain(topo.lans.iter()).map(|h| async move {
             let lo = h.index("lo").await?;
@@ -261,7 +281,12 @@ impl Topology {
         }))
         .await?;
 
-        // Per node: addresses, links up, sysctls, then routes and rules.
+        Ok(())
+    }
+
+    /// Every node's addresses, its interfaces up.
+    async fn addresses(&self, lab: &Lab) -> Result<()> {
+        let topo = self;
         let mut per_node: HashMap<usize, Vec<&Endpoint>> = HashMap::new();
         for e in lab.endpoints() {
             per_node.entry(e.node).or_default().push(e);
@@ -281,16 +306,19 @@ impl Topology {
                     }
                     h.set_up(idx).await?;
                 }
-                // Determinism: the kernel rate-limits the ICMP errors it sends (per destination,
-                // a token bucket refilled once a second), so whether a probe's "net unreachable"
-                // shows up would depend on how many came before it and when. No type is
-                // rate-limited in a lab node (the lab's own sysctls may still set it).
-                for (k, v) in DETERMINISM_SYSCTLS {
-                    h.sysctl(k, v)?;
-                }
-                for (k, v) in &node.sysctls {
-                    h.sysctl(k, v)?;
-                }
+                Ok::<_, anyhow::Error>(())
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Every node's routes, then its rules.
+    async fn routes(&self, lab: &Lab) -> Result<()> {
+        let topo = self;
+        try_join_all(lab.nodes.iter().enumerate().map(|(i, node)| {
+            let h = &topo.nodes[i];
+            async move {
                 for r in &node.routes {
                     h.route(r, true).await?;
                 }
@@ -301,14 +329,8 @@ impl Topology {
             }
         }))
         .await?;
-        Ok((topo.nodes, topo.lans))
+        Ok(())
     }
-}
-
-/// The handles while [`Topology::build_async`] works on them.
-struct Built {
-    nodes: Vec<NsHandle>,
-    lans: Vec<NsHandle>,
 }
 
 async fn veth(a: &NsHandle, a_if: &str, b: &NsHandle, b_if: &str, mtu: Option<u32>) -> Result<()> {

@@ -232,7 +232,11 @@ fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
     let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None };
-    let run = runner::run(&lab, &job.scenario, &opts)?;
+    let mut live = runner::Live::start(&lab, &job.scenario, &opts)?;
+    while live.step().is_some() {}
+    // No teardown: the guest is powered off as soon as this process exits, which ends every
+    // process and namespace of the lab at once. (With --pcap, tcpdump is stopped as usual.)
+    let run = if job.pcap { live.finish() } else { live.finish_abandoned() };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let r = GuestResult {
         transcript: run.transcript.clone(),
@@ -244,8 +248,6 @@ fn guest_run(job_path: &Path) -> Result<()> {
         steps_ms: ms(run.timings.steps),
         teardown_ms: ms(run.timings.teardown),
     };
-    let mut run = run;
-    run.keep_workdir();
     std::fs::write(job_path.with_file_name("result.toml"), toml::to_string(&r)?)?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod prepare;
+mod shell;
 mod steps;
 
 /// Where a run's progress lines go instead of stderr: called with each whole line

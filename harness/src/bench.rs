@@ -33,6 +33,17 @@ pub fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
+/// The median (the mean of the middle two for an even count).
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
@@ -387,6 +398,9 @@ pub fn run(
         let _ = writeln!(md, "\n## Labs\n\nWall time of one scenario: build (namespaces, topology, files, PKI, firewall), daemons (start until ready), steps, teardown. A lab runs on the backend it needs (`uml` for kernel features this host lacks); `--backends` also runs native labs in UML to compare the two. With `uml`, total includes booting the guest; the phases are measured inside it.\n");
         let _ = writeln!(md, "| scenario | backend | total | build | daemons | steps | teardown |");
         let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        // Each scenario's median total, per backend (the median over them is the figure issue 16
+        // sets for user-mode-linux).
+        let mut medians: Vec<(crate::backend::Backend, Duration)> = Vec::new();
         for lab in labs {
             let native = crate::backend::choose(lab).map_err(|e| anyhow::anyhow!(e))?;
             let mut backends = vec![native];
@@ -426,6 +440,7 @@ pub fn run(
                         continue;
                     }
                     let [b, d, s, t] = ph;
+                    medians.push((backend, stats(tot.clone()).1));
                     let line = format!(
                         "| {}::{} | {} | {} | {} | {} | {} | {} |",
                         lab.id,
@@ -443,6 +458,15 @@ pub fn run(
             }
         }
         let _ = writeln!(md, "\n(phase columns are medians)");
+        for backend in [crate::backend::Backend::Native, crate::backend::Backend::Uml] {
+            let m: Vec<Duration> = medians.iter().filter(|(b, _)| *b == backend).map(|(_, d)| *d).collect();
+            if !m.is_empty() {
+                let n = m.len();
+                let line = format!("\nMedian over the {n} scenarios' median totals, {}: {} ms", backend.name(), ms(median(m)));
+                eprintln!("{}", line.trim());
+                let _ = writeln!(md, "{line}");
+            }
+        }
     }
     if !suite.is_empty() {
         let _ = writeln!(md, "\n## The whole suite\n\nEvery scenario of every lab ({} scenarios), run once each by a pool of worker threads (like `cargo test --test labs -- --test-threads N`).\n", suite.iter().map(|l| l.scenarios.len()).sum::<usize>());
@@ -471,4 +495,17 @@ pub fn run(
 fn time_now() -> String {
     let out = Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok();
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+    use std::time::Duration;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        let ms = |v: &[u64]| v.iter().map(|&x| Duration::from_millis(x)).collect::<Vec<_>>();
+        assert_eq!(median(ms(&[3, 1, 2])), Duration::from_millis(2));
+        assert_eq!(median(ms(&[4, 1, 3, 2])), Duration::from_micros(2500));
+    }
 }

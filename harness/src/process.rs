@@ -175,9 +175,23 @@ pub fn run_capture_mounts(
     timeout: Duration,
     mounts: &[BindMount],
 ) -> Result<Output> {
+    run_capture_env(netns, pid, argv, cwd, timeout, mounts, &[])
+}
+
+/// [`run_capture_mounts`] with extra environment variables.
+pub fn run_capture_env(
+    netns: &NetNs,
+    pid: &PidNs,
+    argv: &[String],
+    cwd: &Path,
+    timeout: Duration,
+    mounts: &[BindMount],
+    env: &[(&str, &Path)],
+) -> Result<Output> {
     let (mut r, w) = std::io::pipe().context("pipe")?;
     let w2 = w.try_clone()?;
-    let cmd = command(netns, argv, cwd, Stdio::from(w), Stdio::from(w2), mounts)?;
+    let mut cmd = command(netns, argv, cwd, Stdio::from(w), Stdio::from(w2), mounts)?;
+    cmd.envs(env.iter().copied());
     let mut child = pid.spawn(cmd).with_context(|| format!("node `{}`: cannot run `{}`", netns.name, argv[0]))?;
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();

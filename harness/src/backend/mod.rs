@@ -184,19 +184,73 @@ pub fn uml_release() -> String {
     uml::version().unwrap_or_else(|| "not installed".into())
 }
 
-/// The features the user-mode-linux guest's kernel has: probed once per process by booting a
-/// guest that runs every [`crate::env::probe_script`] in a fresh network namespace of its own.
+/// The features the user-mode-linux guest's kernel has: probed by booting a guest that runs
+/// every [`crate::env::probe_script`] in a fresh network namespace of its own. The answer is
+/// kept in `<cache>/uml-features` (see [`with::cache_dir`](crate::with::cache_dir)) under a
+/// fingerprint of everything it depends on (the probe scripts, the UML kernel and its modules,
+/// the installed packages): the probe boots a guest, 2-4 s per vpnlab run otherwise.
 pub fn uml_features() -> Result<Vec<KernelFeature>, String> {
     static F: std::sync::OnceLock<Result<Vec<KernelFeature>, String>> = std::sync::OnceLock::new();
     F.get_or_init(|| {
         uml::available()?;
-        probe_uml().map_err(|e| format!("probing the user-mode-linux kernel: {e:#}"))
+        let script = probe_script();
+        let cache = crate::with::cache_dir().join("uml-features");
+        let fp = probe_fingerprint(&script);
+        if let Some(found) = fp.as_deref().and_then(|fp| read_probe_cache(&cache, fp)) {
+            return Ok(found);
+        }
+        let found = probe_uml(script).map_err(|e| format!("probing the user-mode-linux kernel: {e:#}"))?;
+        if let Some(fp) = fp {
+            write_probe_cache(&cache, &fp, &found);
+        }
+        Ok(found)
     })
     .clone()
 }
 
-fn probe_uml() -> Result<Vec<KernelFeature>> {
-    let shared = tempfile::Builder::new().prefix("vpnlab-uml-probe-").tempdir()?;
+/// What the probe's answer depends on, in one line; `None` when something cannot be read.
+fn probe_fingerprint(script: &str) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    let stamp = |p: &Path| -> Option<String> {
+        let m = std::fs::metadata(p).ok()?;
+        let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(format!("{}@{}", m.len(), t.as_nanos()))
+    };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (script, guest_alternatives(), modules_for_features(&[KernelFeature::Ppp, KernelFeature::Esp])).hash(&mut h);
+    let dpkg = stamp(Path::new("/var/lib/dpkg/status")).unwrap_or_else(|| "-".into());
+    Some(format!(
+        "v1 {:016x} {} kernel={} modules={} dpkg={dpkg}",
+        h.finish(),
+        uml::version()?,
+        stamp(Path::new(uml::UML_KERNEL))?,
+        stamp(&uml::module_dir()?.join("modules.dep"))?
+    ))
+}
+
+fn read_probe_cache(path: &Path, fingerprint: &str) -> Option<Vec<KernelFeature>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (fp, features) = text.split_once('\n')?;
+    if fp != fingerprint {
+        return None;
+    }
+    features.split_whitespace().map(KernelFeature::parse).collect()
+}
+
+/// Best effort: a cache that cannot be written only costs the next run a probe.
+fn write_probe_cache(path: &Path, fingerprint: &str, found: &[KernelFeature]) {
+    let names: Vec<&str> = found.iter().map(|f| f.name()).collect();
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let ok = path.parent().map(std::fs::create_dir_all).is_some_and(|r| r.is_ok())
+        && std::fs::write(&tmp, format!("{fingerprint}\n{}\n", names.join(" "))).is_ok()
+        && std::fs::rename(&tmp, path).is_ok();
+    if !ok {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// One shell script that prints `vpnlab-feature NAME yes|no` for every feature.
+fn probe_script() -> String {
     let mut script = String::new();
     for f in KernelFeature::ALL {
         let q = crate::env::probe_script(f).replace('\'', "'\\''");
@@ -206,6 +260,11 @@ fn probe_uml() -> Result<Vec<KernelFeature>> {
             f.name()
         ));
     }
+    script
+}
+
+fn probe_uml(script: String) -> Result<Vec<KernelFeature>> {
+    let shared = tempfile::Builder::new().prefix("vpnlab-uml-probe-").tempdir()?;
     let mut uj = uml::UmlJob::new(vec!["/bin/sh".into(), "-c".into(), script], shared.path());
     uj.alternatives = guest_alternatives();
     uj.modules = modules_for_features(&[KernelFeature::Ppp, KernelFeature::Esp]);
@@ -261,7 +320,11 @@ fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
     let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None, work_root: None };
-    let mut run = runner::run(&lab, &job.scenario, &opts)?;
+    let mut live = runner::Live::start(&lab, &job.scenario, &opts)?;
+    while live.step().is_some() {}
+    // No teardown: the guest is powered off as soon as this process exits, which ends every
+    // process and namespace of the lab at once. (With --pcap, tcpdump is stopped as usual.)
+    let mut run = if job.pcap { live.finish() } else { live.finish_abandoned() };
     run.keep_workdir();
     std::fs::write(job_path.with_file_name("result.toml"), toml::to_string(&run)?)?;
     Ok(())
@@ -363,4 +426,26 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         }
     };
     Ok(res.with_work(work))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{read_probe_cache, write_probe_cache};
+    use crate::model::KernelFeature;
+
+    #[test]
+    fn the_probe_cache_answers_only_for_its_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/uml-features");
+        assert_eq!(read_probe_cache(&path, "fp1"), None);
+        write_probe_cache(&path, "fp1", &[KernelFeature::Ppp, KernelFeature::Esp]);
+        assert_eq!(read_probe_cache(&path, "fp1"), Some(vec![KernelFeature::Ppp, KernelFeature::Esp]));
+        assert_eq!(read_probe_cache(&path, "fp2"), None);
+        write_probe_cache(&path, "fp2", &[]);
+        assert_eq!(read_probe_cache(&path, "fp2"), Some(vec![]));
+        assert_eq!(read_probe_cache(&path, "fp1"), None);
+        // A feature name this build does not know: probe again.
+        std::fs::write(&path, "fp3\nppp warp-drive\n").unwrap();
+        assert_eq!(read_probe_cache(&path, "fp3"), None);
+    }
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod prepare;
+mod shell;
 mod steps;
 
 /// Where a run's progress lines go instead of stderr: called with each whole line
@@ -368,7 +369,20 @@ impl<'a> Live<'a> {
     }
 
     /// Tears the lab down and returns the result.
-    pub fn finish(mut self) -> Run {
+    pub fn finish(self) -> Run {
+        self.finish_with(true)
+    }
+
+    /// The result without tearing the lab down: its daemons, namespaces and work dir are left
+    /// as they are. Only for a run inside a user-mode-linux guest, which is powered off right
+    /// afterwards: everything the lab made dies with the guest's kernel, and the host removes
+    /// the shared work dir. (Stopping the daemons there took 0.1-2.3 s per scenario: pluto
+    /// deletes its states, runs its updown script and waits for the peer on SIGTERM.)
+    pub fn finish_abandoned(self) -> Run {
+        self.finish_with(false)
+    }
+
+    fn finish_with(mut self, teardown: bool) -> Run {
         // Impairments still on: their counters belong to the transcript (a phase that was
         // impaired shows whether the impairment acted).
         if let Some(l) = self.l.as_mut() {
@@ -379,11 +393,22 @@ impl<'a> Live<'a> {
         let transcript = self.transcript();
         let tt = Instant::now();
         if let Some(mut l) = self.l.take() {
-            l.teardown();
-            drop(l);
+            if teardown {
+                l.teardown();
+                drop(l);
+            } else {
+                // Not even dropped: dropping kills the PID namespace and closes the namespaces.
+                std::mem::forget(l);
+            }
         }
         self.timings.teardown = tt.elapsed();
-        let work = std::sync::Arc::try_unwrap(self.work).ok();
+        let work = if teardown {
+            std::sync::Arc::try_unwrap(self.work).ok()
+        } else {
+            // Left on disk (the host removes the shared dir it is in).
+            std::mem::forget(self.work);
+            None
+        };
         Run {
             transcript,
             failure: self.failure,

@@ -5,6 +5,7 @@ use super::Lab_;
 use crate::process::{read_from, wait_until, Daemon};
 use anyhow::{anyhow, bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -44,8 +45,8 @@ impl Lab_<'_> {
                 self.exec_ok(i, &["nft".into(), "-f".into(), f.to_string_lossy().into_owned()])?;
             }
             for cmd in &node.setup {
-                self.exec_ok(i, &["/bin/sh".into(), "-c".into(), cmd.clone()])
-                    .with_context(|| format!("setup of node `{}`: {cmd}", node.name))?;
+                let out = self.exec_sh(i, cmd).with_context(|| format!("setup of node `{}`: {cmd}", node.name))?;
+                self.check_ok(i, cmd, &out).with_context(|| format!("setup of node `{}`: {cmd}", node.name))?;
             }
         }
         Ok(())
@@ -95,11 +96,39 @@ impl Lab_<'_> {
         crate::process::run_capture_mounts(&self.topo.nodes[node].ns, &self.pid, argv, &self.node_dir(node), self.lab.step_timeout, &mounts)
     }
 
+    /// `sh -c cmd` in a node, without the `sh` process when the shell would only split the
+    /// command into words (see [`super::shell`]).
+    pub(super) fn exec_sh(&self, node: usize, cmd: &str) -> Result<crate::process::Output> {
+        let dir = self.node_dir(node);
+        let Some(argv) = super::shell::direct_argv(cmd, &dir, std::env::var("PATH").ok().as_deref()) else {
+            return self.exec(node, &["/bin/sh".into(), "-c".into(), cmd.to_string()]);
+        };
+        let mounts = self.opts.with.mounts_for_command(&argv);
+        let ns = &self.topo.nodes[node].ns;
+        let mut out = crate::process::run_capture_env(ns, &self.pid, &argv, &dir, self.lab.step_timeout, &mounts, &[("PWD", &dir)])?;
+        // What dash does when its command is killed by signal N: it says so on stderr (not for
+        // SIGINT and SIGPIPE) and exits with 128+N.
+        if let (Some(st), false) = (out.status, out.timed_out) {
+            if let Some(sig) = st.signal() {
+                if sig != libc::SIGINT && sig != libc::SIGPIPE {
+                    let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }.to_string_lossy().into_owned();
+                    out.text.push_str(&format!("{name}{}\n", if st.core_dumped() { " (core dumped)" } else { "" }));
+                }
+                out.status = Some(std::process::ExitStatus::from_raw((128 + sig) << 8));
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) fn exec_ok(&self, node: usize, argv: &[String]) -> Result<()> {
         let out = self.exec(node, argv)?;
+        self.check_ok(node, &argv.join(" "), &out)
+    }
+
+    fn check_ok(&self, node: usize, what: &str, out: &crate::process::Output) -> Result<()> {
         if !out.success() {
             let hint = if out.timed_out { format!(" (cut at the step timeout of {:?})", self.lab.step_timeout) } else { String::new() };
-            bail!("`{}` in node `{}`: {}{hint}\n{}", argv.join(" "), self.lab.nodes[node].name, out.describe_status(), out.text.trim_end());
+            bail!("`{what}` in node `{}`: {}{hint}\n{}", self.lab.nodes[node].name, out.describe_status(), out.text.trim_end());
         }
         Ok(())
     }

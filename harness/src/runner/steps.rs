@@ -256,7 +256,7 @@ impl Lab_<'_> {
                 }
             }
             Action::Sh { node, cmd, .. } => {
-                let out = self.exec(*node, &["/bin/sh".into(), "-c".into(), cmd.clone()]).map_err(|e| fail(format!("{e:#}")))?;
+                let out = self.exec_sh(*node, cmd).map_err(|e| fail(format!("{e:#}")))?;
                 Fact::Command {
                     node: node_name(node),
                     cmd: cmd.clone(),
@@ -266,7 +266,7 @@ impl Lab_<'_> {
                 }
             }
             Action::Show { node, cmd } => {
-                let out = self.exec(*node, &["/bin/sh".into(), "-c".into(), cmd.clone()]).map_err(|e| fail(format!("{e:#}")))?;
+                let out = self.exec_sh(*node, cmd).map_err(|e| fail(format!("{e:#}")))?;
                 Fact::Show { node: node_name(node), cmd: cmd.clone(), ok: out.success(), status: out.describe_status(), output: out.text }
             }
             Action::Chmod { node, mode, path } => {

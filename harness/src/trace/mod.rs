@@ -178,7 +178,7 @@ fn observe_nft(
     if std::env::var_os("VPNLAB_TRACE_DEBUG").is_some() {
         debug_dump(nodes, &ruleset, &texts, &before, &after);
     }
-    let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect();
+    let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect::<Result<_>>()?;
     installed.remove()?;
     Ok((obs, before, after, probed))
 }

@@ -32,8 +32,6 @@ use std::time::{Duration, Instant};
 mod explain;
 pub(crate) mod nflog;
 mod ruleset;
-#[cfg(test)]
-mod tests;
 mod walk;
 
 use ruleset::{collect, nft, par, parse_sets, ruleset, snmp, Counters, Fam, Installed, Obs};
@@ -237,3 +235,6 @@ pub fn run_ping_trace_full(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usiz
     })?;
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests;

@@ -222,7 +222,7 @@ pub fn install_signal_cleanup() {
                     let _ = std::io::stdout().flush();
                 }
                 // Not `std::process::exit`: no atexit handlers or destructors of other threads.
-                unsafe { libc::_exit(128 + sig) };
+                unsafe { libc::_exit(crate::error::Exit::Signal(sig).code().into()) };
             }
         })
         .expect("signal thread");

@@ -87,9 +87,8 @@ fn main() {
     if let (Some(before), Some(after)) = (before, host_state()) {
         if before != after {
             eprintln!("the host's network state changed during the lab suite (labs must never touch the host):");
-            for d in diff_lines(&before, &after) {
-                eprintln!("{d}");
-            }
+            let diff = similar::TextDiff::from_lines(&before, &after);
+            eprint!("{}", diff.unified_diff().context_radius(1).header("host before the suite", "host after the suite"));
             std::process::exit(101);
         }
         eprintln!("host network state unchanged by the labs (ci/host-state before == after)");
@@ -126,14 +125,7 @@ fn host_state() -> Option<String> {
             lines.push(l.to_string());
         }
     }
-    Some(lines.join("\n"))
-}
-
-fn diff_lines(a: &str, b: &str) -> Vec<String> {
-    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    let mut out: Vec<String> = a.iter().filter(|l| !b.contains(l)).map(|l| format!("- {l}")).collect();
-    out.extend(b.iter().filter(|l| !a.contains(l)).map(|l| format!("+ {l}")));
-    out
+    Some(lines.join("\n") + "\n")
 }
 
 /// Scenarios also run with the UML backend forced: OpenVPN labs with a firewall, and the trace

@@ -22,11 +22,53 @@ impl fmt::Display for EnvError {
 }
 impl std::error::Error for EnvError {}
 
-/// Exit code for an error: 2 for bad input or environment, 1 for anything else.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
+/// Every way `vpnlab` ends, with its exit code ([`Exit::code`] is the one table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked for was done and passed.
+    Passed,
+    /// A scenario did not pass (check-failed, drift, error, transcripts that differed between
+    /// repetitions), or an error that is neither bad input nor a bad environment.
+    NotPassed,
+    /// Bad input or environment ([`InputError`], [`EnvError`]): nothing ran, or a requested
+    /// output file could not be written.
+    Unusable,
+    /// Ended by this signal, after every lab was cleaned up.
+    Signal(i32),
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Passed => 0,
+            Exit::NotPassed => 1,
+            Exit::Unusable => 2,
+            Exit::Signal(sig) => (128 + sig).clamp(0, 255) as u8,
+        }
+    }
+}
+
+/// How a run that ended in `err` exits: [`Exit::Unusable`] for bad input or environment,
+/// [`Exit::NotPassed`] for anything else.
+pub fn exit_code(err: &anyhow::Error) -> Exit {
     if err.downcast_ref::<InputError>().is_some() || err.downcast_ref::<EnvError>().is_some() {
-        2
+        Exit::Unusable
     } else {
-        1
+        Exit::NotPassed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes() {
+        let env: anyhow::Error = EnvError { msg: "m".into(), hint: "h".into() }.into();
+        assert_eq!(exit_code(&env).code(), 2);
+        let input: anyhow::Error = InputError::at(std::path::Path::new("l.toml"), "x", 0, "m", "h").into();
+        assert_eq!(exit_code(&input.context("loading")).code(), 2, "found under context too");
+        assert_eq!(exit_code(&anyhow::anyhow!("other")).code(), 1);
+        assert_eq!([Exit::Passed.code(), Exit::Signal(2).code(), Exit::Signal(15).code()], [0, 130, 143]);
     }
 }

@@ -11,6 +11,7 @@ use cli::run::{run_suite, Outputs};
 use cli::select;
 use std::process::ExitCode;
 use vpnlab::error::EnvError;
+use vpnlab::error::Exit;
 use vpnlab::{env, model, runner, workdir};
 
 #[derive(Parser)]
@@ -217,7 +218,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("{e:#}");
-            ExitCode::from(vpnlab::error::exit_code(&e) as u8)
+            ExitCode::from(vpnlab::error::exit_code(&e).code())
         }
     }
 }
@@ -230,7 +231,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
     match cli.cmd {
         Cmd::Completions { shell } => {
             vpnlab::completions::write(shell, &<Cli as clap::CommandFactory>::command(), &mut std::io::stdout());
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::List => {
             for (lab, _) in select(&[])? {
@@ -239,7 +240,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                     println!("    {}::{}{}", lab.id, s.name, if s.about.is_empty() { String::new() } else { format!("  - {}", s.about) });
                 }
             }
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Bench { labs, sizes, reps, out, backends, suite } => {
             let labs = if labs.is_empty() { vec!["openvpn/missing-return-route".to_string()] } else { labs };
@@ -247,14 +248,14 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             let all: Vec<model::Lab> = if suite { select(&[])?.into_iter().map(|(l, _)| l).collect() } else { Vec::new() };
             vpnlab::bench::run(&sizes, reps.max(1), &selected, backends, &all, Some(&out))?;
             eprintln!("written to {}", out.display());
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Show { lab, format, update_readme } => {
             let (lab, _) = select(&[lab])?.remove(0);
             if update_readme {
                 let changed = vpnlab::diagram::update_readme(&lab)?;
                 println!("{}: {}", lab.dir.join("README.md").display(), if changed { "topology updated" } else { "already current" });
-                return Ok(0);
+                return Ok(Exit::Passed.code());
             }
             let out = match format.as_str() {
                 "dot" => vpnlab::diagram::dot(&lab),
@@ -262,7 +263,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 _ => vpnlab::diagram::text(&lab),
             };
             print!("{out}");
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Up { lab, scenario, until, with } => {
             env::require_root()?;
@@ -288,7 +289,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             }
             let st = vpnlab::session::up(&lab, &sc, until.as_deref(), &with)?;
             print!("{}", vpnlab::session::describe(&st));
-            Ok(if st.failure.is_some() { 1 } else { 0 })
+            Ok(if st.failure.is_some() { Exit::NotPassed } else { Exit::Passed }.code())
         }
         Cmd::Exec { lab, node, cmd } => {
             env::require_root()?;
@@ -302,25 +303,25 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Logs { lab, service, follow } => {
             vpnlab::session::logs(&vpnlab::session::key_for(&lab), service.as_deref(), follow, &mut std::io::stdout())?;
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Trace { lab, node, dest } => {
             env::require_root()?;
             for l in vpnlab::session::trace(&vpnlab::session::key_for(&lab), &node, dest)? {
                 println!("{l}");
             }
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Step { lab } => {
             println!("{}", vpnlab::session::step(&vpnlab::session::key_for(&lab))?.trim_end());
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Down { lab } => {
             env::require_root()?;
             let key = vpnlab::session::key_for(&lab);
             vpnlab::session::down(&key)?;
             println!("{key} is down");
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Status => {
             let labs = vpnlab::session::status()?;
@@ -340,7 +341,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                     names.join(" ")
                 );
             }
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::New { name, server, client, dir } => {
             let made = vpnlab::newlab::create_with_report(&vpnlab::newlab::NewLab { name, server_conf: server, client_conf: client, dir })?;
@@ -355,11 +356,11 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 "next: `vpnlab run {}` checks that it connects and records the first snapshot; then add the symptom's steps",
                 made.dir.display()
             );
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Serve { lab_dir, scenario, until, with } => {
             vpnlab::session::serve(&lab_dir, &scenario, &until, &with)?;
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Check { labs } => {
             for (lab, sc) in select(&labs)? {
@@ -368,13 +369,13 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 }
                 println!("{}: ok ({} scenarios)", lab.id, sc.len());
             }
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Doctor { labs } => {
             env::require_root()?;
             let labs: Vec<model::Lab> = select(&labs)?.into_iter().map(|(l, _)| l).collect();
             print!("{}", vpnlab::doctor::report(&labs));
-            Ok(0)
+            Ok(Exit::Passed.code())
         }
         Cmd::Matrix { labs, with, out, json, quiet } => {
             let selected = select(&labs)?;
@@ -404,7 +405,7 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             std::fs::write(&json, m.json())
                 .map_err(|e| EnvError { msg: format!("cannot write {}: {e}", json.display()), hint: String::new() })?;
             eprintln!("written to {} and {}", out.display(), json.display());
-            Ok(if m.all_passed() { 0 } else { 1 })
+            Ok(if m.all_passed() { Exit::Passed } else { Exit::NotPassed }.code())
         }
         Cmd::Run { labs, keep, accept, quiet, pcap, report, repeat, with, jobs, junit, html, shard } => {
             // Everything that can be wrong with the input or the environment is found before

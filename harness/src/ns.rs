@@ -51,6 +51,12 @@ impl Drop for NetNs {
     }
 }
 
+impl AsFd for NetNs {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl NetNs {
     /// Creates `names.len()` fresh network namespaces, all on one short-lived thread.
     pub fn create_many(names: &[String]) -> Result<Vec<NetNs>> {
@@ -151,10 +157,8 @@ impl PidNs {
             unsafe {
                 cmd.pre_exec(|| {
                     unblock_all_signals();
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    libc::setsid();
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                    let _ = nix::unistd::setsid();
                     Ok(())
                 });
             }
@@ -241,19 +245,13 @@ fn live_holders() -> &'static Mutex<Vec<u32>> {
 pub fn kill_all_labs() {
     let pids = live_holders().lock().unwrap_or_else(|p| p.into_inner()).clone();
     for p in pids {
-        unsafe {
-            libc::kill(p as libc::pid_t, libc::SIGKILL);
-        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as libc::pid_t), nix::sys::signal::Signal::SIGKILL);
     }
 }
 
 /// In a child before exec: start with no blocked signals whatever the parent blocked.
 pub fn unblock_all_signals() {
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
 }
 
 /// SIGINT / SIGTERM / SIGHUP end the process cleanly: every lab's processes are killed, every
@@ -271,34 +269,32 @@ pub fn set_interrupted_summary(line: String) {
 }
 
 pub fn install_signal_cleanup() {
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let set_copy = set;
-        std::thread::Builder::new()
-            .name("vpnlab-signals".into())
-            .spawn(move || {
-                let mut sig: libc::c_int = 0;
-                if libc::sigwait(&set_copy, &mut sig) == 0 {
-                    eprintln!("vpnlab: signal {sig}: stopping every lab and cleaning up");
-                    kill_all_labs();
-                    unname_all();
-                    crate::workdir::remove_all_live();
-                    // A run always ends with its summary, also when interrupted.
-                    if let Some(line) = INTERRUPTED_SUMMARY.lock().ok().and_then(|s| s.clone()) {
-                        println!("{line}");
-                        use std::io::Write;
-                        let _ = std::io::stdout().flush();
-                    }
-                    libc::_exit(128 + sig);
-                }
-            })
-            .expect("signal thread");
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
     }
+    let _ = set.thread_block();
+    std::thread::Builder::new()
+        .name("vpnlab-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                let sig = sig as i32;
+                eprintln!("vpnlab: signal {sig}: stopping every lab and cleaning up");
+                kill_all_labs();
+                unname_all();
+                crate::workdir::remove_all_live();
+                // A run always ends with its summary, also when interrupted.
+                if let Some(line) = INTERRUPTED_SUMMARY.lock().ok().and_then(|s| s.clone()) {
+                    println!("{line}");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }
+                // Not `std::process::exit`: no atexit handlers or destructors of other threads.
+                unsafe { libc::_exit(crate::error::Exit::Signal(sig).code().into()) };
+            }
+        })
+        .expect("signal thread");
 }
 
 type Job = Box<dyn FnOnce() + Send>;

@@ -5,10 +5,11 @@
 
 use crate::ns::{NetNs, PidNs};
 use anyhow::{anyhow, Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -72,7 +73,7 @@ pub fn command_opts(
                 check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
             }
             if new_session {
-                libc::setsid();
+                let _ = nix::unistd::setsid();
             }
             Ok(())
         });
@@ -104,9 +105,8 @@ pub fn wait_deadline(child: &mut Child, deadline: Instant) -> Result<Option<Exit
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if let Some(fd) = &fd {
-            let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            let ms = left.as_millis().min(i32::MAX as u128) as i32;
-            unsafe { libc::poll(&mut p, 1, ms) };
+            let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut p, PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX));
         } else {
             std::thread::sleep(left.min(Duration::from_millis(5)));
         }
@@ -214,8 +214,8 @@ pub fn run_capture_env(
 }
 
 pub fn kill_group(pgid: u32, sig: libc::c_int) {
-    unsafe {
-        libc::kill(-(pgid as libc::pid_t), sig);
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as libc::pid_t), sig);
     }
 }
 

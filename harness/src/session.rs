@@ -8,6 +8,8 @@ use crate::model::{self, Lab};
 use crate::ns::{self, NetNs};
 use crate::runner::{Live, Options};
 use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -150,7 +152,7 @@ pub fn up(lab: &Lab, scenario: &str, until: Option<&str>, with: &[String]) -> Re
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = nix::unistd::setsid();
             Ok(())
         });
     }
@@ -232,10 +234,10 @@ pub fn down(key: &str) -> Result<()> {
 /// Removes what a dead server left: namespace names, processes, work dir, state.
 fn cleanup_stale(key: &str, st: &State) {
     if alive(st.server_pid) {
-        unsafe { libc::kill(st.server_pid as i32, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(st.server_pid as i32), Signal::SIGKILL);
     }
     if alive(st.holder_pid) {
-        unsafe { libc::kill(st.holder_pid as i32, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(st.holder_pid as i32), Signal::SIGKILL);
     }
     for (_, name) in &st.nodes {
         ns::unname(&Path::new("/run/netns").join(name));

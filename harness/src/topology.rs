@@ -344,3 +344,21 @@ async fn veth(a: &NsHandle, a_if: &str, b: &NsHandle, b_if: &str, mtu: Option<u3
     let msg = link.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
     a.nl.link().add(msg).execute().await.map_err(|e| anyhow!("veth {}:{a_if} <-> {}:{b_if}: {}", a.ns.name, b.ns.name, nl_err(&e)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error names the key and the value it could not write (it once printed `key=`).
+    #[test]
+    #[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
+    fn sysctl_error_shows_key_and_value() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ns = NetNs::create_many(&["a".into()]).unwrap().pop().unwrap();
+        let h = rt.block_on(async { NsHandle::open(ns) }).unwrap();
+        h.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
+        let e = format!("{:#}", h.sysctl("net.ipv4.vpnlab_no_such_key", "7").unwrap_err());
+        assert!(e.starts_with("node `a`: sysctl net.ipv4.vpnlab_no_such_key=7: "), "{e}");
+        assert!(e.contains("No such file"), "{e}");
+    }
+}

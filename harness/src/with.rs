@@ -387,9 +387,7 @@ pub fn debian_root(suite: &str) -> Result<PathBuf> {
     }
     // Held until the end of this function (closing the file releases it).
     let lock = std::fs::File::create(base.join(format!("{suite}.lock")))?;
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        anyhow::bail!("lock {}: {}", base.display(), std::io::Error::last_os_error());
-    }
+    lock.lock().with_context(|| format!("lock {}", base.display()))?;
     if done(&root) {
         eprintln!("vpnlab: Debian {suite} root: cached ({})", root.display());
         return Ok(root);

@@ -9,7 +9,6 @@
 
 use anyhow::{Context, Result};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -73,7 +72,7 @@ impl WorkDir {
         // Daemons that drop privileges (user nobody) must still reach their files.
         std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))?;
         let lock = File::create(staging.path().join(LOCK))?;
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        lock.lock()?;
         for sub in ["nodes", "logs"] {
             std::fs::create_dir(staging.path().join(sub))?;
             std::fs::set_permissions(staging.path().join(sub), std::fs::Permissions::from_mode(0o755))?;
@@ -136,7 +135,7 @@ pub fn sweep_in(base: &Path) -> usize {
             continue;
         }
         let Ok(lock) = File::open(p.join(LOCK)) else { continue };
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 && std::fs::remove_dir_all(&p).is_ok() {
+        if lock.try_lock().is_ok() && std::fs::remove_dir_all(&p).is_ok() {
             n += 1;
         }
     }

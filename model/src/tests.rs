@@ -201,4 +201,17 @@ fn daemon_program_skips_wrappers() {
 fn split_words_quotes() {
     assert_eq!(split_words(r#"a 'b c' "d \" e" f\ g"#).unwrap(), ["a", "b c", "d \" e", "f g"]);
     assert!(split_words("a 'b").is_err());
+    // POSIX (shlex): in "..." a backslash escapes only $ ` " \ and a newline; a word starting
+    // with # starts a comment; a \ at the end is an error.
+    assert_eq!(split_words(r#""a\b" c#d #e f"#).unwrap(), [r"a\b", "c#d"]);
+    assert!(split_words("a \"b").is_err());
+    assert!(split_words("a\\").is_err());
+}
+
+#[test]
+fn bad_quoting_in_run_is_located() {
+    let src = BASE.replace("run = \"openvpn --config x.conf\"", "run = \"openvpn --config 'x.conf\"");
+    let e = lab_err(&src);
+    assert_eq!((e.line, e.col), pos(&src, "openvpn --config 'x"), "{e}");
+    assert!(e.msg.contains("unclosed") && e.hint == "fix the quoting", "{e}");
 }

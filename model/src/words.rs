@@ -1,52 +1,16 @@
 //! The word splitter for command lines in the lab file ([`split_words`]).
+//!
+//! The `shlex` crate (POSIX shell word splitting, as Python's `shlex.split`) rather than a
+//! hand-written splitter: '...' and "..." quoting, backslashes, `#` comments, like a shell.
 
-/// Splits a command line into words, honouring '...' and "..." quoting and backslashes.
+/// Splits a command line into words as a POSIX shell would (no expansions): '...' is literal,
+/// in "..." a backslash escapes only `$`, `` ` ``, `"`, `\` and a newline, outside quotes it
+/// escapes any character; a word starting with `#` starts a comment.
 pub fn split_words(s: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut have = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                have = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => cur.push(c),
-                        None => return Err("unclosed '".into()),
-                    }
-                }
-            }
-            '"' => {
-                have = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => cur.push(chars.next().ok_or("trailing \\")?),
-                        Some(c) => cur.push(c),
-                        None => return Err("unclosed \"".into()),
-                    }
-                }
-            }
-            '\\' => {
-                have = true;
-                cur.push(chars.next().ok_or("trailing \\")?);
-            }
-            c if c.is_whitespace() => {
-                if have {
-                    out.push(std::mem::take(&mut cur));
-                    have = false;
-                }
-            }
-            c => {
-                have = true;
-                cur.push(c);
-            }
-        }
+    let mut lexer = shlex::Shlex::new(s);
+    let words: Vec<String> = lexer.by_ref().collect();
+    if lexer.had_error {
+        return Err("an unclosed ' or \" quote, or a \\ at the end".into());
     }
-    if have {
-        out.push(cur);
-    }
-    Ok(out)
+    Ok(words)
 }

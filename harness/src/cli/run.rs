@@ -3,7 +3,7 @@
 //! files after every scenario.
 
 use std::time::Instant;
-use vpnlab::error::EnvError;
+use vpnlab::error::{EnvError, Exit};
 use vpnlab::{model, runner, suite};
 
 /// Where `vpnlab run` writes its machine-readable accounts (each rewritten after every scenario).
@@ -317,10 +317,11 @@ pub fn run_suite(
     };
     println!("vpnlab: {} in {:.2}s{reps}", tally.counts(), t0.elapsed().as_secs_f64());
     Ok(if write_error.is_some() {
-        2
+        Exit::Unusable
     } else if tally.all_passed() && differed == 0 {
-        0
+        Exit::Passed
     } else {
-        1
-    })
+        Exit::NotPassed
+    }
+    .code())
 }

@@ -7,8 +7,11 @@ use super::netlink::{
 };
 use super::{Impairment, HOLD_TIMEOUT};
 use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recv, MsgFlags};
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -78,7 +81,7 @@ impl Engine {
 
     pub(super) fn flush(&mut self) -> Result<()> {
         if !self.out.is_empty() {
-            let r = nl_send(self.nl.as_raw_fd(), &self.out);
+            let r = nl_send(self.nl.as_fd(), &self.out);
             self.out.clear();
             r.context("sending NFQUEUE verdicts")?;
         }
@@ -237,20 +240,16 @@ impl Engine {
     /// Reads what is in the socket now (at most `max` datagrams). Ok(false): nothing more.
     pub(super) fn read_some(&mut self, buf: &mut [u8], max: usize, passthrough: bool) -> Result<bool> {
         for _ in 0..max {
-            let n = unsafe { libc::recv(self.nl.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => return Ok(false),
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ENOBUFS) => {
-                        self.shared.note("the NFQUEUE socket overran: the kernel dropped packets it could not queue".into());
-                        continue;
-                    }
-                    _ => return Err(anyhow!("reading the NFQUEUE socket: {e}")),
+            let n = match recv(self.nl.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ENOBUFS) => {
+                    self.shared.note("the NFQUEUE socket overran: the kernel dropped packets it could not queue".into());
+                    continue;
                 }
-            }
-            let n = n as usize;
+                Err(e) => return Err(anyhow!("reading the NFQUEUE socket: {e}")),
+            };
             let data = buf[..n].to_vec();
             self.datagram(&data, passthrough)?;
         }
@@ -265,24 +264,20 @@ impl Engine {
                 self.due(now);
                 self.flush()?;
                 let timeout = match self.next_deadline() {
-                    None => -1,
+                    None => PollTimeout::NONE,
                     Some(at) => {
                         let us = at.saturating_duration_since(now).as_micros();
-                        us.div_ceil(1000).min(i32::MAX as u128) as i32
+                        PollTimeout::try_from(us.div_ceil(1000)).unwrap_or(PollTimeout::MAX)
                     }
                 };
-                let mut fds = [
-                    libc::pollfd { fd: self.nl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                    libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                ];
-                if unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) } < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.raw_os_error() == Some(libc::EINTR) {
-                        continue;
-                    }
-                    bail!("poll: {e}");
+                let mut fds = [PollFd::new(self.nl.as_fd(), PollFlags::POLLIN), PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, timeout) {
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => bail!("poll: {e}"),
                 }
-                if fds[1].revents != 0 {
+                let (readable, woken) = (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false));
+                if woken {
                     // Stopping (the rule is gone): release what we hold, in order, then accept
                     // whatever is still in the socket.
                     self.release_all();
@@ -291,7 +286,7 @@ impl Engine {
                     self.flush()?;
                     return self.unbind();
                 }
-                if fds[0].revents != 0 {
+                if readable {
                     self.read_some(&mut buf, 256, false)?;
                 }
             }
@@ -311,7 +306,7 @@ impl Engine {
         let cmd = [NFQNL_CFG_CMD_UNBIND, 0, 0, libc::AF_INET as u8];
         let mut msg = Vec::new();
         push_msg(&mut msg, NFQNL_MSG_CONFIG, NLM_F_ACK, 2, self.queue, &[(NFQA_CFG_CMD, &cmd)]);
-        match config(self.nl.as_raw_fd(), &msg, 2)? {
+        match config(self.nl.as_fd(), &msg, 2)? {
             0 => Ok(()),
             e => bail!("unbinding queue {}: {}", self.queue, std::io::Error::from_raw_os_error(e)),
         }

@@ -2,14 +2,15 @@
 //! thread, stop/drop; and running a command in a node by its namespace fds.
 
 use super::engine::{Engine, Shared, Stats};
-use super::netlink::{open_sockets, os_err};
+use super::netlink::open_sockets;
 use super::{dup_mark, Impairment, Proto, MARK_MASK};
 use crate::ns::{NetNs, PidNs};
 use crate::process::run_capture;
 use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -69,17 +70,10 @@ impl Impairer {
         let duplicate = matches!(imp, Impairment::Duplicate { .. });
         let name = ifname.to_string();
         let socks = netns.run(move || open_sockets(&name, queue, duplicate))?.with_context(|| format!("node `{node}`: impair {ifname}"))?;
-        let dup = unsafe { libc::fcntl(netns.raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(os_err("duplicating the node's namespace fd"));
-        }
-        let netns_fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        let netns_fd = netns.as_fd().try_clone_to_owned().context("duplicating the node's namespace fd")?;
         let pidns_fd = File::open(format!("/proc/{}/ns/pid", pid.holder_pid())).ok().map(OwnedFd::from);
-        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wake < 0 {
-            return Err(os_err("eventfd"));
-        }
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).context("eventfd")?;
+        let wake = OwnedFd::from(wake);
         let wake_worker = wake.try_clone()?;
         let shared = Arc::new(Shared::default());
         let engine = Engine {
@@ -176,8 +170,7 @@ impl Impairer {
     /// Signals the worker and joins it (after the rule is gone).
     pub(super) fn finish(&mut self) {
         if let Some(wake) = self.wake.take() {
-            let one: u64 = 1;
-            unsafe { libc::write(wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+            let _ = nix::unistd::write(&wake, &1u64.to_ne_bytes());
             if let Some(w) = self.worker.take() {
                 if w.join().is_err() {
                     self.shared.note("the impairment thread panicked".into());

@@ -1,10 +1,26 @@
-//! The hand-written NFQUEUE netlink codec: message and attribute layout, the constants, config
-//! requests with their acks, and opening the node's netlink and raw (duplicate) sockets.
+//! The NFQUEUE netlink codec: message and attribute layout, the constants, config requests with
+//! their acks, and opening the node's netlink and raw (duplicate) sockets (through nix).
+//!
+//! Hand-written on purpose, after looking for a crate (checked 2026-05):
+//! - `netlink-packet-netfilter` 0.4 (which the trace's nflog.rs uses) has nfnetlink_log and
+//!   nftables messages but no nfnetlink_queue ones.
+//! - `nfq` 0.2.5: one release line, unsafe throughout, and it does not fit here: its socket is
+//!   opened without `SOCK_CLOEXEC` (a daemon spawned in the node would inherit the bound queue
+//!   and keep it alive after the impairer is gone), a config request waits for its ack with no
+//!   deadline, and every received `Message` pins the whole receive buffer it came in (64 KiB +
+//!   a page), so the thousands of packets a `delay` holds would pin hundreds of MiB.
+//!
+//! What is here is the few fixed layouts NFQUEUE needs (about 100 lines, tested by the impair
+//! tests and the `openvpn/replay-window` lab against the real kernel).
 
 use super::dup_mark;
 use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::net::if_::if_nametoindex;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{bind, recv, sendto, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType};
 use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- netlink (NFQUEUE)
@@ -30,7 +46,7 @@ pub(super) const NF_DROP: u32 = 0;
 pub(super) const NF_ACCEPT: u32 = 1;
 /// Packets the kernel may hold for us (a 10s delay of a fast flow needs many).
 pub(super) const QUEUE_MAXLEN: u32 = 16384;
-pub(super) const RCVBUF: libc::c_int = 16 << 20;
+pub(super) const RCVBUF: usize = 16 << 20;
 
 pub(super) fn align4(n: usize) -> usize {
     (n + 3) & !3
@@ -109,39 +125,26 @@ pub(super) fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, va
     }
 }
 
-pub(super) fn nl_send(fd: RawFd, buf: &[u8]) -> std::io::Result<()> {
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+/// Sends `buf` to the kernel (netlink port 0), retrying on EINTR.
+pub(super) fn nl_send(fd: BorrowedFd, buf: &[u8]) -> std::io::Result<()> {
     loop {
-        let r = unsafe {
-            libc::sendto(
-                fd,
-                buf.as_ptr() as *const libc::c_void,
-                buf.len(),
-                0,
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r >= 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match sendto(fd.as_raw_fd(), buf, &NetlinkAddr::new(0, 0), MsgFlags::empty()) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Waits up to `timeout` for `fd` to become readable.
-pub(super) fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) > 0 }
+pub(super) fn wait_readable(fd: BorrowedFd, timeout: Duration) -> bool {
+    let mut p = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut p, PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX)).is_ok_and(|n| n > 0)
 }
 
 /// Sends a config message (sequence number `seq`, NLM_F_ACK set) and waits up to 5s for its
 /// ack, ignoring other messages; returns the errno (0 = done).
-pub(super) fn config(fd: RawFd, msg: &[u8], seq: u32) -> Result<i32> {
+pub(super) fn config(fd: BorrowedFd, msg: &[u8], seq: u32) -> Result<i32> {
     nl_send(fd, msg).map_err(|e| anyhow!("NFQUEUE config: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = vec![0u8; 256 << 10];
@@ -150,15 +153,12 @@ pub(super) fn config(fd: RawFd, msg: &[u8], seq: u32) -> Result<i32> {
         if left.is_zero() || !wait_readable(fd, left) {
             bail!("NFQUEUE: no answer from the kernel to a config request");
         }
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_DONTWAIT) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ENOBUFS)) {
-                continue;
-            }
-            bail!("NFQUEUE: reading the answer to a config request: {e}");
-        }
-        for (ty, s, body) in messages(&buf[..n as usize]) {
+        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN | Errno::EINTR | Errno::ENOBUFS) => continue,
+            Err(e) => bail!("NFQUEUE: reading the answer to a config request: {e}"),
+        };
+        for (ty, s, body) in messages(&buf[..n]) {
             if ty == NLMSG_ERROR && s == seq {
                 return Ok(nl_errno(body));
             }
@@ -175,25 +175,17 @@ pub(super) struct Sockets {
 
 pub(super) fn open_sockets(ifname: &str, queue: u16, duplicate: bool) -> Result<Sockets> {
     let c_if = CString::new(ifname).map_err(|_| anyhow!("NUL in interface name"))?;
-    if unsafe { libc::if_nametoindex(c_if.as_ptr()) } == 0 {
+    if if_nametoindex(c_if.as_c_str()).is_err() {
         bail!("there is no interface `{ifname}`");
     }
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
-    if fd < 0 {
-        return Err(os_err("socket(AF_NETLINK, NETLINK_NETFILTER)"));
-    }
-    let nl = unsafe { OwnedFd::from_raw_fd(fd) };
+    let nl = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkNetFilter)
+        .context("socket(AF_NETLINK, NETLINK_NETFILTER)")?;
     // A large receive buffer: if it overflowed, the kernel would drop queued packets.
-    if setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RCVBUF).is_err() {
-        let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RCVBUF);
+    if nix::sys::socket::setsockopt(&nl, sockopt::RcvBufForce, &RCVBUF).is_err() {
+        let _ = nix::sys::socket::setsockopt(&nl, sockopt::RcvBuf, &RCVBUF);
     }
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    if unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t) }
-        != 0
-    {
-        return Err(os_err("bind(netlink)"));
-    }
+    bind(nl.as_raw_fd(), &NetlinkAddr::new(0, 0)).context("bind(netlink)")?;
+    let fd = nl.as_fd();
     // Bind the queue, copy whole packets, raise the queue length: one message, acked.
     let cmd = [NFQNL_CFG_CMD_BIND, 0, 0, libc::AF_INET as u8]; // command, pad, pf (be16)
     let mut params = 0xffffu32.to_be_bytes().to_vec(); // copy_range

@@ -394,7 +394,10 @@ impl<'a> Live<'a> {
         let tt = Instant::now();
         if let Some(mut l) = self.l.take() {
             if teardown {
-                l.teardown();
+                // Shown on stderr, outside the transcript: a failed teardown is no verdict on the lab.
+                for e in l.teardown() {
+                    eprintln!("vpnlab: {}: teardown: {e}", l.label);
+                }
                 drop(l);
             } else {
                 // Not even dropped: dropping kills the PID namespace and closes the namespaces.
@@ -441,20 +444,29 @@ impl Lab_<'_> {
         self.work.node_dir(&self.lab.nodes[node].name)
     }
 
-    /// Stops daemons in reverse order, then kills everything left in the PID namespace.
-    fn teardown(&mut self) {
-        for ((node, _), imp) in std::mem::take(&mut self.impairers) {
-            let _ = imp.stop(&self.topo.nodes[node].ns, &self.pid);
+    /// Stops daemons in reverse order, then kills everything left in the PID namespace. Goes on
+    /// past every error and returns them all (the caller shows them; they are not the verdict).
+    fn teardown(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for ((node, ifname), imp) in std::mem::take(&mut self.impairers) {
+            if let Err(e) = imp.stop(&self.topo.nodes[node].ns, &self.pid) {
+                errors.push(format!("impairment of {}:{ifname}: {e:#}", self.lab.nodes[node].name));
+            }
         }
         for i in (0..self.daemons.len()).rev() {
             if let Some(d) = self.daemons[i].as_mut() {
-                let _ = d.stop(Duration::from_secs(2));
+                if let Err(e) = d.stop(Duration::from_secs(2)) {
+                    errors.push(format!("stopping {}: {e:#}", d.name));
+                }
             }
         }
         // SIGTERM makes tcpdump flush and close its file.
         for c in self.captures.iter_mut() {
-            let _ = c.stop(Duration::from_secs(2));
+            if let Err(e) = c.stop(Duration::from_secs(2)) {
+                errors.push(format!("stopping the capture {}: {e:#}", c.name));
+            }
         }
         self.pid.kill_all();
+        errors
     }
 }

@@ -30,6 +30,7 @@ impl Lab_<'_> {
             crate::pki::generate(spec, &pki)?;
             // Certificates go to the nodes that run daemons.
             let mut daemon_nodes: Vec<usize> = self.lab.services.iter().map(|s| s.node).collect();
+            daemon_nodes.sort_unstable();
             daemon_nodes.dedup();
             for i in daemon_nodes {
                 for e in std::fs::read_dir(&pki)? {

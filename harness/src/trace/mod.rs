@@ -32,8 +32,6 @@ use std::time::{Duration, Instant};
 mod explain;
 pub(crate) mod nflog;
 mod ruleset;
-#[cfg(test)]
-mod tests;
 mod walk;
 
 use ruleset::{collect, nft, par, parse_sets, ruleset, snmp, Counters, Fam, Installed, Obs};
@@ -178,7 +176,7 @@ fn observe_nft(
     if crate::config::get().trace_debug {
         debug_dump(nodes, &ruleset, &texts, &before, &after);
     }
-    let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect();
+    let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect::<Result<_>>()?;
     installed.remove()?;
     Ok((obs, before, after, probed))
 }
@@ -237,3 +235,6 @@ pub fn run_ping_trace_full(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usiz
     })?;
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,11 +1,12 @@
 //! The observation points: the `inet vpnlab_trace` ruleset (hooks, first/last chains, the
 //! kinds of counted packet), loading and removing it with `nft` in every node, reading the sets
-//! back from `nft list` text, and the per-namespace SNMP counters.
+//! back from `nft -j` JSON (serde_json), and the per-namespace SNMP counters.
 
 use super::{TraceNode, NFT_TIMEOUT, TABLE};
 use crate::ns::{NetNs, PidNs};
 use crate::process::run_capture;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -239,7 +240,7 @@ pub(super) fn par<T: Send>(nodes: &[TraceNode], f: impl Fn(&TraceNode) -> Result
 
 pub(super) fn collect(nodes: &[TraceNode], pid: &PidNs, cwd: &Path) -> Result<Vec<String>> {
     par(nodes, |n| {
-        let out = nft(n.netns, pid, cwd, &["list", "table", "inet", TABLE])?;
+        let out = nft(n.netns, pid, cwd, &["-j", "list", "table", "inet", TABLE])?;
         if !out.success() {
             bail!("node `{}`: reading the trace table failed ({}):\n{}", n.name, out.describe_status(), out.text.trim_end());
         }
@@ -298,59 +299,111 @@ pub(super) struct Obs {
     pub(super) sets: HashMap<String, Vec<Elem>>,
 }
 
-/// Parses `nft list table` output: `set NAME { ... elements = { K . K . K counter packets N bytes M, ... } }`.
-pub(super) fn parse_sets(text: &str) -> Obs {
-    let mut obs = Obs::default();
-    let mut cur: Option<String> = None;
-    let mut buf: Option<String> = None;
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(b) = buf.as_mut() {
-            b.push(' ');
-            b.push_str(t);
-        } else if let Some(rest) = t.strip_prefix("set ") {
-            cur = rest.split_whitespace().next().map(str::to_string);
-            continue;
-        } else if let Some(rest) = t.strip_prefix("elements = {") {
-            buf = Some(rest.to_string());
-        } else {
-            continue;
-        }
-        let b = buf.as_ref().unwrap();
-        if let Some(end) = b.find('}') {
-            let body = b[..end].to_string();
-            buf = None;
-            if let Some(name) = &cur {
-                let err = name.ends_with("_ereq") || name.ends_with("_erep");
-                let v: Vec<Elem> = body.split(',').filter_map(|e| parse_elem(e, err)).collect();
-                obs.sets.entry(name.clone()).or_default().extend(v);
-            }
-        }
-    }
-    obs
+/// `nft -j list ...` output (nft's JSON schema, libnftables-json(5)): a list of objects, each
+/// one key naming its kind; only sets and chains are read here, everything else is skipped.
+#[derive(Deserialize)]
+pub(super) struct Listing {
+    nftables: Vec<Object>,
 }
 
-pub(super) fn parse_elem(s: &str, err: bool) -> Option<Elem> {
-    let s = s.trim();
-    let (key, ctr) = s.split_once(" counter packets ")?;
-    let packets = ctr.split_whitespace().next()?.parse().ok()?;
-    let f: Vec<&str> = key.split(" . ").map(str::trim).collect();
-    let (ttl, dev) = (f.first()?.parse().ok()?, f.get(1)?.trim_matches('"').to_string());
+#[derive(Deserialize)]
+struct Object {
+    set: Option<SetJson>,
+    chain: Option<ChainJson>,
+}
+
+#[derive(Deserialize)]
+struct SetJson {
+    name: String,
+    /// Each `{"elem": {"val": {"concat": [...]}, "counter": {...}}}` for our counting sets; kept
+    /// as values so that an element of another shape is skipped, not an error.
+    #[serde(default)]
+    elem: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ElemJson {
+    elem: ElemInner,
+}
+
+#[derive(Deserialize)]
+struct ElemInner {
+    val: Concat,
+    counter: CounterJson,
+}
+
+#[derive(Deserialize)]
+struct Concat {
+    concat: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct CounterJson {
+    packets: u64,
+}
+
+#[derive(Deserialize)]
+struct ChainJson {
+    family: String,
+    table: String,
+    name: String,
+    /// Base chains only.
+    hook: Option<String>,
+    policy: Option<String>,
+}
+
+/// A base chain from `nft -j list chains`: `table` is `FAMILY NAME` (`ip filter`).
+pub(super) struct BaseChain {
+    pub(super) table: String,
+    pub(super) name: String,
+    pub(super) hook: String,
+    pub(super) policy: Option<String>,
+}
+
+/// The base chains of `nft -j list chains` output, in its order.
+pub(super) fn base_chains(json: &str) -> Result<Vec<BaseChain>> {
+    let l: Listing = serde_json::from_str(json).context("reading `nft -j list chains`")?;
+    Ok(l.nftables
+        .into_iter()
+        .filter_map(|o| o.chain)
+        .filter_map(|c| Some(BaseChain { table: format!("{} {}", c.family, c.table), name: c.name, hook: c.hook?, policy: c.policy }))
+        .collect())
+}
+
+/// Reads the counting sets back from `nft -j list table` output (elements keyed `TTL . DEV .
+/// SADDR . DADDR`, or `TTL . DEV . TYPE . CODE` for the ICMP-error sets, each with its counter).
+pub(super) fn parse_sets(json: &str) -> Result<Obs> {
+    let l: Listing = serde_json::from_str(json).context("reading `nft -j list table`")?;
+    let mut obs = Obs::default();
+    for set in l.nftables.into_iter().filter_map(|o| o.set) {
+        let err = set.name.ends_with("_ereq") || set.name.ends_with("_erep");
+        let v: Vec<Elem> = set.elem.into_iter().filter_map(|e| parse_elem(e, err)).collect();
+        if !v.is_empty() {
+            obs.sets.entry(set.name).or_default().extend(v);
+        }
+    }
+    Ok(obs)
+}
+
+fn parse_elem(e: serde_json::Value, err: bool) -> Option<Elem> {
+    let e: ElemJson = serde_json::from_value(e).ok()?;
+    // A field as text: nft gives names (`"eth0"`, `"net-unreachable"`) or numbers.
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let f = &e.elem.val.concat;
     if f.len() != 4 {
         return None;
     }
+    let (ttl, dev) = (u8::try_from(f[0].as_u64()?).ok()?, text(&f[1])?);
+    let packets = e.elem.counter.packets;
     if err {
-        Some(Elem { ttl, dev, saddr: None, daddr: None, itype: f[2].to_string(), code: f[3].to_string(), packets })
+        Some(Elem { ttl, dev, saddr: None, daddr: None, itype: text(&f[2])?, code: text(&f[3])?, packets })
     } else {
-        Some(Elem {
-            ttl,
-            dev,
-            saddr: Some(f[2].parse().ok()?),
-            daddr: Some(f[3].parse().ok()?),
-            itype: String::new(),
-            code: String::new(),
-            packets,
-        })
+        let addr = |v: &serde_json::Value| v.as_str()?.parse().ok();
+        Some(Elem { ttl, dev, saddr: Some(addr(&f[2])?), daddr: Some(addr(&f[3])?), itype: String::new(), code: String::new(), packets })
     }
 }
 

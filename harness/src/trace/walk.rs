@@ -2,7 +2,7 @@
 //! observed sets (origin -> leave -> arrive, loops), writing one line per hop.
 
 use super::explain::{clean_err, icmp_desc, show};
-use super::ruleset::{set_name, Counters, Elem, Fam, Hook, Kind, Obs, Pos, HOOKS};
+use super::ruleset::{base_chains, set_name, Counters, Elem, Fam, Hook, Kind, Obs, Pos, HOOKS};
 use super::{TraceEnd, TraceNode, NFT_TIMEOUT, TABLE};
 use crate::ns::PidNs;
 use crate::process::run_capture;
@@ -126,7 +126,7 @@ impl Walker<'_, '_> {
 
     /// The base chains other than ours on a hook of the node: `inet f fwd, policy drop`,
     /// `ip filter FORWARD, policy drop`. nftables' chains (iptables-nft's among them) come from
-    /// `nft list chains`; iptables-legacy's (the user-mode-linux guest's only iptables) from
+    /// `nft -j list chains` (serde_json); iptables-legacy's (the user-mode-linux guest's only iptables) from
     /// `iptables-legacy-save`, written the same way, so a lab's iptables firewall is named alike
     /// on both backends. Accept-policy chains of the raw, mangle and security tables are left
     /// out: that is where the NFLOG observation points live (and, with iptables-nft, where they
@@ -137,25 +137,15 @@ impl Walker<'_, '_> {
             matches!(t, "raw" | "mangle" | "security") && policy.is_none_or(|p| p.eq_ignore_ascii_case("accept"))
         };
         let mut found = Vec::new();
-        if let Ok(text) = self.cmd(node, &["nft".into(), "list".into(), "chains".into()]) {
-            let (mut table, mut chain) = (String::new(), String::new());
-            for l in text.lines() {
-                let t = l.trim();
-                if let Some(r) = t.strip_prefix("table ") {
-                    table = r.trim_end_matches('{').trim().to_string();
-                } else if let Some(r) = t.strip_prefix("chain ") {
-                    chain = r.trim_end_matches('{').trim().to_string();
-                } else if t.contains(&format!("hook {} ", h.nft())) && table != format!("inet {TABLE}") {
-                    let policy = t.split("policy ").nth(1).map(|p| p.trim_end_matches(';').trim().to_string());
-                    if ours(&table, policy.as_deref()) {
-                        continue;
-                    }
-                    found.push(match policy {
-                        Some(p) => format!("{table} {chain}, policy {p}"),
-                        None => format!("{table} {chain}"),
-                    });
-                }
+        let listed = self.cmd(node, &["nft".into(), "-j".into(), "list".into(), "chains".into()]);
+        for c in listed.ok().and_then(|json| base_chains(&json).ok()).unwrap_or_default() {
+            if c.hook != h.nft() || c.table == format!("inet {TABLE}") || ours(&c.table, c.policy.as_deref()) {
+                continue;
             }
+            found.push(match c.policy {
+                Some(p) => format!("{} {}, policy {p}", c.table, c.name),
+                None => format!("{} {}", c.table, c.name),
+            });
         }
         let save = if self.fam.v6 { "ip6tables-legacy-save" } else { "iptables-legacy-save" };
         if crate::env::which(save).is_some() {

@@ -447,7 +447,79 @@ async fn veth(a: &NsHandle, a_if: &str, b: &NsHandle, b_if: &str, mtu: Option<u3
 
 #[cfg(test)]
 mod tests {
-    use super::ipv6_not_ready;
+    use super::*;
+
+    /// r has two uplinks to b; IPv6 multipath in table 100, a rule for a's prefix, a
+    /// link-local gateway, an unreachable route; removed and re-added through the step path.
+    const LAB6: &str = r#"[lab]
+title = "routes6"
+[nodes.a]
+routes = ["default via 2001:db8:1::1"]
+[nodes.r]
+sysctl = { "net.ipv6.conf.all.forwarding" = "1" }
+routes = ["2001:db8:9::/48 table 100 nexthop via 2001:db8:2::2 dev eth1 weight 1 nexthop via 2001:db8:3::2 dev eth2 weight 3",
+          "2001:db8:8::/48 via fe80::2 dev eth1", "unreachable 2001:db8:7::/48", "-6 default dev eth2 table 101"]
+rules  = ["from 2001:db8:1::/64 priority 50 table 100", "-6 iif eth0 priority 60 table 101"]
+[nodes.b]
+routes = ["default via 2001:db8:2::1"]
+[[links]]
+a = "a:eth0 2001:db8:1::2/64"
+b = "r:eth0 2001:db8:1::1/64"
+[[links]]
+a = "r:eth1 2001:db8:2::1/64"
+b = "b:eth0 2001:db8:2::2/64"
+[[links]]
+a = "r:eth2 2001:db8:3::1/64"
+b = "b:eth1 2001:db8:3::2/64"
+[scenarios.s]
+steps = []
+"#;
+
+    #[test]
+    #[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
+    fn ipv6_multipath_tables_and_rules_reach_the_kernel() {
+        assert!(crate::env::is_root(), "building namespaces needs root: sudo -E cargo test");
+        let dir = tempfile::tempdir().unwrap();
+        let lab = crate::model::parse(&dir.path().join("lab.toml"), LAB6).unwrap_or_else(|e| panic!("{e:?}"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let pid = crate::ns::PidNs::create().unwrap();
+        let topo = rt.block_on(Topology::build(&lab)).unwrap_or_else(|e| panic!("{e:#}"));
+        let r = &topo.nodes[1];
+        let sh = |args: &str| {
+            let argv: Vec<String> = args.split(' ').map(String::from).collect();
+            let out = crate::process::run_capture(&r.ns, &pid, &argv, dir.path(), std::time::Duration::from_secs(10)).unwrap();
+            assert!(out.success(), "{args}: {}", out.text);
+            out.text
+        };
+        let t100 = sh("ip -6 route show table 100");
+        assert!(t100.contains("2001:db8:9::/48 proto static metric 1024"), "{t100}");
+        assert!(t100.contains("nexthop via 2001:db8:2::2 dev eth1 weight 1"), "{t100}");
+        assert!(t100.contains("nexthop via 2001:db8:3::2 dev eth2 weight 3"), "{t100}");
+        assert!(sh("ip -6 route show table 101").contains("default dev eth2"), "table 101");
+        let main = sh("ip -6 route show");
+        assert!(main.contains("2001:db8:8::/48 via fe80::2 dev eth1"), "{main}");
+        assert!(main.contains("unreachable 2001:db8:7::/48"), "{main}");
+        let rules = sh("ip -6 rule");
+        assert!(rules.contains("50:\tfrom 2001:db8:1::/64 lookup 100"), "{rules}");
+        assert!(rules.contains("60:\tfrom all iif eth0 lookup 101"), "{rules}");
+        assert!(!sh("ip -4 rule").contains("lookup 100"), "the IPv6 rule is not an IPv4 one");
+        // The step path: delete and re-add; a route the kernel refuses fails with its reason.
+        let route = crate::model::route::parse_route_del("2001:db8:7::/48").unwrap();
+        rt.block_on(r.route(&route, false)).unwrap();
+        assert!(!sh("ip -6 route show").contains("2001:db8:7::/48"));
+        let rule = crate::model::route::parse_rule("from 2001:db8:1::/64 priority 50 table 100").unwrap();
+        rt.block_on(r.rule(&rule, false)).unwrap();
+        assert!(!sh("ip -6 rule").contains("lookup 100"));
+        rt.block_on(r.rule(&rule, true)).unwrap();
+        let bad = crate::model::route::parse_route("2001:db8:6::/48 via 2001:db8:99::1").unwrap();
+        let e = rt.block_on(r.route(&bad, true)).unwrap_err().to_string();
+        assert!(e.contains("ip route add 2001:db8:6::/48 via 2001:db8:99::1") && e.contains("No route to host"), "{e}");
+        // And traffic flows: a's packets match the rule, miss table 100, fall through to main.
+        let a = &topo.nodes[0];
+        let argv: Vec<String> = "ping -n -c 1 -W 2 2001:db8:3::2".split(' ').map(String::from).collect();
+        let out = crate::process::run_capture(&a.ns, &pid, &argv, dir.path(), std::time::Duration::from_secs(10)).unwrap();
+        assert!(out.text.contains("1 received"), "{}", out.text);
+    }
 
     #[test]
     fn ipv6_readiness_from_the_proc_tables() {

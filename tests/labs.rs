@@ -132,6 +132,7 @@ fn host_state() -> Option<String> {
 /// (NFLOG observation points there: the guest kernel has no nftables inet family).
 const UML_TRIALS: &[(&str, &str)] = &[
     ("openvpn/missing-return-route", "where-it-dies"),
+    ("openvpn/ipv6-return-route", "where-it-dies"),
     ("openvpn/client-to-client", "enable-forwarding"),
     ("openvpn/client-to-client", "forward-firewall"),
     ("openvpn/client-to-client", "client-to-client"),

@@ -186,9 +186,46 @@ pub fn parse(s: &str) -> Result<(Impairment, Option<Proto>), (usize, String)> {
     Ok((imp, if leading_fragments { Some(Proto::Fragments) } else { proto }))
 }
 
+/// Which IP version an impairment queues: `ipv4` (the default) or `ipv6` (an ip6tables rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+/// The step's spec with its family: a leading `ipv6` (or `ipv4`) word, then what [`parse`]
+/// reads: `ipv6 drop every 10 udp`. `fragments` is IPv4's (iptables `-f`). Errors as [`parse`].
+pub fn parse_spec(s: &str) -> Result<(Impairment, Option<Proto>, Family), (usize, String)> {
+    let lead = s.len() - s.trim_start().len();
+    let (family, skip) = match s.split_whitespace().next() {
+        Some(w @ "ipv6") => (Family::Ipv6, lead + w.len()),
+        Some(w @ "ipv4") => (Family::Ipv4, lead + w.len()),
+        _ => (Family::Ipv4, 0),
+    };
+    let (imp, proto) = parse(&s[skip..]).map_err(|(o, m)| (skip + o, m))?;
+    if family == Family::Ipv6 && proto == Some(Proto::Fragments) {
+        let o = s.rfind("fragments").unwrap_or(0);
+        return Err((o, "`fragments` selects IPv4 fragments (iptables -f); with `ipv6` use udp, tcp or icmp".into()));
+    }
+    Ok((imp, proto, family))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_the_family() {
+        assert_eq!(parse_spec("drop every 10"), Ok((Impairment::DropEvery(10), None, Family::Ipv4)));
+        assert_eq!(parse_spec(" ipv6 drop every 10 icmp"), Ok((Impairment::DropEvery(10), Some(Proto::Icmp), Family::Ipv6)));
+        assert_eq!(parse_spec("ipv4 delay 5ms"), Ok((Impairment::Delay(Duration::from_millis(5)), None, Family::Ipv4)));
+        assert_eq!(parse_spec("ipv6 drop every 1").unwrap_err().0, 16);
+        assert_eq!(parse_spec("ipv6 ipv6 drop every 2").unwrap_err().0, 5);
+        let (o, m) = parse_spec("ipv6 reorder every 10 hold 3 fragments").unwrap_err();
+        assert_eq!(o, 29);
+        assert!(m.contains("IPv4 fragments"), "{m}");
+    }
 
     #[test]
     fn parses_every_impairment() {

@@ -245,6 +245,7 @@ impl Lab {
         for step in self.prelude.iter().chain(self.scenarios.iter().flat_map(|s| s.steps.iter())) {
             match &step.action {
                 Action::Ping { .. } => out.push("ping".into()),
+                Action::Impair { spec: Some((_, _, crate::impair::Family::Ipv6)), .. } => out.push("ip6tables".into()),
                 Action::Impair { .. } => out.push("iptables".into()),
                 Action::Trace { .. } => out.extend(["nft".to_string(), "ping".to_string()]),
                 Action::Sh { cmd, .. } | Action::Show { cmd, .. } => out.extend(first_program(cmd)),

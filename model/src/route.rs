@@ -34,6 +34,8 @@ pub struct Route {
     /// One hop for a plain route, several for `nexthop ... nexthop ...`.
     pub hops: Vec<NextHop>,
     pub multipath: bool,
+    /// An IPv6 route (`ip -6 route`): from its addresses, or `-6` / `::/0` when it has none.
+    pub v6: bool,
     /// The text as written, for the transcript.
     pub text: String,
 }
@@ -47,6 +49,8 @@ pub struct Rule {
     pub iif: Option<String>,
     pub oif: Option<String>,
     pub fwmark: Option<u32>,
+    /// An IPv6 rule (`ip -6 rule`): from its prefixes, or `-6` when it has none.
+    pub v6: bool,
     pub text: String,
 }
 
@@ -88,7 +92,7 @@ fn err(offset: usize, msg: impl Into<String>) -> SyntaxError {
 
 /// Parses `10.0.0.0/8`, `10.0.0.1` (a host route) or `default`.
 pub fn parse_prefix(word: &str, offset: usize) -> Result<Option<IpNet>, SyntaxError> {
-    if word == "default" || word == "0.0.0.0/0" {
+    if word == "default" || word == "0.0.0.0/0" || word == "::/0" {
         return Ok(None);
     }
     if let Ok(net) = word.parse::<IpNet>() {
@@ -140,17 +144,87 @@ pub fn parse_route_del(text: &str) -> Result<Route, SyntaxError> {
     parse_route_inner(text, false)
 }
 
+/// The address family of one route or rule: decided by `-4`/`-6` in front, or by its first
+/// address (`::/0` counts as IPv6); an address of the other family is an error at that word.
+#[derive(Default)]
+struct Family {
+    decided: Option<(bool, String)>,
+}
+
+fn family_name(v6: bool) -> &'static str {
+    if v6 {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
+}
+
+impl Family {
+    fn see(&mut self, v6: bool, word: &str, offset: usize, what: &str) -> Result<(), SyntaxError> {
+        match &self.decided {
+            None => {
+                self.decided = Some((v6, word.to_string()));
+                Ok(())
+            }
+            Some((f, _)) if *f == v6 => Ok(()),
+            Some((f, by)) => Err(err(
+                offset,
+                format!(
+                    "`{word}` is an {} address, but this {what} is {} (`{by}`): write one {what} per address family",
+                    family_name(v6),
+                    family_name(*f)
+                ),
+            )),
+        }
+    }
+
+    /// A prefix (`None` = `default`, any family): `0.0.0.0/0` and `::/0` decide the family.
+    fn see_prefix(&mut self, p: Option<IpNet>, word: &str, offset: usize, what: &str) -> Result<(), SyntaxError> {
+        match p {
+            Some(net) => self.see(net.addr().is_ipv6(), word, offset, what),
+            None if word == "::/0" => self.see(true, word, offset, what),
+            None if word == "0.0.0.0/0" => self.see(false, word, offset, what),
+            None => Ok(()),
+        }
+    }
+
+    /// A leading `-4` / `-6` (as in `ip -6 route add ...`): consumed, the family decided.
+    fn leading(&mut self, w: &[(usize, &str)]) -> usize {
+        match w.first() {
+            Some((_, "-6")) => {
+                self.decided = Some((true, "-6".into()));
+                1
+            }
+            Some((_, "-4")) => {
+                self.decided = Some((false, "-4".into()));
+                1
+            }
+            _ => 0,
+        }
+    }
+
+    fn v6(&self) -> bool {
+        self.decided.as_ref().map(|(v6, _)| *v6).unwrap_or(false)
+    }
+}
+
+/// An IPv6 link-local gateway (`fe80::/10`) is only meaningful with the interface it is on.
+fn is_link_local(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
 fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
     let w = words(text);
     if w.is_empty() {
         return Err(err(0, "empty route"));
     }
-    let mut i = 0;
+    let mut fam = Family::default();
+    let mut i = fam.leading(&w);
     let mut kind = RouteType::Unicast;
-    match w[0].1 {
-        "blackhole" => kind = RouteType::Blackhole,
-        "unreachable" => kind = RouteType::Unreachable,
-        "prohibit" => kind = RouteType::Prohibit,
+    match w.get(i).map(|x| x.1) {
+        Some("blackhole") => kind = RouteType::Blackhole,
+        Some("unreachable") => kind = RouteType::Unreachable,
+        Some("prohibit") => kind = RouteType::Prohibit,
         _ => {}
     }
     if kind != RouteType::Unicast {
@@ -158,6 +232,7 @@ fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
     }
     let (o, d) = value(w.get(i), "route", 0)?;
     let dst = parse_prefix(d, o)?;
+    fam.see_prefix(dst, d, o, "route")?;
     i += 1;
     let mut route = Route {
         dst,
@@ -168,16 +243,21 @@ fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
         scope_link: false,
         hops: Vec::new(),
         multipath: false,
+        v6: false,
         text: text.trim().to_string(),
     };
     let mut hop = NextHop { via: None, dev: None, weight: 1, onlink: false };
+    let mut via_at = 0;
     let mut in_nexthop = false;
     while i < w.len() {
         let (o, word) = w[i];
         match word {
             "via" => {
                 let (vo, v) = value(w.get(i + 1), "via", o)?;
-                hop.via = Some(parse_addr(v, vo)?);
+                let a = parse_addr(v, vo)?;
+                fam.see(a.is_ipv6(), v, vo, "route")?;
+                hop.via = Some(a);
+                via_at = vo;
                 i += 1;
             }
             "dev" => {
@@ -195,6 +275,7 @@ fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
             "onlink" => hop.onlink = true,
             "nexthop" => {
                 if in_nexthop {
+                    link_local_needs_dev(&hop, via_at)?;
                     route.hops.push(std::mem::replace(&mut hop, NextHop { via: None, dev: None, weight: 1, onlink: false }));
                 } else if hop.via.is_some() || hop.dev.is_some() {
                     return Err(err(o, "put `via`/`dev` after each `nexthop`, not before the first one"));
@@ -213,7 +294,9 @@ fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
             }
             "src" => {
                 let (so, s) = value(w.get(i + 1), "src", o)?;
-                route.src = Some(parse_addr(s, so)?);
+                let a = parse_addr(s, so)?;
+                fam.see(a.is_ipv6(), s, so, "route")?;
+                route.src = Some(a);
                 i += 1;
             }
             "scope" => {
@@ -241,25 +324,54 @@ fn parse_route_inner(text: &str, need_hop: bool) -> Result<Route, SyntaxError> {
         if hop.via.is_none() && hop.dev.is_none() && need_hop && (!in_nexthop || route.hops.is_empty()) {
             return Err(err(text.len(), "a route needs `via GATEWAY` or `dev IFNAME` (or `nexthop ...`)"));
         }
+        link_local_needs_dev(&hop, via_at)?;
         route.hops.push(hop);
     }
+    route.v6 = fam.v6();
     Ok(route)
+}
+
+fn link_local_needs_dev(hop: &NextHop, via_at: usize) -> Result<(), SyntaxError> {
+    match hop.via {
+        Some(a) if is_link_local(a) && hop.dev.is_none() => {
+            Err(err(via_at, format!("`{a}` is a link-local address: say which interface it is on (`via {a} dev IFNAME`)")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Parses the arguments of `ip rule add`: `[from P] [to P] [iif IF] [oif IF] [fwmark N]
 /// [priority N] table T`.
 pub fn parse_rule(text: &str) -> Result<Rule, SyntaxError> {
     let w = words(text);
-    let mut rule =
-        Rule { from: None, to: None, priority: None, table: 0, iif: None, oif: None, fwmark: None, text: text.trim().to_string() };
+    let mut rule = Rule {
+        from: None,
+        to: None,
+        priority: None,
+        table: 0,
+        iif: None,
+        oif: None,
+        fwmark: None,
+        v6: false,
+        text: text.trim().to_string(),
+    };
     let mut table = None;
-    let mut i = 0;
+    let mut fam = Family::default();
+    let mut i = fam.leading(&w);
+    let mut prefix = |v: &str, vo: usize| -> Result<Option<IpNet>, SyntaxError> {
+        if v == "all" {
+            return Ok(None);
+        }
+        let p = parse_prefix(v, vo)?;
+        fam.see_prefix(p, v, vo, "rule")?;
+        Ok(p)
+    };
     while i < w.len() {
         let (o, word) = w[i];
         let (vo, v) = value(w.get(i + 1), word, o)?;
         match word {
-            "from" => rule.from = if v == "all" { None } else { parse_prefix(v, vo)? },
-            "to" => rule.to = if v == "all" { None } else { parse_prefix(v, vo)? },
+            "from" => rule.from = prefix(v, vo)?,
+            "to" => rule.to = prefix(v, vo)?,
             "priority" | "pref" | "prio" => rule.priority = Some(number(w.get(i + 1), word, o)?),
             "table" | "lookup" => table = Some(table_id(v, vo)?),
             "iif" => rule.iif = Some(v.to_string()),
@@ -273,6 +385,7 @@ pub fn parse_rule(text: &str) -> Result<Rule, SyntaxError> {
         i += 2;
     }
     rule.table = table.ok_or_else(|| err(text.len(), "a rule needs `table N`"))?;
+    rule.v6 = fam.v6();
     Ok(rule)
 }
 
@@ -332,5 +445,69 @@ mod tests {
         assert_eq!(r.table, 100);
         assert!(parse_rule("from 192.168.2.10 priority 50").unwrap_err().msg.contains("table"));
         assert_eq!(parse_rule("from 1.2.3.4 flavour x table 1").unwrap_err().offset, 13);
+    }
+
+    #[test]
+    fn ipv6_routes_take_their_family_from_their_addresses() {
+        let r = parse_route("2001:db8:200::/64 via 2001:db8:198::10").unwrap();
+        assert!(r.v6);
+        assert_eq!(r.dst, Some("2001:db8:200::/64".parse().unwrap()));
+        assert!(!parse_route("10.0.0.0/8 via 10.0.0.1").unwrap().v6);
+        // `default` has no family of its own: the gateway, `::/0` or `-6` decides.
+        let r = parse_route("default via 2001:db8::1").unwrap();
+        assert!(r.v6 && r.dst.is_none());
+        let r = parse_route("::/0 dev eth0").unwrap();
+        assert!(r.v6 && r.dst.is_none());
+        assert!(parse_route("-6 default dev eth0 table 100").unwrap().v6);
+        assert!(!parse_route("default dev eth0").unwrap().v6);
+        assert!(parse_route("-6 unreachable default table 100").unwrap().v6);
+        let r = parse_route("2001:db8:200::/64 via fe80::1 dev eth1 src 2001:db8:198::10 table 100").unwrap();
+        assert_eq!((r.v6, r.table), (true, Some(100)));
+        let r = parse_route("2001:db8:9::/48 nexthop via 2001:db8:1::1 dev eth1 weight 1 nexthop via fe80::2 dev eth2 weight 3").unwrap();
+        assert!(r.v6 && r.multipath);
+        assert_eq!(r.hops.len(), 2);
+        assert_eq!(r.hops[1].weight, 3);
+    }
+
+    #[test]
+    fn ipv6_route_errors_point_at_the_word() {
+        let e = parse_route("2001:db8:200::/64 via 10.198.0.10").unwrap_err();
+        assert_eq!(e.offset, 22);
+        assert!(e.msg.contains("`10.198.0.10` is an IPv4 address, but this route is IPv6 (`2001:db8:200::/64`)"), "{}", e.msg);
+        let e = parse_route("-6 default via 10.0.0.1").unwrap_err();
+        assert_eq!(e.offset, 15);
+        assert!(e.msg.contains("IPv6 (`-6`)"), "{}", e.msg);
+        let e = parse_route("10.0.0.0/8 via 10.0.0.1 src 2001:db8::1").unwrap_err();
+        assert_eq!(e.offset, 28);
+        let e = parse_route("default nexthop via 2001:db8::1 dev eth0 nexthop via 10.0.0.1 dev eth1").unwrap_err();
+        assert_eq!(e.offset, 53);
+        let e = parse_route("2001:db8:200::1/64 via 2001:db8::1").unwrap_err();
+        assert_eq!(e.offset, 0);
+        assert!(e.msg.contains("did you mean `2001:db8:200::/64`"), "{}", e.msg);
+        let e = parse_route("2001:db8:200::/129 dev eth0").unwrap_err();
+        assert_eq!(e.offset, 0);
+        let e = parse_route("2001:db8:200::/64 via 2001:db8::g").unwrap_err();
+        assert_eq!(e.offset, 22);
+        assert!(e.msg.contains("not an IP address"), "{}", e.msg);
+        let e = parse_route("default via fe80::1").unwrap_err();
+        assert_eq!(e.offset, 12);
+        assert!(e.msg.contains("link-local") && e.msg.contains("dev IFNAME"), "{}", e.msg);
+        let e = parse_route("default nexthop via fe80::1 weight 1 nexthop via fe80::2 dev eth1").unwrap_err();
+        assert_eq!(e.offset, 20);
+    }
+
+    #[test]
+    fn ipv6_rules() {
+        let r = parse_rule("from 2001:db8:200::/64 priority 50 table 100").unwrap();
+        assert!(r.v6);
+        assert_eq!(r.from, Some("2001:db8:200::/64".parse().unwrap()));
+        assert!(parse_rule("-6 from all table 100").unwrap().v6);
+        assert!(parse_rule("to ::/0 table 100").unwrap().v6);
+        assert!(!parse_rule("from all table 100").unwrap().v6);
+        let e = parse_rule("from 2001:db8::/64 to 10.0.0.0/8 table 100").unwrap_err();
+        assert_eq!(e.offset, 22);
+        assert!(e.msg.contains("but this rule is IPv6"), "{}", e.msg);
+        let e = parse_rule("-4 from 2001:db8::/64 table 100").unwrap_err();
+        assert_eq!(e.offset, 8);
     }
 }

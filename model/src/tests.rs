@@ -153,6 +153,46 @@ fn route_through_an_unknown_interface() {
 }
 
 #[test]
+fn ipv6_links_routes_rules_and_steps() {
+    let src = BASE
+        .replace("b = \"b:eth0 10.0.0.2/24\"", "b = \"b:eth0 10.0.0.2/24 2001:db8::2/64\"")
+        .replace("a = \"a:eth0 10.0.0.1/24\"", "a = \"a:eth0 10.0.0.1/24 2001:db8::1/64\"")
+        .replace(
+            "routes = [\"default via 10.0.0.1\"]",
+            "routes = [\"default via 10.0.0.1\", \"default via 2001:db8::1\", \"2001:db8:9::/48 via fe80::1 dev eth0 table 100\"]\nrules = [\"from 2001:db8::2 table 100\"]",
+        )
+        .replace("\"b: ping 10.0.0.1\"", "\"b: ping 2001:db8::1\", \"b: ip route add 2001:db8:7::/48 via 2001:db8::1\"");
+    let dir = tempfile::tempdir().unwrap();
+    let lab = parse(&dir.path().join("lab.toml"), &src).unwrap();
+    let b = &lab.nodes[1];
+    assert_eq!(b.routes.iter().map(|r| r.v6).collect::<Vec<_>>(), [false, true, true]);
+    assert!(b.rules[0].v6);
+    // Bad IPv6 input: one located error naming the word.
+    let bad = src.replace("via fe80::1 dev eth0", "via fe80::1");
+    let e = lab_err(&bad);
+    assert_eq!((e.line, e.col), pos(&bad, "fe80::1"), "{e}");
+    assert!(e.msg.contains("link-local"), "{e}");
+    let bad = src.replace("default via 2001:db8::1", "2001:db8:5::/64 via 10.0.0.1");
+    let e = lab_err(&bad);
+    let (line, col) = pos(&bad, "2001:db8:5::/64 via 10.0.0.1");
+    assert_eq!((e.line, e.col), (line, col + 20), "{e}");
+    assert!(e.msg.contains("is an IPv4 address, but this route is IPv6"), "{e}");
+    let bad = src.replace("from 2001:db8::2 table", "from 2001:db8::2 to 10.0.0.0/8 table");
+    let e = lab_err(&bad);
+    assert_eq!((e.line, e.col), pos(&bad, "10.0.0.0/8"), "{e}");
+    let bad = src.replace("2001:db8::2/64", "2001:db8::zz/64");
+    let e = lab_err(&bad);
+    assert_eq!((e.line, e.col), pos(&bad, "2001:db8::zz/64"), "{e}");
+    let bad = src.replace("b: ping 2001:db8::1", "b: ping -I 10.0.0.2 2001:db8::1");
+    let e = lab_err(&bad);
+    assert_eq!((e.line, e.col), pos(&bad, "10.0.0.2 2001"), "{e}");
+    let bad = src.replace("add 2001:db8:7::/48 via 2001:db8::1", "add 2001:db8:7::/48 via 10.0.0.1");
+    let e = lab_err(&bad);
+    let (line, col) = pos(&bad, "2001:db8:7::/48 via 10.0.0.1");
+    assert_eq!((e.line, e.col), (line, col + 20), "{e}");
+}
+
+#[test]
 fn bad_durations_regexes_and_sysctls() {
     assert!(lab_err(&BASE.replace("ready = \"Initialization Sequence Completed\"", "ready = \"(\"")).msg.contains("bad regex"));
     assert!(lab_err(&BASE.replace("[nodes.a]", "[nodes.a]\nsysctl = { \"kernel.panic\" = \"1\" }")).msg.contains("host"));

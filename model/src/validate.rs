@@ -485,7 +485,7 @@ impl Validator<'_> {
                 self.err(
                     self.at(s, off - at),
                     format!("`{w}` is not an address with a prefix length (CIDR)"),
-                    "write it like 10.198.0.10/16",
+                    "write it like 10.198.0.10/16 or 2001:db8:198::10/64",
                 )
             })?;
             if net.addr() == net.network() && net.prefix_len() < net.max_prefix_len() - 1 {

@@ -90,6 +90,11 @@ impl Engine {
 
     /// One queued packet. `passthrough`: stopping, accept without impairing.
     pub(super) fn packet(&mut self, id: u32, payload: &[u8], now: Instant, passthrough: bool) -> Result<()> {
+        if super::v6::is_link_control(payload) {
+            // IPv6 neighbour discovery / MLD: passed, not counted (see the module docs).
+            self.verdict(id, NF_ACCEPT);
+            return Ok(());
+        }
         self.shared.bump(|s| s.seen += 1);
         if passthrough {
             self.verdict(id, NF_ACCEPT);
@@ -147,6 +152,9 @@ impl Engine {
 
     pub(super) fn send_copy(&self, pkt: &[u8]) -> std::io::Result<()> {
         let raw = self.raw.as_ref().ok_or_else(|| std::io::Error::other("no raw socket"))?;
+        if pkt.first().map(|b| b >> 4) == Some(6) {
+            return super::v6::send_copy(raw, pkt);
+        }
         if pkt.len() < 20 || pkt[0] >> 4 != 4 {
             return Err(std::io::Error::other("not an IPv4 packet"));
         }

@@ -3,7 +3,7 @@
 
 use super::engine::{Engine, Shared, Stats};
 use super::netlink::open_sockets;
-use super::{dup_mark, Impairment, Proto, MARK_MASK};
+use super::{dup_mark, Family, Impairment, Proto, MARK_MASK};
 use crate::ns::{NetNs, PidNs};
 use crate::process::run_capture;
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,6 +25,7 @@ pub struct Impairer {
     pub(super) ifname: String,
     pub(super) imp: Impairment,
     pub(super) proto: Option<Proto>,
+    pub(super) family: Family,
     pub(super) queue: u16,
     pub(super) cwd: PathBuf,
     pub(super) shared: Arc<Shared>,
@@ -36,11 +37,18 @@ pub struct Impairer {
 }
 
 /// The iptables command line of the rule, with `op` = `-I` or `-D`.
+#[cfg(test)]
 pub(super) fn rule_argv(op: &str, ifname: &str, proto: Option<Proto>, queue: u16) -> Vec<String> {
-    let mut v: Vec<String> =
-        ["iptables", "-w", "5", "-t", "mangle", op, "POSTROUTING", "-o", ifname].iter().map(|s| s.to_string()).collect();
+    rule_argv_family(op, ifname, proto, Family::Ipv4, queue)
+}
+
+/// The same for a family: `ip6tables` for IPv6 (ICMP is `ipv6-icmp` there).
+pub(super) fn rule_argv_family(op: &str, ifname: &str, proto: Option<Proto>, family: Family, queue: u16) -> Vec<String> {
+    let program = if family == Family::Ipv6 { "ip6tables" } else { "iptables" };
+    let mut v: Vec<String> = [program, "-w", "5", "-t", "mangle", op, "POSTROUTING", "-o", ifname].iter().map(|s| s.to_string()).collect();
     match proto {
         Some(Proto::Fragments) => v.push("-f".to_string()),
+        Some(Proto::Icmp) if family == Family::Ipv6 => v.extend(["-p".to_string(), "ipv6-icmp".to_string()]),
         Some(p) => v.extend(["-p".to_string(), p.name().to_string()]),
         None => {}
     }
@@ -65,11 +73,39 @@ impl Impairer {
         proto: Option<Proto>,
         queue: u16,
     ) -> Result<Impairer> {
+        Impairer::start_family(netns, pid, cwd, ifname, imp, proto, Family::Ipv4, queue)
+    }
+
+    /// [`Impairer::start`] for a family: with [`Family::Ipv6`] the rule is ip6tables' and
+    /// duplicates go out of an IPv6 raw socket.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_family(
+        netns: &NetNs,
+        pid: &PidNs,
+        cwd: &Path,
+        ifname: &str,
+        imp: Impairment,
+        proto: Option<Proto>,
+        family: Family,
+        queue: u16,
+    ) -> Result<Impairer> {
         let node = netns.name.clone();
         imp.validate().map_err(|m| anyhow!("node `{node}`: impair {ifname}: {m}"))?;
+        if family == Family::Ipv6 && proto == Some(Proto::Fragments) {
+            bail!("node `{node}`: impair {ifname}: `fragments` selects IPv4 fragments only");
+        }
         let duplicate = matches!(imp, Impairment::Duplicate { .. });
         let name = ifname.to_string();
-        let socks = netns.run(move || open_sockets(&name, queue, duplicate))?.with_context(|| format!("node `{node}`: impair {ifname}"))?;
+        let v6 = family == Family::Ipv6;
+        let socks = netns
+            .run(move || -> Result<_> {
+                let mut s = open_sockets(&name, queue, duplicate && !v6)?;
+                if duplicate && v6 {
+                    s.raw = Some(super::v6::raw_socket(&name, queue)?);
+                }
+                Ok(s)
+            })?
+            .with_context(|| format!("node `{node}`: impair {ifname}"))?;
         let netns_fd = netns.as_fd().try_clone_to_owned().context("duplicating the node's namespace fd")?;
         let pidns_fd = File::open(format!("/proc/{}/ns/pid", pid.holder_pid())).ok().map(OwnedFd::from);
         let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).context("eventfd")?;
@@ -96,6 +132,7 @@ impl Impairer {
             ifname: ifname.to_string(),
             imp,
             proto,
+            family,
             queue,
             cwd: cwd.to_path_buf(),
             shared,
@@ -104,7 +141,7 @@ impl Impairer {
             netns_fd,
             pidns_fd,
         };
-        let argv = rule_argv("-I", ifname, proto, queue);
+        let argv = rule_argv_family("-I", ifname, proto, family, queue);
         let out = run_capture(netns, pid, &argv, cwd, Duration::from_secs(10));
         match out {
             Ok(o) if o.success() => Ok(me),
@@ -141,6 +178,9 @@ impl Impairer {
     pub fn proto(&self) -> Option<Proto> {
         self.proto
     }
+    pub fn family(&self) -> Family {
+        self.family
+    }
     pub fn ifname(&self) -> &str {
         &self.ifname
     }
@@ -150,13 +190,13 @@ impl Impairer {
 
     /// The iptables command that installed the rule (for a transcript).
     pub fn command(&self) -> String {
-        rule_argv("-I", &self.ifname, self.proto, self.queue).join(" ")
+        rule_argv_family("-I", &self.ifname, self.proto, self.family, self.queue).join(" ")
     }
 
     /// Removes the rule (through `run_capture`, like `start`), releases every held packet,
     /// joins the worker, and returns the final counters.
     pub fn stop(mut self, netns: &NetNs, pid: &PidNs) -> Result<Stats> {
-        let argv = rule_argv("-D", &self.ifname, self.proto, self.queue);
+        let argv = rule_argv_family("-D", &self.ifname, self.proto, self.family, self.queue);
         let removed = run_capture(netns, pid, &argv, &self.cwd, Duration::from_secs(10));
         self.finish();
         let stats = self.stats();
@@ -187,7 +227,7 @@ impl Drop for Impairer {
         }
         // No `&NetNs`/`&PidNs` here: run the same iptables command with the namespace fds kept
         // at start (in the lab's PID namespace if it is still alive).
-        let argv = rule_argv("-D", &self.ifname, self.proto, self.queue);
+        let argv = rule_argv_family("-D", &self.ifname, self.proto, self.family, self.queue);
         let net = self.netns_fd.as_raw_fd();
         let pidns = self.pidns_fd.as_ref().map(|f| f.as_raw_fd());
         let ok = run_in_fds(net, pidns, &argv, Duration::from_secs(10)).or_else(|_| run_in_fds(net, None, &argv, Duration::from_secs(10)));

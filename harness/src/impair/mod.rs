@@ -36,6 +36,13 @@
 //! * `delay D`: every verdict is held until D after the packet was read (a FIFO, so the order is
 //!   kept); the worker's poll timeout is the time to the next due packet.
 //!
+//! IPv6 (`impair IF ipv6 ...`, [`Family::Ipv6`]): the same rule in `ip6tables` (`-p ipv6-icmp`
+//! for `icmp`), the same queue handling. Neighbour discovery, router solicitations and
+//! advertisements, redirects and MLD reports (ICMPv6 types 130-137 and 143) are accepted at once
+//! and not counted, as ARP never reaches an IPv4 rule: whether the kernel sends one depends on
+//! its neighbour cache's timers, and counting them would make "every Nth packet" depend on them.
+//! Duplicates go out of an IPv6 raw socket (`v6.rs`).
+//!
 //! GSO packets are segmented by the kernel before queueing (no `NFQA_CFG_F_GSO`), so packets are
 //! counted as they appear on the wire. The worker never sleeps: it polls the netlink socket and
 //! an eventfd (the stop signal) with a timeout computed from the next held/delayed deadline.
@@ -54,11 +61,14 @@ mod impairer;
 mod netlink;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v6;
+mod v6;
 
 pub use engine::Stats;
 pub use impairer::Impairer;
 
-pub use vpnlab_model::impair::{parse, Impairment, Proto, HOLD_TIMEOUT, MAX_DELAY};
+pub use vpnlab_model::impair::{parse, parse_spec, Family, Impairment, Proto, HOLD_TIMEOUT, MAX_DELAY};
 
 const MARK_BASE: u32 = 0x7670_0000;
 const MARK_MASK: u32 = 0xffff_0000;

@@ -96,7 +96,7 @@ impl Lab_<'_> {
         &mut self,
         node: usize,
         ifname: &str,
-        spec: &Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>,
+        spec: &Option<(crate::impair::Impairment, Option<crate::impair::Proto>, crate::impair::Family)>,
     ) -> Result<Fact, StepFailed> {
         let name = self.lab.nodes[node].name.clone();
         let key = (node, ifname.to_string());
@@ -110,16 +110,17 @@ impl Lab_<'_> {
             ended = Some(ImpairEnded { node: name.clone(), ifname: ifname.to_string(), spec, counts: stats.into() });
         }
         let mut started = None;
-        if let Some((imp, proto)) = spec {
+        if let Some((imp, proto, family)) = spec {
             let used: Vec<u16> = self.impairers.iter().filter(|((n, _), _)| *n == node).map(|(_, i)| i.queue()).collect();
             let queue = (0..u16::MAX).find(|q| !used.contains(q)).unwrap_or(0);
-            let imp = crate::impair::Impairer::start(
+            let imp = crate::impair::Impairer::start_family(
                 &self.topo.nodes[node].ns,
                 &self.pid,
                 &self.node_dir(node),
                 ifname,
                 imp.clone(),
                 *proto,
+                *family,
                 queue,
             )
             .map_err(|e| StepFailed(format!("impair {name}:{ifname}: {e:#}")))?;
@@ -362,5 +363,6 @@ pub(super) fn shown_pattern(p: &crate::model::step::LinePattern) -> String {
 
 /// An impairment as written in a step: `reorder every 10 hold 3 udp`.
 pub(super) fn impair_spec(imp: &crate::impair::Impairer) -> String {
-    format!("{}{}", imp.impairment(), imp.proto().map(|p| format!(" {p}")).unwrap_or_default())
+    let family = if imp.family() == crate::impair::Family::Ipv6 { "ipv6 " } else { "" };
+    format!("{family}{}{}", imp.impairment(), imp.proto().map(|p| format!(" {p}")).unwrap_or_default())
 }

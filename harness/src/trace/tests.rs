@@ -99,6 +99,9 @@ fn chain(r: &str, b: &str, a_addrs: &str) -> String {
         .replace("{A}", if a_addrs.is_empty() { "" } else { "sysctl = { \"net.ipv4.conf.all.arp_announce\" = \"2\" }" })
 }
 
+#[path = "tests_v6.rs"]
+mod v6;
+
 /// Builds the lab, runs `ping -c 2 -W 0.3 [ping_args] dest` in node 0 under the trace,
 /// checks that nothing of the trace is left, and returns its lines.
 fn run(lab_src: &str, dest: &str, ping_args: &[&str]) -> Vec<String> {
@@ -130,8 +133,10 @@ fn run(lab_src: &str, dest: &str, ping_args: &[&str]) -> Vec<String> {
         for n in &nodes {
             let out = nft(n.netns, &pid, dir.path(), &["list", "tables"]).unwrap();
             assert!(!out.text.contains(TABLE), "{}: {}", n.name, out.text);
-            let out = run_capture(n.netns, &pid, &["iptables-save".to_string()], dir.path(), Duration::from_secs(10)).unwrap();
-            assert!(!out.text.contains("NFLOG"), "{}: {}", n.name, out.text);
+            for save in ["iptables-save", "ip6tables-save"] {
+                let out = run_capture(n.netns, &pid, &[save.to_string()], dir.path(), Duration::from_secs(10)).unwrap();
+                assert!(!out.text.contains("NFLOG"), "{}: {save}: {}", n.name, out.text);
+            }
         }
         lines.push(t.lines);
     }

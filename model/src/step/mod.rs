@@ -145,7 +145,7 @@ pub enum Action {
     Impair {
         node: usize,
         ifname: String,
-        spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>)>,
+        spec: Option<(crate::impair::Impairment, Option<crate::impair::Proto>, crate::impair::Family)>,
         expect: Option<ImpairExpect>,
     },
     Service {
@@ -290,6 +290,7 @@ fn node_action(
     match verb {
         "ping" => {
             let mut src = None;
+            let mut src_addr = None;
             let mut size = None;
             let mut count = 2;
             let mut dest = None;
@@ -305,7 +306,7 @@ fn node_action(
                             && v.parse::<IpAddr>().is_err()
                             && !v.chars().all(|c| c.is_ascii_digit() || c == '.');
                         if !is_ifname {
-                            parse_addr(v, vo)?;
+                            src_addr = Some((vo, parse_addr(v, vo)?));
                         }
                         src = Some(v.to_string());
                         i += 1;
@@ -329,7 +330,14 @@ fn node_action(
                 }
                 i += 1;
             }
-            let dest = dest.ok_or_else(|| err(verb_at, "ping wants a destination address"))?;
+            let dest: IpAddr = dest.ok_or_else(|| err(verb_at, "ping wants a destination address"))?;
+            if let Some((o, a)) = src_addr.filter(|(_, a): &(usize, IpAddr)| a.is_ipv6() != dest.is_ipv6()) {
+                let fam = |a: IpAddr| if a.is_ipv6() { "IPv6" } else { "IPv4" };
+                return Err(err(
+                    o,
+                    format!("`-I {a}` is an {} address but {dest} is {}: use a source of the same family", fam(a), fam(dest)),
+                ));
+            }
             let expect = match expect {
                 None => PingExpect::Reachable,
                 Some((_, "reachable")) => PingExpect::Reachable,
@@ -469,15 +477,16 @@ fn node_action(
             Ok(Action::Trace { node, dest: parse_addr(d, o)?, expect })
         }
         "impair" => {
-            let (io, ifname) =
-                *args.first().ok_or_else(|| err(verb_at, "impair IFNAME SPEC|off (e.g. `impair eth0 reorder every 10 hold 3 udp`)"))?;
+            let (io, ifname) = *args
+                .first()
+                .ok_or_else(|| err(verb_at, "impair IFNAME [ipv6] SPEC|off (e.g. `impair eth0 reorder every 10 hold 3 udp`)"))?;
             let spec_at = io + ifname.len();
             let spec_text = &rest[spec_at - rest_at..];
             let lead = spec_text.len() - spec_text.trim_start().len();
             let spec = if spec_text.trim() == "off" {
                 None
             } else {
-                Some(crate::impair::parse(spec_text.trim_start()).map_err(|(o, m)| err(spec_at + lead + o, m))?)
+                Some(crate::impair::parse_spec(spec_text.trim_start()).map_err(|(o, m)| err(spec_at + lead + o, m))?)
             };
             let expect = match expect {
                 None => None,

@@ -52,6 +52,30 @@ fn route_steps_shift_offsets() {
 }
 
 #[test]
+fn ipv6_steps() {
+    match parse_step("client: ping 2001:db8:198::12 -> unreachable", &N).unwrap() {
+        Action::Ping { dest, expect: PingExpect::Unreachable, .. } => assert!(dest.is_ipv6()),
+        a => panic!("{a:?}"),
+    }
+    assert!(parse_step("client: ping -I 2001:db8:200::1000 2001:db8:198::12", &N).is_ok());
+    assert!(parse_step("client: ping -I tun0 2001:db8:198::12", &N).is_ok());
+    let e = parse_step("client: ping -I 10.200.0.2 2001:db8:198::12", &N).unwrap_err();
+    assert_eq!(e.offset, 16);
+    assert!(e.msg.contains("`-I 10.200.0.2` is an IPv4 address but 2001:db8:198::12 is IPv6"), "{}", e.msg);
+    let e = parse_step("client: ping 2001:db8:198::x", &N).unwrap_err();
+    assert_eq!(e.offset, 13);
+    match parse_step("gateway: ip route add 2001:db8:200::/64 via 2001:db8:198::10", &N).unwrap() {
+        Action::RouteAdd { node: 1, route } => assert!(route.v6),
+        a => panic!("{a:?}"),
+    }
+    let e = parse_step("gateway: ip route add 2001:db8:200::/64 via 10.198.0.10", &N).unwrap_err();
+    assert_eq!(e.offset, 44, "{e:?}");
+    assert!(matches!(parse_step("gateway: ip rule add -6 from all priority 50 table 100", &N).unwrap(), Action::RuleAdd { .. }));
+    assert!(matches!(parse_step("client: trace 2001:db8:198::12 -> dropped at gateway", &N).unwrap(), Action::Trace { .. }));
+    assert!(matches!(parse_step("client: tcp [2001:db8:198::12]:80 -> open", &N).unwrap(), Action::Tcp { .. }));
+}
+
+#[test]
 fn log_steps() {
     match parse_step("log server 'MULTI: bad source address from client [192.168.4.66]' within 3s", &N).unwrap() {
         Action::Log { service: 0, pattern, within, scope: LogScope::SinceChange } => {
@@ -92,7 +116,8 @@ fn impair_steps() {
         Action::Impair {
             node: 1,
             ifname,
-            spec: Some((crate::impair::Impairment::Reorder { every: 10, hold: 3 }, Some(crate::impair::Proto::Udp))),
+            spec:
+                Some((crate::impair::Impairment::Reorder { every: 10, hold: 3 }, Some(crate::impair::Proto::Udp), crate::impair::Family::Ipv4)),
             ..
         } => assert_eq!(ifname, "eth0"),
         a => panic!("{a:?}"),
@@ -100,6 +125,12 @@ fn impair_steps() {
     assert!(matches!(parse_step("gateway: impair eth0 off", &N).unwrap(), Action::Impair { spec: None, .. }));
     let e = parse_step("gateway: impair eth0 drop every 1", &N).unwrap_err();
     assert!(e.offset > 20, "{e:?}");
+    match parse_step("gateway: impair eth0 ipv6 drop every 3 icmp", &N).unwrap() {
+        Action::Impair { spec: Some((_, Some(crate::impair::Proto::Icmp), crate::impair::Family::Ipv6)), .. } => {}
+        a => panic!("{a:?}"),
+    }
+    let e = parse_step("gateway: impair eth0 ipv6 drop every 1", &N).unwrap_err();
+    assert_eq!(e.offset, 37, "{e:?}");
 }
 
 #[test]

@@ -246,6 +246,7 @@ impl Lab {
             match &step.action {
                 Action::Ping { .. } => out.push("ping".into()),
                 Action::Impair { .. } => out.push("iptables".into()),
+                Action::Capture { .. } => out.push("tcpdump".into()),
                 Action::Trace { .. } => out.extend(["nft".to_string(), "ping".to_string()]),
                 Action::Sh { cmd, .. } | Action::Show { cmd, .. } => out.extend(first_program(cmd)),
                 _ => {}

@@ -237,4 +237,24 @@ pub enum Fact {
     Restart(StopFact, StartFact),
     Log(LogFact),
     NoLog(LogFact),
+    /// `capture ...`: tcpdump listens in the node (collected after the next step).
+    CaptureStarted {
+        node: String,
+        shown: String,
+    },
+    /// A capture collected after the step it wrapped.
+    Capture(CaptureFact),
+}
+
+/// What a `capture` step's tcpdump printed, sanitized.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CaptureFact {
+    pub node: String,
+    /// `tcpdump -ni eth0 -c 4 'udp port 500'`
+    pub shown: String,
+    pub count: u32,
+    /// The packet lines (no timestamps; see `crate::capture::sanitize_packet`).
+    pub packets: Vec<String>,
+    /// `None`: tcpdump ended by itself after `count` packets; else it was stopped after this long.
+    pub stopped_after: Option<Duration>,
 }

@@ -104,6 +104,13 @@ pub fn judge(action: &Action, fact: &Fact) -> Result<(), Miss> {
                 (TraceExpect::DroppedAt(want), _) => miss(observed, format!("dropped at {want}")),
             }
         }
+        (Action::Capture { expect: Some(n), .. }, Fact::Capture(c)) => {
+            if c.packets.len() == *n as usize {
+                Ok(())
+            } else {
+                miss(crate::narrate::capture_outcome(c), crate::narrate::packets(*n as usize))
+            }
+        }
         _ => Ok(()),
     }
 }
@@ -271,6 +278,27 @@ mod tests {
         assert!(judge(&a(TraceExpect::Delivered), &f(TraceEnd::Delivered)).is_ok());
         assert!(judge(&a(TraceExpect::Delivered), &f(TraceEnd::Other)).is_err());
         assert!(judge(&a(TraceExpect::DroppedAt("gw".into())), &f(TraceEnd::Delivered)).is_err());
+    }
+
+    #[test]
+    fn a_capture_is_judged_on_how_many_packets_it_saw() {
+        let a = |e| Action::Capture { node: 0, ifname: "eth0".into(), count: 4, filter: None, within: Duration::from_secs(1), expect: e };
+        let f = |n: usize, stopped: bool| {
+            Fact::Capture(CaptureFact {
+                node: "wan".into(),
+                shown: "tcpdump -ni eth0 -c 4".into(),
+                count: 4,
+                packets: vec!["IP 10.0.0.1 > 10.0.0.2: ESP(spi=0xSPI,seq=0x1), length 120".into(); n],
+                stopped_after: stopped.then_some(Duration::from_secs(1)),
+            })
+        };
+        assert!(judge(&a(Some(4)), &f(4, false)).is_ok());
+        assert!(judge(&a(Some(0)), &f(0, true)).is_ok());
+        assert!(judge(&a(None), &f(2, true)).is_ok(), "without an expectation a capture only shows");
+        let m = judge(&a(Some(0)), &f(1, true)).unwrap_err();
+        assert_eq!((m.observed.as_str(), m.expected.as_str()), ("1 packet (stopped after 1s)", "none"));
+        let m = judge(&a(Some(4)), &f(2, true)).unwrap_err();
+        assert_eq!((m.observed.as_str(), m.expected.as_str()), ("2 packets (stopped after 1s)", "4 packets"));
     }
 
     #[test]

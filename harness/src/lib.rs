@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod capture;
 pub mod completions;
 pub mod config;
 pub mod counters;

@@ -81,12 +81,37 @@ pub fn narrate(action: &Action, fact: &Fact) -> Vec<Line> {
             Some(line) => vec![Line::Log { service: l.service.clone(), line: line.clone() }],
             None => vec![say(format!("{}.log: no {} within {:?}", l.service, l.pattern, l.waited.unwrap_or_default()))],
         },
+        Fact::CaptureStarted { node, shown } => vec![say(format!("{node}$ {shown} &"))],
+        Fact::Capture(c) => {
+            let mut v = vec![say(format!("{}: {}  -> {}", c.node, c.shown, capture_outcome(c)))];
+            if !c.packets.is_empty() {
+                v.push(Line::Block(c.packets.join("\n")));
+            }
+            v
+        }
         Fact::NoLog(l) => match &l.found {
             Some(line) => vec![Line::Log { service: l.service.clone(), line: line.clone() }],
             None => {
                 vec![say(format!("{}.log: no {}{}", l.service, l.pattern, l.waited.map(|w| format!(" for {w:?}")).unwrap_or_default()))]
             }
         },
+    }
+}
+
+/// `none`, `1 packet`, `4 packets`.
+pub fn packets(n: usize) -> String {
+    match n {
+        0 => "none".into(),
+        1 => "1 packet".into(),
+        n => format!("{n} packets"),
+    }
+}
+
+/// `4 packets`, `2 packets (stopped after 5s)`, `none (stopped after 1s)`.
+pub fn capture_outcome(c: &crate::facts::CaptureFact) -> String {
+    match c.stopped_after {
+        None => packets(c.packets.len()),
+        Some(d) => format!("{} (stopped after {})", packets(c.packets.len()), secs(d)),
     }
 }
 

@@ -247,6 +247,7 @@ impl Lab {
                 Action::Ping { .. } => out.push("ping".into()),
                 Action::Impair { spec: Some((_, _, crate::impair::Family::Ipv6)), .. } => out.push("ip6tables".into()),
                 Action::Impair { .. } => out.push("iptables".into()),
+                Action::Capture { .. } => out.push("tcpdump".into()),
                 Action::Trace { .. } => out.extend(["nft".to_string(), "ping".to_string()]),
                 Action::Sh { cmd, .. } | Action::Show { cmd, .. } => out.extend(first_program(cmd)),
                 _ => {}

@@ -255,3 +255,20 @@ fn bad_quoting_in_run_is_located() {
     assert_eq!((e.line, e.col), pos(&src, "openvpn --config 'x"), "{e}");
     assert!(e.msg.contains("unclosed") && e.hint == "fix the quoting", "{e}");
 }
+
+#[test]
+fn a_capture_needs_a_step_after_it_and_an_interface_of_its_node() {
+    let steps = "steps = [\"b: ping 10.0.0.1\", \"log srv /Initialization/\"]";
+    let src = BASE.replace(steps, "steps = [\"b: ping 10.0.0.1\", \"a: capture eth0 2 'icmp'\"]");
+    let e = lab_err(&src);
+    assert_eq!((e.line, e.col), pos(&src, "a: capture"), "{e}");
+    assert!(e.msg.contains("no step follows"), "{e}");
+    let src = BASE.replace(steps, "steps = [\"a: capture eth7 2 'icmp'\", \"b: ping 10.0.0.1\"]");
+    let e = lab_err(&src);
+    assert!(e.msg.contains("no interface `eth7`") && e.hint.contains("eth0"), "{e}");
+    let ok =
+        BASE.replace(steps, "steps = [\"a: capture eth0 4 'icmp' -> 4 packets\", \"b: capture any 1 within 1s\", \"b: ping 10.0.0.1\"]");
+    let dir = tempfile::tempdir().unwrap();
+    let lab = parse(&dir.path().join("lab.toml"), &ok).unwrap();
+    assert!(lab.programs().contains(&"tcpdump".to_string()));
+}

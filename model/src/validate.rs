@@ -369,7 +369,10 @@ impl Validator<'_> {
         use step::ServiceOp;
         let mut running: Vec<bool> = services.iter().map(|s| s.autostart).collect();
         let mut ever: Vec<bool> = running.clone();
+        // A capture wraps the next step that is not a capture: one must follow it.
+        let mut open_capture = None;
         for st in steps {
+            open_capture = matches!(st.action, Action::Capture { .. }).then_some(st.offset);
             let (svc, needs_running, becomes) = match &st.action {
                 Action::Service { op: ServiceOp::Start, service } => (*service, Some(false), Some(true)),
                 Action::Service { op: ServiceOp::Stop, service } => (*service, Some(true), Some(false)),
@@ -407,6 +410,13 @@ impl Validator<'_> {
                 ever[svc] |= b;
             }
         }
+        if let Some(at) = open_capture {
+            return Err(self.err(
+                at,
+                "a capture runs around the step after it, and no step follows this one",
+                "add the step whose packets it should capture after it (e.g. a ping, a `log` wait or a command)",
+            ));
+        }
         Ok(())
     }
 
@@ -419,8 +429,9 @@ impl Validator<'_> {
         _services: &[Service],
         ifnames: &HashMap<(usize, String), usize>,
     ) -> Result<(), InputError> {
-        if let Action::Impair { node, ifname, .. } = action {
-            if !ifnames.contains_key(&(*node, ifname.clone())) && !ifname.starts_with("tun") && !ifname.starts_with("ppp") {
+        if let Action::Impair { node, ifname, .. } | Action::Capture { node, ifname, .. } = action {
+            let any = ifname == "any" && matches!(action, Action::Capture { .. });
+            if !any && !ifnames.contains_key(&(*node, ifname.clone())) && !ifname.starts_with("tun") && !ifname.starts_with("ppp") {
                 return Err(self.err(
                     at,
                     format!("node `{}` has no interface `{ifname}`", nodes[*node].name),

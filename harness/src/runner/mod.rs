@@ -141,16 +141,19 @@ struct StepFailed {
     msg: String,
     /// The check that did not hold (observed, expected); `None` for an error of the run.
     check: Option<(String, String)>,
+    /// The step the check belongs to (index, text) when it is not the step that just ran (a
+    /// capture collected after the step it wrapped).
+    at: Option<(usize, String)>,
 }
 
 #[allow(non_snake_case)]
 fn StepFailed(msg: String) -> StepFailed {
-    StepFailed { msg, check: None }
+    StepFailed { msg, check: None, at: None }
 }
 
 impl StepFailed {
     fn check(msg: String, observed: impl Into<String>, expected: impl Into<String>) -> StepFailed {
-        StepFailed { msg, check: Some((observed.into(), expected.into())) }
+        StepFailed { msg, check: Some((observed.into(), expected.into())), at: None }
     }
 }
 
@@ -166,6 +169,11 @@ struct Lab_<'a> {
     daemons: Vec<Option<Daemon>>,
     /// tcpdump captures (`--pcap`), stopped after the daemons at teardown.
     captures: Vec<Daemon>,
+    /// `capture` steps started and not collected yet (collected after the next step that is
+    /// not a capture).
+    pending_captures: Vec<crate::capture::Capture>,
+    /// Index (in prelude + steps) of the step running.
+    index: usize,
     /// Services stopped on purpose (their exit is not a failure).
     stopped: Vec<bool>,
     t: Transcript,
@@ -244,6 +252,8 @@ impl<'a> Live<'a> {
             topo,
             daemons: lab.services.iter().map(|_| None).collect(),
             captures: Vec::new(),
+            pending_captures: Vec::new(),
+            index: 0,
             stopped: vec![false; lab.services.len()],
             t: Transcript::new(&lab.sanitizers),
             label: label.clone(),
@@ -280,7 +290,7 @@ impl<'a> Live<'a> {
             timings.daemons = td.elapsed();
             Ok(())
         })();
-        if let Err(StepFailed { msg, check }) = r {
+        if let Err(StepFailed { msg, check, .. }) = r {
             l.t.push(&format!("!! {msg}"));
             live.failure = Some(msg);
             match (check, failed_service) {
@@ -330,20 +340,37 @@ impl<'a> Live<'a> {
         let r = if Instant::now() > self.deadline {
             Err(StepFailed(format!("the scenario passed its deadline of {:?} before `{}`", l.lab.deadline, step.text)))
         } else {
+            l.index = self.next - 1;
             l.step(step).and_then(|()| l.check_daemons()).and_then(|()| l.check_impairers())
         };
-        if let Err(StepFailed { msg, check }) = r {
-            l.t.push(&format!("!! {msg}"));
-            self.failure = Some(msg);
-            match check {
-                Some((observed, expected)) => {
-                    self.failed_step = Some(FailedStep { index: Some(self.next - 1), step: step.text.clone(), observed, expected })
-                }
-                None => self.error = true,
-            }
-        }
+        // Captures started before this step end after it (also when it failed: their packets
+        // belong to the transcript); the step's own failure comes first.
+        let r = if matches!(step.action, Action::Capture { .. }) {
+            r
+        } else {
+            let c = l.end_captures();
+            r.and(c)
+        };
+        self.record(r, step);
         self.timings.steps = started.elapsed();
-        Some(l.t.lines_from(before))
+        self.l.as_ref().map(|l| l.t.lines_from(before))
+    }
+
+    fn record(&mut self, r: Result<(), StepFailed>, step: &Step) {
+        let Err(StepFailed { msg, check, at }) = r else {
+            return;
+        };
+        if let Some(l) = self.l.as_mut() {
+            l.t.push(&format!("!! {msg}"));
+        }
+        self.failure = Some(msg);
+        match check {
+            Some((observed, expected)) => {
+                let (index, text) = at.unwrap_or_else(|| (self.next - 1, step.text.clone()));
+                self.failed_step = Some(FailedStep { index: Some(index), step: text, observed, expected })
+            }
+            None => self.error = true,
+        }
     }
 
     /// Network namespaces of the nodes, in lab order (for naming them under /run/netns).
@@ -385,6 +412,14 @@ impl<'a> Live<'a> {
     fn finish_with(mut self, teardown: bool) -> Run {
         // Impairments still on: their counters belong to the transcript (a phase that was
         // impaired shows whether the impairment acted).
+        // Captures whose step did not run (a version condition skipped it) end here.
+        if let Some(l) = self.l.as_mut().filter(|l| !l.pending_captures.is_empty()) {
+            let r = if self.failure.is_none() { l.end_captures() } else { Ok(()) };
+            if let Err(f) = r {
+                let step = self.steps[self.next.saturating_sub(1).min(self.steps.len().saturating_sub(1))];
+                self.record(Err(f), step);
+            }
+        }
         if let Some(l) = self.l.as_mut() {
             for e in l.impairments_at_end() {
                 l.tell(crate::narrate::impair_at_end(&e));
@@ -448,6 +483,8 @@ impl Lab_<'_> {
     /// past every error and returns them all (the caller shows them; they are not the verdict).
     fn teardown(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
+        // A dropped capture's tcpdump is killed and reaped.
+        self.pending_captures.clear();
         for ((node, ifname), imp) in std::mem::take(&mut self.impairers) {
             if let Err(e) = imp.stop(&self.topo.nodes[node].ns, &self.pid) {
                 errors.push(format!("impairment of {}:{ifname}: {e:#}", self.lab.nodes[node].name));

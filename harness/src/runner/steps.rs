@@ -180,7 +180,7 @@ impl Lab_<'_> {
         if step.action.changes() {
             self.change_marks = sizes;
         }
-        let fact = self.observe(&step.action, &prev_marks)?;
+        let fact = self.observe(&step.action, &step.text, &prev_marks)?;
         for line in narrate(&step.action, &fact) {
             self.tell(line);
         }
@@ -217,7 +217,7 @@ impl Lab_<'_> {
 
     /// Executes a step and returns what it observed. `Err` only when it could not be executed
     /// at all (an error of the run, not a verdict).
-    pub(super) fn observe(&mut self, action: &Action, prev_marks: &[u64]) -> Result<Fact, StepFailed> {
+    pub(super) fn observe(&mut self, action: &Action, text: &str, prev_marks: &[u64]) -> Result<Fact, StepFailed> {
         let lab = self.lab;
         let node_name = |n: &usize| lab.nodes[*n].name.clone();
         let fail = StepFailed;
@@ -286,6 +286,25 @@ impl Lab_<'_> {
                 Fact::Tcp(TcpFact { node: node_name(node), dest: *dest, send: *send, within: *within, outcome })
             }
             Action::Impair { node, ifname, spec, .. } => self.impair(*node, ifname, spec)?,
+            Action::Capture { node, ifname, count, filter, within, .. } => {
+                let c = crate::capture::Capture::start(
+                    &self.topo.nodes[*node].ns,
+                    &self.pid,
+                    &self.work.path().join("capture"),
+                    &node_name(node),
+                    ifname,
+                    *count,
+                    filter.as_deref(),
+                    *within,
+                    self.index,
+                    text,
+                    action,
+                )
+                .map_err(|e| fail(format!("{e:#}")))?;
+                let fact = Fact::CaptureStarted { node: c.node.clone(), shown: c.shown.clone() };
+                self.pending_captures.push(c);
+                fact
+            }
             Action::Counter { node, name, .. } => {
                 let all = crate::counters::read(&self.topo.nodes[*node].ns).map_err(|e| fail(format!("counter {name}: {e:#}")))?;
                 Fact::Counter { node: node_name(node), name: name.clone(), value: all.get(name).copied() }
@@ -335,6 +354,31 @@ impl Lab_<'_> {
                 })
             }
         })
+    }
+
+    /// Collects the pending captures in the order they were started: each one's lines go into
+    /// the transcript; the first whose expectation does not hold is the failure.
+    pub(super) fn end_captures(&mut self) -> Result<(), StepFailed> {
+        let mut first = Ok(());
+        for mut c in std::mem::take(&mut self.pending_captures) {
+            let fact = match c.collect() {
+                Ok(f) => Fact::Capture(f),
+                Err(e) => {
+                    first = first.and(Err(StepFailed(format!("{e:#}"))));
+                    continue;
+                }
+            };
+            for line in narrate(&c.action, &fact) {
+                self.tell(line);
+            }
+            if let Err(miss) = judge(&c.action, &fact) {
+                let msg = format!("`{}`: expected {}, observed {}", c.text, miss.expected, miss.observed);
+                let mut f = StepFailed::check(msg, miss.observed, miss.expected);
+                f.at = Some((c.index, c.text.clone()));
+                first = first.and(Err(f));
+            }
+        }
+        first
     }
 
     /// Where in a service's log a `log`/`nolog` check starts reading.

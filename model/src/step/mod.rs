@@ -6,8 +6,10 @@ use regex::Regex;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+mod capture;
 mod service;
 mod version;
+pub use capture::shown as capture_shown;
 use service::service_action;
 pub use service::LogScope;
 pub use version::{split_condition, version_number, VersionCond};
@@ -167,6 +169,16 @@ pub enum Action {
         watch: Option<Duration>,
         scope: LogScope,
     },
+    /// `capture IF N ['FILTER'] [within D] [-> N packets|none]`: a real tcpdump in the node
+    /// around the next step that is not a capture; `expect`: the number of packets it must see.
+    Capture {
+        node: usize,
+        ifname: String,
+        count: u32,
+        filter: Option<String>,
+        within: Duration,
+        expect: Option<u32>,
+    },
 }
 
 impl Action {
@@ -182,6 +194,7 @@ impl Action {
                 | Action::Tcp { .. }
                 | Action::Log { .. }
                 | Action::NoLog { .. }
+                | Action::Capture { .. }
         )
     }
 }
@@ -501,10 +514,11 @@ fn node_action(
             };
             Ok(Action::Impair { node, ifname: ifname.to_string(), spec, expect })
         }
+        "capture" => capture::parse(node, verb_at, rest, rest_at, expect),
         _ => Err(err(
             verb_at,
             format!(
-                "unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, trace, counter, impair)"
+                "unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, trace, counter, impair, capture)"
             ),
         )),
     }

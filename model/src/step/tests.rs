@@ -141,3 +141,32 @@ fn durations_and_sizes() {
     assert_eq!(parse_size("64KiB"), Some(65536));
     assert_eq!(parse_size("1MB"), Some(1_000_000));
 }
+
+#[test]
+fn capture_steps() {
+    match parse_step("gateway: capture eth0 4 'udp port 500 or udp port 4500' within 3s -> 4 packets", &N).unwrap() {
+        Action::Capture { node: 1, ifname, count: 4, filter: Some(f), within, expect: Some(4) } => {
+            assert_eq!((ifname.as_str(), f.as_str(), within), ("eth0", "udp port 500 or udp port 4500", Duration::from_secs(3)))
+        }
+        a => panic!("{a:?}"),
+    }
+    match parse_step("gateway: capture any 2 -> none", &N).unwrap() {
+        Action::Capture { filter: None, expect: Some(0), within, .. } => assert_eq!(within, Duration::from_secs(5)),
+        a => panic!("{a:?}"),
+    }
+    assert!(matches!(parse_step("client: capture eth0 1 'esp'", &N).unwrap(), Action::Capture { expect: None, .. }));
+    let bad = |s: &str, at: usize, what: &str| {
+        let e = parse_step(s, &N).unwrap_err();
+        assert_eq!(e.offset, at, "{s}: {}", e.msg);
+        assert!(e.msg.contains(what), "{s}: {}", e.msg);
+    };
+    bad("client: capture", 8, "capture IF N");
+    bad("client: capture eth0", 16, "packet count is missing");
+    bad("client: capture eth0 0 'esp'", 21, "1..100");
+    bad("client: capture eth0 4 udp port 500", 23, "quote the filter");
+    bad("client: capture eth0 4 'udp port 500", 23, "closing");
+    bad("client: capture eth0 4 'esp' within 5", 36, "duration");
+    bad("client: capture eth0 4 'esp' -> 5 packets", 31, "cannot see 5");
+    bad("client: capture eth0 4 'esp' -> some", 31, "`N packets` or `none`");
+    assert_eq!(capture_shown("eth0", 4, Some("udp port 500")), "tcpdump -ni eth0 -c 4 'udp port 500'");
+}

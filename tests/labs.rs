@@ -13,7 +13,7 @@ use std::path::Path;
 use vpnlab::{env, model, runner, snapshot, suite};
 
 fn main() {
-    vpnlab::backend::guest_main_if_requested();
+    vpnlab::reexec::main_if_requested();
     snapshot::quiet_insta();
     vpnlab::ns::install_signal_cleanup();
     let args = Arguments::from_args();

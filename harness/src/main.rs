@@ -159,14 +159,6 @@ enum Cmd {
         #[arg(long, default_value = "labs")]
         dir: std::path::PathBuf,
     },
-    #[command(name = "__serve", hide = true)]
-    Serve {
-        lab_dir: std::path::PathBuf,
-        scenario: String,
-        until: String,
-        #[arg(long = "with")]
-        with: Vec<String>,
-    },
     /// Measure topology build/teardown (vpnlab vs `ip -batch` vs one `ip` per operation) and
     /// lab wall times; writes BENCHMARKS.md.
     Bench {
@@ -190,7 +182,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    vpnlab::backend::guest_main_if_requested();
+    vpnlab::reexec::main_if_requested();
     vpnlab::snapshot::quiet_insta();
     // `--version` also asks the daemons for theirs (clap's own flag prints a fixed string).
     if matches!(std::env::args().nth(1).as_deref(), Some("--version" | "-V")) {
@@ -356,10 +348,6 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 "next: `vpnlab run {}` checks that it connects and records the first snapshot; then add the symptom's steps",
                 made.dir.display()
             );
-            Ok(Exit::Passed.code())
-        }
-        Cmd::Serve { lab_dir, scenario, until, with } => {
-            vpnlab::session::serve(&lab_dir, &scenario, &until, &with)?;
             Ok(Exit::Passed.code())
         }
         Cmd::Check { labs } => {

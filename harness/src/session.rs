@@ -142,12 +142,15 @@ pub fn up(lab: &Lab, scenario: &str, until: Option<&str>, with: &[String]) -> Re
     let log = std::fs::File::create(dir.join("server.log"))?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
-    cmd.arg("__serve").arg(&lab.dir).arg(scenario).arg(until.unwrap_or(""));
+    let role = crate::reexec::Role::Serve {
+        lab_dir: lab.dir.clone(),
+        scenario: scenario.to_string(),
+        until: until.unwrap_or("").to_string(),
+        with: with.to_vec(),
+    };
+    cmd.args(role.args());
     // The server reads the same settings (`--state-dir` given to `up` included).
     cmd.envs(crate::config::get().to_env());
-    for w in with {
-        cmd.arg(format!("--with={w}"));
-    }
     cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log));
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -339,7 +342,7 @@ pub fn logs(key: &str, service: Option<&str>, follow: bool, out: &mut dyn Write)
 
 // ------------------------------------------------------------------ server side
 
-/// The detached server (`vpnlab __serve LAB_DIR SCENARIO UNTIL`).
+/// The detached server (started as [`crate::reexec::Role::Serve`]).
 pub fn serve(lab_dir: &Path, scenario: &str, until: &str, with: &[String]) -> Result<()> {
     let lab = model::load(lab_dir).map_err(|e| anyhow!("{e}"))?;
     let key = key_of(&lab.id);

@@ -3,7 +3,7 @@
 //! runs the *same* binary inside, for labs needing kernel features the host lacks (PPP, ESP).
 //!
 //! The guest protocol: the host writes `job.toml` into a shared dir (its own work dir for the
-//! run), boots the guest with `VPNLAB_GUEST_JOB` pointing at it, the guest's copy of this
+//! run), boots the guest running this binary as `__vpnlab guest JOB` ([`crate::reexec`]), the guest's copy of this
 //! binary runs the scenario natively inside the guest kernel (its work dir inside the shared
 //! dir) and writes `result.toml`; the host then judges it exactly like a native run, so the
 //! snapshot is the same whichever backend ran it.
@@ -300,23 +300,9 @@ struct Job {
     with: crate::with::With,
 }
 
-const JOB_ENV: &str = "VPNLAB_GUEST_JOB";
-
-/// Call first thing in `main` of every binary that runs labs (the CLI and the test harness):
-/// inside a UML guest it runs the job and exits; elsewhere it returns at once.
-pub fn guest_main_if_requested() {
-    let Some(job) = std::env::var_os(JOB_ENV) else { return };
-    let code = match guest_run(Path::new(&job)) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("vpnlab guest: {e:#}");
-            3
-        }
-    };
-    std::process::exit(code);
-}
-
-fn guest_run(job_path: &Path) -> Result<()> {
+/// Inside the guest (started as [`crate::reexec::Role::Guest`]): runs the job's scenario and
+/// writes its [`Run`] beside the job file.
+pub(crate) fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
     let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None, work_root: None };
@@ -385,7 +371,9 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
-    let mut uj = uml::UmlJob::new(vec![exe], &shared);
+    let mut argv = vec![exe];
+    argv.extend(crate::reexec::Role::Guest { job: job_path.clone() }.args());
+    let mut uj = uml::UmlJob::new(argv, &shared);
     // The guest's vpnlab gets this one's settings, except where it works and how it runs.
     uj.env = crate::config::get()
         .to_env()
@@ -394,7 +382,6 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     uj.env.extend([
-        (JOB_ENV.to_string(), job_path.to_string_lossy().into_owned()),
         ("VPNLAB_WORK_ROOT".to_string(), shared.to_string_lossy().into_owned()),
         ("VPNLAB_BACKEND".to_string(), "native".to_string()),
     ]);

@@ -152,30 +152,7 @@ impl Engine {
 
     pub(super) fn send_copy(&self, pkt: &[u8]) -> std::io::Result<()> {
         let raw = self.raw.as_ref().ok_or_else(|| std::io::Error::other("no raw socket"))?;
-        if pkt.first().map(|b| b >> 4) == Some(6) {
-            return super::v6::send_copy(raw, pkt);
-        }
-        if pkt.len() < 20 || pkt[0] >> 4 != 4 {
-            return Err(std::io::Error::other("not an IPv4 packet"));
-        }
-        let mut dst: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        dst.sin_family = libc::AF_INET as libc::sa_family_t;
-        dst.sin_addr.s_addr = u32::from_ne_bytes(pkt[16..20].try_into().unwrap());
-        let r = unsafe {
-            libc::sendto(
-                raw.as_raw_fd(),
-                pkt.as_ptr() as *const libc::c_void,
-                pkt.len(),
-                0,
-                &dst as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        super::netlink::send_raw(raw, pkt)
     }
 
     /// A datagram from the netlink socket.

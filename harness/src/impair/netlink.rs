@@ -208,24 +208,47 @@ pub(super) fn open_sockets(ifname: &str, queue: u16, duplicate: bool) -> Result<
         }
         e => bail!("NFQUEUE: binding queue {queue}: {}", std::io::Error::from_raw_os_error(e)),
     }
-    let raw = if duplicate {
-        let r = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-        if r < 0 {
-            return Err(os_err("socket(AF_INET, SOCK_RAW, IPPROTO_RAW)"));
-        }
-        let raw = unsafe { OwnedFd::from_raw_fd(r) };
-        let mark: u32 = dup_mark(queue);
-        setsockopt(r, libc::SOL_SOCKET, libc::SO_MARK, &mark).context("SO_MARK on the raw socket")?;
-        let dev = c_if.as_bytes_with_nul();
-        let rc = unsafe {
-            libc::setsockopt(r, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_ptr() as *const libc::c_void, dev.len() as libc::socklen_t)
-        };
-        if rc != 0 {
-            return Err(os_err(&format!("SO_BINDTODEVICE {ifname}")));
-        }
-        Some(raw)
-    } else {
-        None
-    };
+    let raw = if duplicate { Some(raw_socket(libc::AF_INET, ifname, queue)?) } else { None };
     Ok(Sockets { nl, raw })
+}
+
+/// An `IPPROTO_RAW` socket of `family` (`AF_INET` or `AF_INET6`; the header is included) that
+/// duplicates go out of, marked so the impairment's rule skips the copies, bound to `ifname`.
+/// Opened on a thread inside the node's namespace.
+pub(super) fn raw_socket(family: libc::c_int, ifname: &str, queue: u16) -> Result<OwnedFd> {
+    let c_if = CString::new(ifname).map_err(|_| anyhow!("NUL in interface name"))?;
+    let r = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    if r < 0 {
+        return Err(os_err("socket(SOCK_RAW, IPPROTO_RAW)"));
+    }
+    let raw = unsafe { OwnedFd::from_raw_fd(r) };
+    let mark: u32 = dup_mark(queue);
+    setsockopt(r, libc::SOL_SOCKET, libc::SO_MARK, &mark).context("SO_MARK on the raw socket")?;
+    let dev = c_if.as_bytes_with_nul();
+    let rc = unsafe {
+        libc::setsockopt(r, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_ptr() as *const libc::c_void, dev.len() as libc::socklen_t)
+    };
+    if rc != 0 {
+        return Err(os_err(&format!("SO_BINDTODEVICE {ifname}")));
+    }
+    Ok(raw)
+}
+
+/// Sends a copy of the IP packet `pkt` (header included, either family) from a raw socket, to
+/// the packet's own destination.
+pub(super) fn send_raw(raw: &OwnedFd, pkt: &[u8]) -> std::io::Result<()> {
+    use nix::sys::socket::{sendto, MsgFlags, SockaddrIn, SockaddrIn6};
+    let sent = match pkt.first().map(|b| b >> 4) {
+        Some(4) if pkt.len() >= 20 => {
+            let dst = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]), 0);
+            sendto(raw.as_raw_fd(), pkt, &SockaddrIn::from(dst), MsgFlags::empty())
+        }
+        Some(6) if pkt.len() >= 40 => {
+            let a: [u8; 16] = pkt[24..40].try_into().expect("16 bytes");
+            let dst = std::net::SocketAddrV6::new(std::net::Ipv6Addr::from(a), 0, 0, 0);
+            sendto(raw.as_raw_fd(), pkt, &SockaddrIn6::from(dst), MsgFlags::empty())
+        }
+        _ => return Err(std::io::Error::other("not an IP packet")),
+    };
+    sent.map(|_| ()).map_err(std::io::Error::from)
 }

@@ -1,56 +1,11 @@
-//! What IPv6 adds to the impairment: the raw socket duplicates go out of, sending a copy, and
-//! recognising the link-level ICMPv6 messages (neighbour discovery, MLD) that are never counted.
+//! What IPv6 adds to the impairment: the raw socket duplicates go out of, and recognising the link-level ICMPv6 messages (neighbour discovery, MLD) that are never counted.
 
-use super::dup_mark;
-use super::netlink::{os_err, setsockopt};
-use anyhow::{anyhow, Context, Result};
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use anyhow::Result;
+use std::os::fd::OwnedFd;
 
-/// An `AF_INET6` `IPPROTO_RAW` socket (the header is included, as with IPv4's), marked so the
-/// rule skips the copies, bound to `ifname`. Opened on a thread inside the node's namespace.
+/// An `AF_INET6` `IPPROTO_RAW` socket for duplicates (see [`super::netlink::raw_socket`]).
 pub(super) fn raw_socket(ifname: &str, queue: u16) -> Result<OwnedFd> {
-    let c_if = CString::new(ifname).map_err(|_| anyhow!("NUL in interface name"))?;
-    let r = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-    if r < 0 {
-        return Err(os_err("socket(AF_INET6, SOCK_RAW, IPPROTO_RAW)"));
-    }
-    let raw = unsafe { OwnedFd::from_raw_fd(r) };
-    let mark: u32 = dup_mark(queue);
-    setsockopt(r, libc::SOL_SOCKET, libc::SO_MARK, &mark).context("SO_MARK on the raw socket")?;
-    let dev = c_if.as_bytes_with_nul();
-    let rc = unsafe {
-        libc::setsockopt(r, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev.as_ptr() as *const libc::c_void, dev.len() as libc::socklen_t)
-    };
-    if rc != 0 {
-        return Err(os_err(&format!("SO_BINDTODEVICE {ifname}")));
-    }
-    Ok(raw)
-}
-
-/// Sends a copy of the IPv6 packet `pkt` (header included) from the raw socket.
-pub(super) fn send_copy(raw: &OwnedFd, pkt: &[u8]) -> std::io::Result<()> {
-    if pkt.len() < 40 || pkt[0] >> 4 != 6 {
-        return Err(std::io::Error::other("not an IPv6 packet"));
-    }
-    let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    dst.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-    dst.sin6_addr.s6_addr.copy_from_slice(&pkt[24..40]);
-    let r = unsafe {
-        libc::sendto(
-            raw.as_raw_fd(),
-            pkt.as_ptr() as *const libc::c_void,
-            pkt.len(),
-            0,
-            &dst as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    super::netlink::raw_socket(libc::AF_INET6, ifname, queue)
 }
 
 /// Is `pkt` an IPv6 link-level control message: ICMPv6 MLD (130-132, 143), router

@@ -145,6 +145,23 @@ fn settle<T: PartialEq>(mut read: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
+/// (counters before, the settled reading, counters after, the probe's own result)
+type Around<T> = (Vec<Counters>, T, Vec<Counters>, Result<()>);
+
+/// What both methods do around the probe: the SNMP counters before, the probe, readings of the
+/// observation points until they settle ([`settle`]), the counters after.
+fn around_probe<T: PartialEq>(
+    nodes: &[TraceNode],
+    probe: impl FnOnce() -> Result<()>,
+    read: impl FnMut() -> Result<T>,
+) -> Result<Around<T>> {
+    let before = par(nodes, |n| snmp(n.netns))?;
+    let probed = probe();
+    let seen = settle(read)?;
+    let after = par(nodes, |n| snmp(n.netns))?;
+    Ok((before, seen, after, probed))
+}
+
 fn observe_nft(
     nodes: &[TraceNode],
     pid: &PidNs,
@@ -169,10 +186,7 @@ fn observe_nft(
         }
         Ok(())
     })?;
-    let before = par(nodes, |n| snmp(n.netns))?;
-    let probed = probe();
-    let texts = settle(|| collect(nodes, pid, cwd))?;
-    let after = par(nodes, |n| snmp(n.netns))?;
+    let (before, texts, after, probed) = around_probe(nodes, probe, || collect(nodes, pid, cwd))?;
     if crate::config::get().trace_debug {
         debug_dump(nodes, &ruleset, &texts, &before, &after);
     }
@@ -190,10 +204,7 @@ fn observe_nflog(
     probe: impl FnOnce() -> Result<()>,
 ) -> Result<Observed> {
     let mut installed = nflog::Installed::install(nodes, pid, cwd, fam, dest)?;
-    let before = par(nodes, |n| snmp(n.netns))?;
-    let probed = probe();
-    let counts = settle(|| installed.read())?;
-    let after = par(nodes, |n| snmp(n.netns))?;
+    let (before, counts, after, probed) = around_probe(nodes, probe, || installed.read())?;
     if crate::config::get().trace_debug {
         let texts: Vec<String> = counts.iter().map(|c| format!("{c:#?}")).collect();
         debug_dump(nodes, &nflog::rules(fam, true), &texts, &before, &after);

@@ -3,6 +3,8 @@
 //! `VPNLAB_BACKEND=uml`. The CLI parses them with its arguments and hands them over with
 //! [`set`]; a program that uses the library without the CLI (the lab trials of `cargo test`, the
 //! user-mode-linux guest) gets them from the environment alone, parsed by the same definitions.
+//! (The lab trials of `cargo test`, which have no options, read their own: `VPNLAB_WITH`,
+//! `VPNLAB_PCAP`, `VPNLAB_PROGRESS`, `VPNLAB_SKIP_HOST_CHECK`, in tests/labs.rs.)
 
 use clap::{Args, Parser};
 use std::path::PathBuf;

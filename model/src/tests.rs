@@ -272,3 +272,19 @@ fn a_capture_needs_a_step_after_it_and_an_interface_of_its_node() {
     let lab = parse(&dir.path().join("lab.toml"), &ok).unwrap();
     assert!(lab.programs().contains(&"tcpdump".to_string()));
 }
+
+#[test]
+fn deadline_and_step_timeout_have_defaults_and_located_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = parse(&dir.path().join("lab.toml"), BASE).unwrap();
+    assert_eq!((lab.deadline, lab.step_timeout), (std::time::Duration::from_secs(60), std::time::Duration::from_secs(10)));
+    let src = BASE.replace("title = \"t\"", "title = \"t\"\ndeadline = \"2m\"\nstep_timeout = \"1.5s\"");
+    let lab = parse(&dir.path().join("lab.toml"), &src).unwrap();
+    assert_eq!((lab.deadline, lab.step_timeout), (std::time::Duration::from_secs(120), std::time::Duration::from_millis(1500)));
+    for (key, hint) in [("deadline", "60s or 2m"), ("step_timeout", "10s or 500ms")] {
+        let bad = BASE.replace("title = \"t\"", &format!("title = \"t\"\n{key} = \"10\""));
+        let e = lab_err(&bad);
+        assert_eq!((e.line, e.msg.as_str()), (3, "`10` is not a duration"), "{e}");
+        assert!(e.hint.contains(hint), "{e}");
+    }
+}

@@ -298,3 +298,43 @@ fn check_warns_about_a_sysctl_this_kernel_lacks() {
     assert!(err.contains("warning: sysctl `net.ipv4.no_such_sysctl_vpnlab` does not exist on this kernel"), "{err}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("t/sysctl: ok (1 scenarios)"));
 }
+
+#[test]
+fn a_lab_outside_labs_is_named_by_its_path_and_its_snapshots_survive_a_copy() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let d = lab_dir(elsewhere.path(), "hidden-labs/tap-bridge", GOOD);
+    let run = |args: &[&str], ci: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vpnlab"));
+        c.args(args).env("VPNLAB_LABS", labs.path()).env("VPNLAB_WORK_ROOT", work.path());
+        if ci {
+            c.env("CI", "true");
+        } else {
+            c.env_remove("CI");
+        }
+        c.output().unwrap()
+    };
+    let o = run(&["run", &d.to_string_lossy()], false);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The header names the lab by its own folder, not by the folder it sits in.
+    let snap = std::fs::read_to_string(d.join("snapshots/ping.snap")).unwrap();
+    assert!(snap.starts_with("---\nsource: lab.toml\ndescription: \"tap-bridge::ping - two nodes\"\n---\n"), "{snap}");
+    // A colleague's copy, in another folder under another name, passes the same snapshots.
+    let copy = lab_dir(elsewhere.path(), "from-alice/tap-bridge-copy", GOOD);
+    std::fs::create_dir_all(copy.join("snapshots")).unwrap();
+    std::fs::copy(d.join("snapshots/ping.snap"), copy.join("snapshots/ping.snap")).unwrap();
+    let o = run(&["run", &copy.to_string_lossy()], true);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The scenario part of the header is still compared: a snapshot of another scenario fails.
+    std::fs::write(copy.join("snapshots/ping.snap"), snap.replace("::ping\n", "::pong\n")).unwrap();
+    let o = run(&["run", &copy.to_string_lossy()], true);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // The hint names the lab by a path vpnlab accepts back (not `from-alice/tap-bridge-copy`).
+    let canon = std::fs::canonicalize(&copy).unwrap();
+    let hint = format!("run `vpnlab run {}::ping` locally", canon.display());
+    assert!(stderr(&o).contains(&hint), "{}", stderr(&o));
+    std::fs::copy(d.join("snapshots/ping.snap"), copy.join("snapshots/ping.snap")).unwrap();
+    let o = run(&["run", &format!("{}::ping", canon.display())], true);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

@@ -338,3 +338,38 @@ fn a_lab_outside_labs_is_named_by_its_path_and_its_snapshots_survive_a_copy() {
     let o = run(&["run", &format!("{}::ping", canon.display())], true);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+#[test]
+fn a_script_shipped_in_the_lab_folder_runs_in_setup_and_steps() {
+    use std::os::unix::fs::PermissionsExt;
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let toml = GOOD
+        .replace("[nodes.a]\n", "[nodes.a]\nsetup = [\"./bridge-start br0\"]\n")
+        .replace("steps = [", "steps = [\"a: show ip -o link show br0\", \"a: sh ./bridge-start br1\", \"a: sh test -f made-br1\", ");
+    let d = lab_dir(labs.path(), "t/script", &toml);
+    let script = d.join("bridge-start");
+    // A real bridge made by the script, in the node's namespace, from the node's directory.
+    std::fs::write(&script, "#!/bin/sh\nset -e\nip link add \"$1\" type bridge\ntouch \"made-$1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = vpnlab(&["check", "t/script"], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .args(["run", "--accept", "t/script"])
+        .env("VPNLAB_LABS", labs.path())
+        .env("VPNLAB_WORK_ROOT", work.path())
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "check passes, run runs it: {}", stderr(&o));
+    let snap = std::fs::read_to_string(d.join("snapshots/ping.snap")).unwrap();
+    assert!(snap.contains("a$ ip -o link show br0\n") && snap.contains(": br0: <BROADCAST,MULTICAST>"), "{snap}");
+    // Check and run refuse a script that is not executable alike, at the same spot.
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for cmd in ["check", "run"] {
+        let o = vpnlab(&[cmd, "t/script"], labs.path(), work.path());
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("lab.toml:4:11: error: `./bridge-start` is not executable"), "{cmd}: {}", stderr(&o));
+    }
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "nothing left behind");
+}

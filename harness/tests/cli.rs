@@ -373,3 +373,28 @@ fn a_script_shipped_in_the_lab_folder_runs_in_setup_and_steps() {
     }
     assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "nothing left behind");
 }
+
+#[test]
+fn new_refuses_a_tap_bridged_server_naming_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (srv, cli) = (tmp.path().join("office.conf"), tmp.path().join("laptop.ovpn"));
+    std::fs::write(&srv, "port 1194\ndev tap0\nserver-bridge 192.168.10.1 255.255.255.0 192.168.10.100 192.168.10.150\nca ca.crt\n")
+        .unwrap();
+    std::fs::write(&cli, "client\ndev tap\nremote vpn.example.com 1194\n").unwrap();
+    let labs = tmp.path().join("mylabs");
+    let args = ["new", "tapco", "--server", &srv.to_string_lossy(), "--client", &cli.to_string_lossy(), "--dir", &labs.to_string_lossy()];
+    let o = vpnlab(&args, &labs, tmp.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let want = format!(
+        "{}:3:1: error: `server-bridge 192.168.10.1 255.255.255.0 192.168.10.100 192.168.10.150`: TAP bridging is not supported yet",
+        srv.display()
+    );
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    assert!(!labs.join("custom/tapco").exists(), "no empty lab left behind");
+    // The same configs routed (`server`, dev tun) are accepted: the refusal is about the bridge.
+    std::fs::write(&srv, "port 1194\ndev tun\nserver 10.8.0.0 255.255.255.0\n").unwrap();
+    std::fs::write(&cli, "client\ndev tun\nremote vpn.example.com 1194\n").unwrap();
+    let o = vpnlab(&args, &labs, tmp.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(labs.join("custom/tapco/lab.toml").is_file());
+}

@@ -144,7 +144,8 @@ pub fn missing_sysctls(lab: &Lab) -> Vec<String> {
 pub fn check_runnable(lab: &Lab) -> Result<(), anyhow::Error> {
     for s in &lab.services {
         let prog = &s.argv[0];
-        if which(prog).is_none() {
+        // A relative program (`./mydaemon`) is a file of the lab folder, checked by the model.
+        if !crate::model::is_local_program(prog) && which(prog).is_none() {
             return Err(crate::error::InputError {
                 file: lab.file.clone(),
                 line: s.loc.0,

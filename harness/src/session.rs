@@ -113,10 +113,19 @@ fn alive(pid: u32) -> bool {
 /// Resolves the LAB argument of session commands (an id, a path, or the key of a lab that is up).
 pub fn key_for(arg: &str) -> String {
     let arg = arg.trim_end_matches('/');
-    if dir_of(arg).exists() {
+    // A key is one word; `dir_of` of an absolute path would be the path itself.
+    if !arg.contains('/') && !arg.is_empty() && arg != "." && arg != ".." && dir_of(arg).exists() {
         return arg.to_string();
     }
-    key_of(&model::lab_id(Path::new(arg)))
+    // A lab folder's path names it as `up` did: by its canonical folder.
+    let path = Path::new(arg);
+    if model::lab_file(path).is_file() {
+        let dir = if path.is_file() { path.parent().unwrap_or(Path::new(".")) } else { path };
+        if let Ok(c) = std::fs::canonicalize(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+            return key_of(&model::lab_id(&c));
+        }
+    }
+    key_of(&model::lab_id(path))
 }
 
 // ------------------------------------------------------------------ client side
@@ -131,7 +140,7 @@ pub fn up(lab: &Lab, scenario: &str, until: Option<&str>, with: &[String]) -> Re
         if alive(st.server_pid) {
             return Err(crate::error::EnvError {
                 msg: format!("{} is already up", lab.id),
-                hint: format!("`vpnlab down {}` first", lab.id),
+                hint: format!("`vpnlab down {}` first", crate::suite::cli_name(&lab.id, &lab.dir)),
             }
             .into());
         }
@@ -194,7 +203,7 @@ pub fn describe(st: &State) -> String {
         s.push_str(&format!("  {n:<w$}  {name}\n"));
     }
     let first = st.nodes.first().map(|(n, _)| n.as_str()).unwrap_or("NODE");
-    let id = &st.lab_id;
+    let id = &crate::suite::cli_name(&st.lab_id, &st.lab_dir);
     s.push_str(&format!("get in:  vpnlab shell {id} {first}\n"));
     s.push_str(&format!("run:     vpnlab exec {id} {first} -- ip route\n"));
     if let Some(n) = &st.next_step {

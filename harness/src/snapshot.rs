@@ -65,8 +65,24 @@ pub enum Verdict {
     Mismatch(String),
 }
 
+/// The transcript's first line names the lab (`# openvpn/basic-server::connected`): the id of a
+/// lab outside the labs folder comes from the folders it sits in, so a lab copied elsewhere
+/// would fail every snapshot. Only the scenario part of that line is compared.
+fn same_header<'a>(expected: &'a str, actual: &str) -> std::borrow::Cow<'a, str> {
+    let scenario_of =
+        |t: &str| t.lines().next().and_then(|l| l.strip_prefix("# ")).and_then(|l| l.rsplit_once("::")).map(|(_, s)| s.to_string());
+    match (scenario_of(expected), scenario_of(actual), actual.lines().next()) {
+        (Some(e), Some(a), Some(first)) if e == a => {
+            let rest = expected.split_once('\n').map(|(_, r)| r).unwrap_or("");
+            std::borrow::Cow::Owned(format!("{first}\n{rest}"))
+        }
+        _ => std::borrow::Cow::Borrowed(expected),
+    }
+}
+
 pub fn compare(expected: Option<&str>, actual: &str) -> Verdict {
-    match expected {
+    let expected = expected.map(|e| same_header(e, actual));
+    match expected.as_deref() {
         None => Verdict::Missing,
         Some(e) if e.trim_end() == actual.trim_end() => Verdict::Match,
         Some(e) => {
@@ -98,14 +114,15 @@ pub fn check_variant(lab: &Lab, scenario: &str, p: &Path, variant: Option<&str>,
         return Ok(());
     }
     let recorded = if is_ci() { None } else { record_pending(lab, scenario, variant, actual) };
+    let name = crate::suite::cli_name(&lab.id, &lab.dir);
     let how = match &recorded {
         Some(newp) => format!(
             "the new transcript is in {}; accept it with `cargo insta review` or `vpnlab run --accept {}::{scenario}`",
             newp.display(),
-            lab.id
+            name
         ),
         None => {
-            format!("CI=true: nothing was written; run `vpnlab run {}::{scenario}` locally and accept with `cargo insta review`", lab.id)
+            format!("CI=true: nothing was written; run `vpnlab run {}::{scenario}` locally and accept with `cargo insta review`", name)
         }
     };
     Err(match verdict {
@@ -127,7 +144,7 @@ fn record_pending(lab: &Lab, scenario: &str, variant: Option<&str>, actual: &str
     if let Some(v) = variant {
         settings.set_snapshot_suffix(v);
     }
-    settings.set_description(format!("{}::{scenario} - {}", lab.id, lab.title));
+    settings.set_description(format!("{}::{scenario} - {}", description_id(lab), lab.title));
     let actual = actual.to_string();
     let name = scenario.to_string();
     // insta reports a mismatch by panicking; keep that panic quiet (the caller prints the diff).
@@ -146,6 +163,15 @@ fn record_pending(lab: &Lab, scenario: &str, variant: Option<&str>, actual: &str
     newp.exists().then_some(newp)
 }
 
+/// The lab's name in a snapshot's header: its id under the labs folder (`openvpn/basic-server`),
+/// else its own folder's name, so that a lab copied into another folder writes the same header.
+fn description_id(lab: &Lab) -> String {
+    if crate::suite::cli_name(&lab.id, &lab.dir) == lab.id {
+        return lab.id.clone();
+    }
+    lab.id.rsplit('/').next().unwrap_or(&lab.id).to_string()
+}
+
 /// Writes the snapshot (`vpnlab run --accept`, or a new lab's first run).
 pub fn accept(lab: &Lab, scenario: &str, actual: &str) -> std::io::Result<PathBuf> {
     accept_variant(lab, scenario, None, actual)
@@ -158,7 +184,12 @@ pub fn accept_variant(lab: &Lab, scenario: &str, variant: Option<&str>, actual: 
         None => path(lab, scenario),
     };
     std::fs::create_dir_all(p.parent().unwrap())?;
-    let header = format!("---\nsource: {}\ndescription: \"{}::{scenario} - {}\"\n---\n", "lab.toml", lab.id, lab.title.replace('"', "'"));
+    let header = format!(
+        "---\nsource: {}\ndescription: \"{}::{scenario} - {}\"\n---\n",
+        "lab.toml",
+        description_id(lab),
+        lab.title.replace('"', "'")
+    );
     std::fs::write(&p, format!("{header}{}\n", actual.trim_end()))?;
     let _ = std::fs::remove_file(p.with_extension("snap.new"));
     Ok(p)

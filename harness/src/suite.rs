@@ -39,6 +39,24 @@ pub fn discover(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The name of a lab that the user can pass back to vpnlab (in hints): its id when the lab is the
+/// one of that id under the labs folder, else the path of its folder (relative to the current
+/// directory when it is below it). A lab outside the labs folder has an id made of its two last
+/// folders, which no command would find.
+pub fn cli_name(id: &str, dir: &Path) -> String {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    let here = canon(dir);
+    if here.is_some() && canon(&labs_root().join(id)) == here {
+        return id.to_string();
+    }
+    let abs = here.unwrap_or_else(|| dir.to_path_buf());
+    let rel = std::env::current_dir().ok().and_then(|c| abs.strip_prefix(canon(&c)?).ok().map(Path::to_path_buf));
+    match rel {
+        Some(r) if !r.as_os_str().is_empty() => r.display().to_string(),
+        _ => abs.display().to_string(),
+    }
+}
+
 /// Resolves `LAB[::SCENARIO]` where LAB is an id under `root` or a lab folder's path.
 pub fn resolve(arg: &str, root: &Path) -> Result<(PathBuf, Option<String>), crate::error::EnvError> {
     let (lab, scenario) = match arg.rsplit_once("::") {

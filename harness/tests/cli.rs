@@ -298,3 +298,103 @@ fn check_warns_about_a_sysctl_this_kernel_lacks() {
     assert!(err.contains("warning: sysctl `net.ipv4.no_such_sysctl_vpnlab` does not exist on this kernel"), "{err}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("t/sysctl: ok (1 scenarios)"));
 }
+
+#[test]
+fn a_lab_outside_labs_is_named_by_its_path_and_its_snapshots_survive_a_copy() {
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let d = lab_dir(elsewhere.path(), "hidden-labs/tap-bridge", GOOD);
+    let run = |args: &[&str], ci: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vpnlab"));
+        c.args(args).env("VPNLAB_LABS", labs.path()).env("VPNLAB_WORK_ROOT", work.path());
+        if ci {
+            c.env("CI", "true");
+        } else {
+            c.env_remove("CI");
+        }
+        c.output().unwrap()
+    };
+    let o = run(&["run", &d.to_string_lossy()], false);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The header names the lab by its own folder, not by the folder it sits in.
+    let snap = std::fs::read_to_string(d.join("snapshots/ping.snap")).unwrap();
+    assert!(snap.starts_with("---\nsource: lab.toml\ndescription: \"tap-bridge::ping - two nodes\"\n---\n"), "{snap}");
+    // A colleague's copy, in another folder under another name, passes the same snapshots.
+    let copy = lab_dir(elsewhere.path(), "from-alice/tap-bridge-copy", GOOD);
+    std::fs::create_dir_all(copy.join("snapshots")).unwrap();
+    std::fs::copy(d.join("snapshots/ping.snap"), copy.join("snapshots/ping.snap")).unwrap();
+    let o = run(&["run", &copy.to_string_lossy()], true);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The scenario part of the header is still compared: a snapshot of another scenario fails.
+    std::fs::write(copy.join("snapshots/ping.snap"), snap.replace("::ping\n", "::pong\n")).unwrap();
+    let o = run(&["run", &copy.to_string_lossy()], true);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // The hint names the lab by a path vpnlab accepts back (not `from-alice/tap-bridge-copy`).
+    let canon = std::fs::canonicalize(&copy).unwrap();
+    let hint = format!("run `vpnlab run {}::ping` locally", canon.display());
+    assert!(stderr(&o).contains(&hint), "{}", stderr(&o));
+    std::fs::copy(d.join("snapshots/ping.snap"), copy.join("snapshots/ping.snap")).unwrap();
+    let o = run(&["run", &format!("{}::ping", canon.display())], true);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn a_script_shipped_in_the_lab_folder_runs_in_setup_and_steps() {
+    use std::os::unix::fs::PermissionsExt;
+    let labs = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let toml = GOOD
+        .replace("[nodes.a]\n", "[nodes.a]\nsetup = [\"./bridge-start br0\"]\n")
+        .replace("steps = [", "steps = [\"a: show ip -o link show br0\", \"a: sh ./bridge-start br1\", \"a: sh test -f made-br1\", ");
+    let d = lab_dir(labs.path(), "t/script", &toml);
+    let script = d.join("bridge-start");
+    // A real bridge made by the script, in the node's namespace, from the node's directory.
+    std::fs::write(&script, "#!/bin/sh\nset -e\nip link add \"$1\" type bridge\ntouch \"made-$1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = vpnlab(&["check", "t/script"], labs.path(), work.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .args(["run", "--accept", "t/script"])
+        .env("VPNLAB_LABS", labs.path())
+        .env("VPNLAB_WORK_ROOT", work.path())
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "check passes, run runs it: {}", stderr(&o));
+    let snap = std::fs::read_to_string(d.join("snapshots/ping.snap")).unwrap();
+    assert!(snap.contains("a$ ip -o link show br0\n") && snap.contains(": br0: <BROADCAST,MULTICAST>"), "{snap}");
+    // Check and run refuse a script that is not executable alike, at the same spot.
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for cmd in ["check", "run"] {
+        let o = vpnlab(&[cmd, "t/script"], labs.path(), work.path());
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("lab.toml:4:11: error: `./bridge-start` is not executable"), "{cmd}: {}", stderr(&o));
+    }
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "nothing left behind");
+}
+
+#[test]
+fn new_refuses_a_tap_bridged_server_naming_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (srv, cli) = (tmp.path().join("office.conf"), tmp.path().join("laptop.ovpn"));
+    std::fs::write(&srv, "port 1194\ndev tap0\nserver-bridge 192.168.10.1 255.255.255.0 192.168.10.100 192.168.10.150\nca ca.crt\n")
+        .unwrap();
+    std::fs::write(&cli, "client\ndev tap\nremote vpn.example.com 1194\n").unwrap();
+    let labs = tmp.path().join("mylabs");
+    let args = ["new", "tapco", "--server", &srv.to_string_lossy(), "--client", &cli.to_string_lossy(), "--dir", &labs.to_string_lossy()];
+    let o = vpnlab(&args, &labs, tmp.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let want = format!(
+        "{}:3:1: error: `server-bridge 192.168.10.1 255.255.255.0 192.168.10.100 192.168.10.150`: TAP bridging is not supported yet",
+        srv.display()
+    );
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    assert!(!labs.join("custom/tapco").exists(), "no empty lab left behind");
+    // The same configs routed (`server`, dev tun) are accepted: the refusal is about the bridge.
+    std::fs::write(&srv, "port 1194\ndev tun\nserver 10.8.0.0 255.255.255.0\n").unwrap();
+    std::fs::write(&cli, "client\ndev tun\nremote vpn.example.com 1194\n").unwrap();
+    let o = vpnlab(&args, &labs, tmp.path());
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(labs.join("custom/tapco/lab.toml").is_file());
+}

@@ -129,3 +129,29 @@ fn down_cleans_up_after_a_killed_server() {
     assert_eq!(netns_names(&env.prefix), Vec::<String>::new());
     assert_eq!(ok(&env.run(&["status"])).trim(), "no labs are up");
 }
+
+#[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
+fn a_lab_given_by_path_is_found_again_by_that_path() {
+    let env = Env::new("p");
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("hidden-labs/tap-bridge");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("lab.toml"),
+        "[lab]\ntitle = \"t\"\n[nodes.a]\n[nodes.b]\n[[links]]\na = \"a:eth0 10.9.0.1/24\"\nb = \"b:eth0 10.9.0.2/24\"\n\
+         [scenarios.s]\nsteps = [\"a: ping 10.9.0.2\", \"b: ping 10.9.0.1\"]\n",
+    )
+    .unwrap();
+    let path = std::fs::canonicalize(&dir).unwrap().to_string_lossy().into_owned();
+    let out = ok(&env.run(&["up", &path, "--until", "1"]));
+    // The hints name it by the path, which every command takes back.
+    assert!(out.contains(&format!("vpnlab exec {path} a -- ip route")) && out.contains(&format!("vpnlab down {path}")), "{out}");
+    let o = ok(&env.run(&["exec", &path, "b", "--", "ip", "-o", "-4", "addr", "show", "eth0"]));
+    assert!(o.contains("10.9.0.2/24"), "{o}");
+    let trailing = format!("{path}/");
+    assert_eq!(ok(&env.run(&["step", &trailing])).trim(), "b$ ping -c2 10.9.0.1  -> reachable (ttl=64)");
+    ok(&env.run(&["down", &format!("{path}/lab.toml")]));
+    assert_eq!(netns_names(&env.prefix), Vec::<String>::new());
+    assert_eq!(env.run(&["exec", &path, "a", "--", "true"]).status.code(), Some(2), "down: not up any more");
+}

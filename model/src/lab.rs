@@ -253,6 +253,8 @@ impl Lab {
                 _ => {}
             }
         }
+        // A relative program is a file of the lab folder, checked when the lab is validated.
+        out.retain(|p| !crate::local::is_local(p));
         out.sort();
         out.dedup();
         out

@@ -11,6 +11,7 @@ pub mod counter;
 pub mod error;
 pub mod impair;
 mod lab;
+mod local;
 pub mod pki;
 mod ppp;
 mod raw;
@@ -25,6 +26,7 @@ use crate::error::InputError;
 use std::path::{Path, PathBuf};
 
 pub use lab::{daemon_program, Endpoint, FileSpec, KernelFeature, Lab, Lan, Link, Node, Sanitizer, Scenario, Service, SysctlUse};
+pub use local::is_local as is_local_program;
 pub use words::split_words;
 
 use raw::{RawLab, RawService};

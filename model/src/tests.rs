@@ -272,3 +272,51 @@ fn a_capture_needs_a_step_after_it_and_an_interface_of_its_node() {
     let lab = parse(&dir.path().join("lab.toml"), &ok).unwrap();
     assert!(lab.programs().contains(&"tcpdump".to_string()));
 }
+
+#[test]
+fn deadline_and_step_timeout_have_defaults_and_located_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = parse(&dir.path().join("lab.toml"), BASE).unwrap();
+    assert_eq!((lab.deadline, lab.step_timeout), (std::time::Duration::from_secs(60), std::time::Duration::from_secs(10)));
+    let src = BASE.replace("title = \"t\"", "title = \"t\"\ndeadline = \"2m\"\nstep_timeout = \"1.5s\"");
+    let lab = parse(&dir.path().join("lab.toml"), &src).unwrap();
+    assert_eq!((lab.deadline, lab.step_timeout), (std::time::Duration::from_secs(120), std::time::Duration::from_millis(1500)));
+    for (key, hint) in [("deadline", "60s or 2m"), ("step_timeout", "10s or 500ms")] {
+        let bad = BASE.replace("title = \"t\"", &format!("title = \"t\"\n{key} = \"10\""));
+        let e = lab_err(&bad);
+        assert_eq!((e.line, e.msg.as_str()), (3, "`10` is not a duration"), "{e}");
+        assert!(e.hint.contains(hint), "{e}");
+    }
+}
+
+#[test]
+fn a_relative_program_is_a_script_of_the_lab_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lab.toml");
+    let script = dir.path().join("bridge-start");
+    std::fs::write(&script, "#!/bin/sh\ntrue\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = BASE.replace("[nodes.a]\n", "[nodes.a]\nsetup = [\"./bridge-start --up\"]\n");
+    let lab = parse(&file, &src).unwrap();
+    // Copied into the node's directory (its cwd), and not looked for on PATH.
+    assert!(lab.nodes[0].files.iter().any(|f| f.rel == std::path::Path::new("bridge-start")), "{:?}", lab.nodes[0].files);
+    assert!(!lab.programs().iter().any(|p| p.contains("bridge-start")), "{:?}", lab.programs());
+    // The same for an `sh` step of that node.
+    let steps = src.replace("steps = [\"b: ping", "steps = [\"a: sh ./bridge-start --down\", \"b: ping");
+    assert!(parse(&file, &steps.replace("setup = [\"./bridge-start --up\"]\n", "")).unwrap().nodes[0].files.len() == 1);
+    // Not executable: refused where the command names it, unless `modes` makes it executable.
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = parse(&file, &src).unwrap_err();
+    assert_eq!((e.line, e.col), pos(&src, "./bridge-start"), "{e}");
+    assert!(e.msg.contains("`./bridge-start` is not executable") && e.hint.contains("chmod +x bridge-start"), "{e}");
+    let with_mode = src.replace("setup = [", "files = [\"bridge-start\"]\nmodes = { \"bridge-start\" = \"755\" }\nsetup = [");
+    assert_eq!(parse(&file, &with_mode).unwrap().nodes[0].files.len(), 1);
+    // Not in the lab folder, or outside the node's directory: located errors.
+    let missing = src.replace("./bridge-start", "./bridge-stop");
+    let e = parse(&file, &missing).unwrap_err();
+    assert_eq!((e.line, e.col), pos(&missing, "./bridge-stop"), "{e}");
+    assert!(e.msg.contains("`./bridge-stop` is not a file of the lab folder") && e.hint.contains("next to lab.toml"), "{e}");
+    let e = parse(&file, &src.replace("./bridge-start", "../bridge-start")).unwrap_err();
+    assert!(e.msg.contains("outside the node's directory"), "{e}");
+}

@@ -325,6 +325,7 @@ impl Validator<'_> {
             return Err(self.err(self.src.len(), "the lab has no scenarios", "add `[scenarios.NAME]` with `steps = [...]`"));
         }
 
+        self.local_programs(&raw, &mut nodes, &prelude, &scenarios)?;
         for st in prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())) {
             if let Action::Sysctl { key, .. } = &st.action {
                 let (line, col) = crate::error::line_col(self.src, st.offset);

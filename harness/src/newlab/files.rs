@@ -119,6 +119,18 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
         msg,
         hint: "give the customer's OpenVPN server config with --server and the client config with --client".into(),
     };
+    // A TAP bridged server has no `server NET MASK` pool and needs a bridge in the server's
+    // node: the skeleton would be an empty scenario that passes. Say so instead.
+    if let Some((_, args, line)) = sconf.directives().find(|(name, _, _)| *name == "server-bridge") {
+        return Err(InputError {
+            file: spec.server_conf.clone(),
+            line,
+            col: 1,
+            msg: format!("`server-bridge{}`: TAP bridging is not supported yet by `vpnlab new`", args.iter().map(|a| format!(" {a}")).collect::<String>()),
+            hint: "write the lab by hand (LAB_FORMAT.md: a `setup` script in the server's node can make tap0 and the bridge), or give a routed (`server NET MASK`, dev tun) config".into(),
+        }
+        .into());
+    }
     let s = server_conf(&sconf).map_err(|m| input_err(&spec.server_conf, m))?;
     let c = client_conf(&cconf).map_err(|m| input_err(&spec.client_conf, m))?;
     if c.remote.is_none() {

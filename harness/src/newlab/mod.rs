@@ -24,6 +24,7 @@ use std::path::PathBuf;
 mod files;
 mod meaning;
 mod plan;
+mod readme;
 mod rewrite;
 mod syntax;
 #[cfg(test)]

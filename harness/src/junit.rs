@@ -143,23 +143,9 @@ mod tests {
     use crate::runner::FailedStep;
 
     fn entry(id: &str, outcome: Outcome) -> ScenarioReport {
-        let (lab, sc) = id.split_once("::").unwrap();
-        ScenarioReport {
-            id: id.into(),
-            lab: lab.into(),
-            scenario: sc.into(),
-            outcome,
-            passed: outcome == Outcome::Passed,
-            backend: Some("native"),
-            duration_s: 1.5,
-            failed_step: None,
-            error: None,
-            diff: None,
-            workdir: None,
-            pcaps: Vec::new(),
-            versions: BTreeMap::from([("openvpn".to_string(), "OpenVPN 2.6.14 x86_64-pc-linux-gnu".to_string())]),
-            repetitions: None,
-        }
+        let mut e = crate::report::test_entry(id, outcome);
+        e.versions = BTreeMap::from([("openvpn".to_string(), "OpenVPN 2.6.14 x86_64-pc-linux-gnu".to_string())]);
+        e
     }
 
     #[test]

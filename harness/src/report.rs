@@ -210,6 +210,28 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// A report entry for tests of what is built from entries (JUnit, HTML): `id` is `LAB::SCENARIO`.
+#[cfg(test)]
+pub(crate) fn test_entry(id: &str, outcome: Outcome) -> ScenarioReport {
+    let (lab, sc) = id.split_once("::").expect("LAB::SCENARIO");
+    ScenarioReport {
+        id: id.into(),
+        lab: lab.into(),
+        scenario: sc.into(),
+        outcome,
+        passed: outcome == Outcome::Passed,
+        backend: Some("native"),
+        duration_s: 1.5,
+        failed_step: None,
+        error: None,
+        diff: None,
+        workdir: None,
+        pcaps: Vec::new(),
+        versions: BTreeMap::new(),
+        repetitions: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

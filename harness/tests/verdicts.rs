@@ -174,21 +174,10 @@ fn a_run_always_ends_with_the_summary_line_also_after_an_error() {
 #[test]
 #[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
 fn the_report_of_a_mixed_run_matches_its_schema() {
-    let labs = tempfile::tempdir().unwrap();
+    // t/good passes, t/dies is check-failed, t/drift drifts (its snapshot edited), t/unbuildable
+    // is an error.
+    let labs = mixed_labs();
     let work = tempfile::tempdir().unwrap();
-    lab(labs.path(), "t/good", GOOD);
-    let drift = lab(labs.path(), "t/drift", GOOD);
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/daemon-exits-at-start"), &labs.path().join("t/dies"));
-    lab(labs.path(), "t/unbuildable", UNBUILDABLE);
-    // Record the snapshots, then edit a line this test's lab writes itself.
-    let out = vpnlab(&["run", "-q", "--accept", "t/good", "t/drift"], labs.path(), work.path());
-    assert_eq!(out.code, Some(0), "{}", out.text);
-    assert_summary(&out, "2 passed, 0 check-failed, 0 drift, 0 error");
-    let snap = drift.join("snapshots/ping.snap");
-    let text = std::fs::read_to_string(&snap).unwrap();
-    assert!(text.contains("    verdicts-test-line\n"), "{text}");
-    std::fs::write(&snap, text.replace("    verdicts-test-line\n", "    verdicts-test-line, edited\n")).unwrap();
-
     let report = work.path().join("sub/../report.json");
     std::fs::create_dir_all(work.path().join("sub")).unwrap();
     let out = vpnlab(

@@ -3,23 +3,7 @@ use crate::runner::FailedStep;
 use crate::suite::Tally;
 
 fn entry(id: &str, outcome: Outcome) -> ScenarioReport {
-    let (lab, sc) = id.split_once("::").unwrap();
-    ScenarioReport {
-        id: id.into(),
-        lab: lab.into(),
-        scenario: sc.into(),
-        outcome,
-        passed: outcome == Outcome::Passed,
-        backend: Some("native"),
-        duration_s: 1.5,
-        failed_step: None,
-        error: None,
-        diff: None,
-        workdir: None,
-        pcaps: Vec::new(),
-        versions: BTreeMap::new(),
-        repetitions: None,
-    }
+    crate::report::test_entry(id, outcome)
 }
 
 fn marks(m: &[(Mark, String)]) -> Vec<String> {

@@ -48,13 +48,48 @@ impl Exit {
     }
 }
 
-/// How a run that ended in `err` exits: [`Exit::Unusable`] for bad input or environment,
-/// [`Exit::NotPassed`] for anything else.
-pub fn exit_code(err: &anyhow::Error) -> Exit {
-    if err.downcast_ref::<InputError>().is_some() || err.downcast_ref::<EnvError>().is_some() {
-        Exit::Unusable
-    } else {
-        Exit::NotPassed
+/// Every error vpnlab ends with, by what the user has to do about it; [`Error::exit`] maps each
+/// kind onto [`Exit`]. Code below the CLI returns `anyhow` errors with their context chain; the
+/// kind is decided once, from the typed error inside the chain ([`Error::from`]).
+#[derive(Debug)]
+pub enum Error {
+    /// Bad input: a lab file, a spec, a name on the command line ([`InputError`] inside: the
+    /// file, line, column and a fix).
+    Input(anyhow::Error),
+    /// The machine cannot do it: not root, a program or kernel feature missing, an unwritable
+    /// output file ([`EnvError`] inside: what is missing and how to get it).
+    Environment(anyhow::Error),
+    /// Something failed while running.
+    Failed(anyhow::Error),
+}
+
+impl Error {
+    /// The exit code this error ends vpnlab with.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Input(_) | Error::Environment(_) => Exit::Unusable,
+            Error::Failed(_) => Exit::NotPassed,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Error {
+        if e.downcast_ref::<InputError>().is_some() {
+            Error::Input(e)
+        } else if e.downcast_ref::<EnvError>().is_some() {
+            Error::Environment(e)
+        } else {
+            Error::Failed(e)
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Input(e) | Error::Environment(e) | Error::Failed(e) => write!(f, "{e:#}"),
+        }
     }
 }
 
@@ -64,11 +99,15 @@ mod tests {
 
     #[test]
     fn exit_codes() {
-        let env: anyhow::Error = EnvError { msg: "m".into(), hint: "h".into() }.into();
-        assert_eq!(exit_code(&env).code(), 2);
+        let env = Error::from(anyhow::Error::from(EnvError { msg: "m".into(), hint: "h".into() }));
+        assert!(matches!(env, Error::Environment(_)) && env.exit().code() == 2);
         let input: anyhow::Error = InputError::at(std::path::Path::new("l.toml"), "x", 0, "m", "h").into();
-        assert_eq!(exit_code(&input.context("loading")).code(), 2, "found under context too");
-        assert_eq!(exit_code(&anyhow::anyhow!("other")).code(), 1);
+        let input = Error::from(input.context("loading"));
+        assert!(matches!(input, Error::Input(_)), "found under context too");
+        assert_eq!(input.exit().code(), 2);
+        assert!(input.to_string().starts_with("loading: "), "{input}");
+        let other = Error::from(anyhow::anyhow!("other"));
+        assert!(matches!(other, Error::Failed(_)) && other.exit().code() == 1);
         assert_eq!([Exit::Passed.code(), Exit::Signal(2).code(), Exit::Signal(15).code()], [0, 130, 143]);
     }
 }

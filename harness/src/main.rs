@@ -209,8 +209,9 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("{e:#}");
-            ExitCode::from(vpnlab::error::exit_code(&e).code())
+            let e = vpnlab::error::Error::from(e);
+            eprintln!("{e}");
+            ExitCode::from(e.exit().code())
         }
     }
 }

@@ -79,6 +79,7 @@ fn run_ok(job: &UmlJob) -> UmlOutcome {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_trivial_command_times_env_cwd_and_shared_dir() {
     let _g = lock();
     if skip() {
@@ -114,6 +115,7 @@ fn uml_trivial_command_times_env_cwd_and_shared_dir() {
 /// (which puts /usr/sbin first) and a plain `/usr/sbin`-first PATH both get
 /// iptables-legacy and see a rule added through the other; the host's links are unchanged.
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_alternatives_hold_for_every_path() {
     let _g = lock();
     if skip() || !Path::new("/etc/alternatives/iptables").is_symlink() || !Path::new("/usr/sbin/iptables-legacy").exists() {
@@ -162,6 +164,7 @@ fn write_alternatives_copies_and_changes_links() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_ppp_device_opens() {
     let _g = lock();
     if skip() {
@@ -177,6 +180,7 @@ fn uml_ppp_device_opens() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_network_namespaces_and_veth() {
     let _g = lock();
     if skip() {
@@ -195,6 +199,7 @@ fn uml_network_namespaces_and_veth() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_esp_xfrm_state() {
     let _g = lock();
     if skip() {
@@ -217,6 +222,7 @@ fn uml_esp_xfrm_state() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_tun_device() {
     let _g = lock();
     if skip() {
@@ -231,6 +237,7 @@ fn uml_tun_device() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_timeout_kills_everything() {
     let _g = lock();
     if skip() {
@@ -252,6 +259,7 @@ fn uml_timeout_kills_everything() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_bad_module_is_an_error() {
     let _g = lock();
     if skip() {
@@ -269,6 +277,7 @@ fn uml_bad_module_is_an_error() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_init_script_quoting() {
     let host = HostConfig { version: "6.1".into(), modprobe: "/sbin/modprobe".into(), cc: None };
     let d = tempfile::tempdir().unwrap();
@@ -285,6 +294,7 @@ fn uml_init_script_quoting() {
     assert!(Plan::new(&job, &host).is_err());
 }
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_program_and_cwd_outside_the_shared_dir() {
     let _g = lock();
     if skip() {
@@ -314,6 +324,7 @@ fn uml_program_and_cwd_outside_the_shared_dir() {
 /// Helper for `uml_guest_dies_with_its_harness`: only does something when re-invoked by
 /// that test (a separate process that the test SIGKILLs while the guest runs).
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_helper_long_running_guest() {
     let Some(shared) = std::env::var_os("VPNLAB_UML_TEST_HELPER") else { return };
     let mut job = sh("touch started; exec sleep 1000", Path::new(&shared));
@@ -322,6 +333,7 @@ fn uml_helper_long_running_guest() {
 }
 
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_guest_dies_with_its_harness() {
     let _g = lock();
     if skip() {
@@ -391,6 +403,7 @@ fn has_avx512f() -> bool {
 /// Threads of one guest process share one host process; the FPU shim must keep their
 /// AVX-512 state apart across context switches.
 #[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_avx512_state_survives_guest_thread_switches() {
     let _g = lock();
     if skip() {

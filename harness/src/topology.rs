@@ -278,8 +278,8 @@ impl Topology {
         // Set before any interface exists, so that every interface copies `default`; `all` too,
         // since the kernel does DAD when either is on. Skipped where the kernel has no IPv6.
         for h in topo.nodes.iter().chain(topo.lans.iter()) {
-            for (k, v) in NO_DAD_SYSCTLS {
-                if h.ns.run(move || std::path::Path::new("/proc/sys/net/ipv6").exists())? {
+            if h.ns.run(|| std::path::Path::new("/proc/sys/net/ipv6").exists())? {
+                for (k, v) in NO_DAD_SYSCTLS {
                     h.sysctl(k, v)?;
                 }
             }

@@ -81,6 +81,18 @@ fn old_process_in(spaces: &HashSet<String>, old: &HashSet<u32>) -> bool {
     all_pids().into_iter().filter(|p| old.contains(p)).any(|p| netns_of(p).is_some_and(|n| spaces.contains(&n)))
 }
 
+/// Runs the next vpnlab command (`list`) with this work root: it sweeps dead runs' work dirs.
+fn next_command_sweeps(root: &Path) {
+    let (labs_copy, _) = copy_lab(LAB);
+    let st = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .arg("list")
+        .env("VPNLAB_WORK_ROOT", root)
+        .env("VPNLAB_LABS", labs_copy.path())
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+}
+
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -244,14 +256,7 @@ fn sigkill_half_way_leaves_nothing_once_the_next_command_starts() {
     wait_for("the lab's namespaces to go", Duration::from_secs(5), || !old_process_in(&spaces, &old));
     // The work dir is left (SIGKILL runs no code) until the next vpnlab command sweeps it.
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
-    let (labs_copy, _) = copy_lab(LAB);
-    let st = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
-        .arg("list")
-        .env("VPNLAB_WORK_ROOT", root.path())
-        .env("VPNLAB_LABS", labs_copy.path())
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{st:?}");
+    next_command_sweeps(root.path());
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "the next command swept the dead run's work dir");
 }
 
@@ -313,14 +318,7 @@ fn sigkill_at_any_point_leaves_nothing() {
             seen.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()) && procs_under(root.path()).is_empty()
         });
         wait_for(&format!("namespaces gone (kill at {delay_ms} ms)"), Duration::from_secs(5), || !old_process_in(&spaces, &old));
-        let (labs_copy, _) = copy_lab(LAB);
-        let st = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
-            .arg("list")
-            .env("VPNLAB_WORK_ROOT", root.path())
-            .env("VPNLAB_LABS", labs_copy.path())
-            .output()
-            .unwrap();
-        assert!(st.status.success());
+        next_command_sweeps(root.path());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "kill at {delay_ms} ms: the work dir is swept");
     }
 }

@@ -1,0 +1,151 @@
+//! Interfaces inside a node and address spaces: persistent TAP devices (`taps = ["tap0"]`),
+//! Linux bridges (`[[nodes.X.bridges]]`, ports among the node's interfaces), and the `space` of
+//! a link or LAN (two separate networks may reuse a subnet when each has its own space).
+
+use super::lab::{Bridge, Endpoint};
+use super::raw::RawLab;
+use super::validate::{check_long_name, Addrs, Validator};
+use crate::error::InputError;
+use serde::Deserialize;
+use std::collections::HashMap;
+use toml::Spanned;
+
+/// `[[nodes.server.bridges]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBridge {
+    pub(super) name: Spanned<String>,
+    #[serde(default)]
+    pub(super) ports: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) addresses: Vec<Spanned<String>>,
+}
+
+/// What the bridge validation needs to know of each link/LAN end: its space and whether it has
+/// addresses of its own.
+#[derive(Default)]
+pub(super) struct Spaces {
+    ifs: HashMap<(usize, String), (Option<String>, bool)>,
+}
+
+impl Spaces {
+    pub(super) fn of_ifs<'e>(&mut self, eps: impl IntoIterator<Item = &'e Endpoint>, space: &Option<String>) {
+        for e in eps {
+            self.ifs.insert((e.node, e.ifname.clone()), (space.clone(), !e.addrs.is_empty()));
+        }
+    }
+}
+
+/// Each node's taps and bridges, in node order.
+pub(super) type Inside = Vec<(Vec<Endpoint>, Vec<Bridge>)>;
+
+impl Validator<'_> {
+    /// A `space = "..."` value: a name, or the default space.
+    pub(super) fn space(&self, s: &Option<Spanned<String>>) -> Result<Option<String>, InputError> {
+        let Some(s) = s else { return Ok(None) };
+        check_long_name(s.get_ref()).map_err(|m| self.err(self.inner(s), m, "name the address space, e.g. space = \"home1\""))?;
+        Ok(Some(s.get_ref().clone()))
+    }
+
+    /// The nodes' `taps` and `bridges`: names unique in the node, ports that exist, are in one
+    /// bridge only and carry no address (a port's frames belong to its bridge), one space per
+    /// bridge (that of its link/LAN ports; taps have none).
+    pub(super) fn bridges(
+        &self,
+        raw: &RawLab,
+        ifnames: &mut HashMap<(usize, String), usize>,
+        addrs: &mut Addrs,
+        spaces: &mut Spaces,
+    ) -> Result<Inside, InputError> {
+        let mut out = Vec::new();
+        for (node, (node_name, rn)) in raw.nodes.iter().enumerate() {
+            let rn = rn.get_ref();
+            let mut taps = Vec::new();
+            for t in &rn.taps {
+                let name = t.get_ref().split_whitespace().next().unwrap_or("");
+                let ep = self.interface(t, 0, node, node_name, name, ifnames, addrs, &None)?;
+                spaces.ifs.insert((node, ep.ifname.clone()), (None, !ep.addrs.is_empty()));
+                taps.push(ep);
+            }
+            let mut bridges: Vec<Bridge> = Vec::new();
+            // port -> (bridge, where it was listed)
+            let mut taken: HashMap<String, (String, usize)> = HashMap::new();
+            for b in &rn.bridges {
+                let b = b.get_ref();
+                let name = b.name.get_ref().as_str();
+                if name.contains(char::is_whitespace) {
+                    return Err(self.err(
+                        self.inner(&b.name),
+                        format!("`{name}` is not an interface name"),
+                        "put the bridge's addresses in `addresses = [\"10.198.0.10/16\"]`",
+                    ));
+                }
+                let mut ports = Vec::new();
+                let mut space: Option<(Option<String>, usize)> = None;
+                for p in &b.ports {
+                    let port = p.get_ref().as_str();
+                    let at = self.inner(p);
+                    if bridges.iter().any(|x| x.ep.ifname == port) || port == name {
+                        return Err(self.err(
+                            at,
+                            format!("`{port}` is a bridge: a bridge cannot be a port of a bridge"),
+                            "list only taps and link/LAN interfaces of the node as ports",
+                        ));
+                    }
+                    if !ifnames.contains_key(&(node, port.to_string())) {
+                        return Err(self.err(
+                            at,
+                            format!("node `{node_name}` has no interface `{port}` to make a port of bridge `{name}`"),
+                            format!(
+                                "interfaces of `{node_name}`: {} (declare a tap in `taps = [\"{port}\"]`)",
+                                self.ifaces_of(node, ifnames)
+                            ),
+                        ));
+                    }
+                    if let Some((other, prev)) = taken.insert(port.to_string(), (name.to_string(), at)) {
+                        let (line, col) = crate::error::line_col(self.src, prev);
+                        return Err(self.err(
+                            at,
+                            format!("`{port}` is already a port of bridge `{other}` (line {line}, column {col})"),
+                            "an interface can be a port of one bridge only",
+                        ));
+                    }
+                    let (sp, has_addrs) = spaces.ifs.get(&(node, port.to_string())).cloned().unwrap_or((None, false));
+                    if has_addrs {
+                        return Err(self.err(
+                            at,
+                            format!("`{port}` has addresses, but as a port of bridge `{name}` it hands every frame to the bridge"),
+                            format!("move its addresses to the bridge (`addresses = [...]` of `{name}`)"),
+                        ));
+                    }
+                    if let Some(sp) = sp {
+                        match &space {
+                            Some((Some(first), prev)) if *first != sp => {
+                                let (line, col) = crate::error::line_col(self.src, *prev);
+                                return Err(self.err(
+                                    at,
+                                    format!("bridge `{name}` would join address spaces `{first}` (port at line {line}, column {col}) and `{sp}`"),
+                                    "a bridge makes one network: put its ports' links and LANs in one space",
+                                ));
+                            }
+                            _ => space = Some((Some(sp), at)),
+                        }
+                    }
+                    ports.push(port.to_string());
+                }
+                let space = space.and_then(|s| s.0);
+                let mut ep = self.interface(&b.name, 0, node, node_name, name, ifnames, addrs, &space)?;
+                for a in &b.addresses {
+                    ep.addrs.extend(self.addresses(a, 0, node, addrs, &space)?);
+                }
+                bridges.push(Bridge { ep, ports });
+            }
+            out.push((taps, bridges));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[path = "bridge_tests.rs"]
+mod tests;

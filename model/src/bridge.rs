@@ -6,6 +6,7 @@ use super::lab::{Bridge, Endpoint};
 use super::raw::RawLab;
 use super::validate::{check_long_name, Addrs, Validator};
 use crate::error::InputError;
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::HashMap;
 use toml::Spanned;
@@ -40,6 +41,54 @@ impl Spaces {
 pub(super) type Inside = Vec<(Vec<Endpoint>, Vec<Bridge>)>;
 
 impl Validator<'_> {
+    /// The addresses written in `s` from byte `from` on (`10.0.0.1/24 2001:db8::1/64`), each a
+    /// host address, unique in its space and in its node.
+    pub(super) fn addresses(
+        &self,
+        s: &Spanned<String>,
+        from: usize,
+        node: usize,
+        addrs: &mut Addrs,
+        space: &Option<String>,
+    ) -> Result<Vec<IpNet>, InputError> {
+        let at = self.inner(s);
+        let text = s.get_ref();
+        let mut out = Vec::new();
+        let mut pos = at + from;
+        for w in text.get(from..).unwrap_or("").split_whitespace() {
+            let off = text[pos - at..].find(w).map(|i| pos + i).unwrap_or(pos);
+            pos = off + w.len();
+            let net: IpNet = w.parse().map_err(|_| {
+                self.err(
+                    self.at(s, off - at),
+                    format!("`{w}` is not an address with a prefix length (CIDR)"),
+                    "write it like 10.198.0.10/16 or 2001:db8:198::10/64",
+                )
+            })?;
+            if net.addr() == net.network() && net.prefix_len() < net.max_prefix_len() - 1 {
+                return Err(self.err(
+                    self.at(s, off - at),
+                    format!("`{w}` is the network address of its subnet, not a host address"),
+                    "pick a host address inside the subnet",
+                ));
+            }
+            // Unique in its space, and in its node whatever the spaces (a node cannot tell two
+            // interfaces with one address apart).
+            for key in [(space.clone(), net.addr()), (Some(format!("node#{node}")), net.addr())] {
+                if let Some(prev) = addrs.insert(key, self.at(s, off - at)) {
+                    let (line, col) = crate::error::line_col(self.src, prev);
+                    return Err(self.err(
+                        self.at(s, off - at),
+                        format!("address {} is already used at line {line}, column {col}", net.addr()),
+                        "give every interface its own address (separate networks that reuse a subnet: give each its own `space`)",
+                    ));
+                }
+            }
+            out.push(net);
+        }
+        Ok(out)
+    }
+
     /// A `space = "..."` value: a name, or the default space.
     pub(super) fn space(&self, s: &Option<Spanned<String>>) -> Result<Option<String>, InputError> {
         let Some(s) = s else { return Ok(None) };

@@ -4,6 +4,7 @@
 
 use super::lab::{Bridge, Endpoint};
 use super::raw::RawLab;
+use super::step::{Action, Step};
 use super::validate::{check_long_name, Addrs, Validator};
 use crate::error::InputError;
 use ipnet::IpNet;
@@ -87,6 +88,28 @@ impl Validator<'_> {
             out.push(net);
         }
         Ok(out)
+    }
+
+    /// A `tcp` step's listener runs on the node that owns the destination: an address reused in
+    /// two spaces names no single node.
+    pub(super) fn tcp_owners<'s>(&self, addrs: &Addrs, steps: impl Iterator<Item = &'s Step>) -> Result<(), InputError> {
+        for st in steps {
+            if let Action::Tcp { dest, .. } = &st.action {
+                let spaces: Vec<&Option<String>> = addrs
+                    .keys()
+                    .filter(|(sp, a)| *a == dest.ip() && !sp.as_deref().is_some_and(|s| s.starts_with("node#")))
+                    .map(|(sp, _)| sp)
+                    .collect();
+                if spaces.len() > 1 {
+                    return Err(self.err(
+                        st.offset,
+                        format!("{} is an address in {} address spaces: vpnlab cannot tell which node listens", dest.ip(), spaces.len()),
+                        "connect to an address that only one network uses",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A `space = "..."` value: a name, or the default space.

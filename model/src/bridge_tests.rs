@@ -129,3 +129,14 @@ fn a_bridge_cannot_join_two_spaces() {
     let e = err(&src);
     assert!(e.msg.contains("bridge `br0` would join address spaces `home2`") && e.msg.contains("and `x`"), "{e}");
 }
+
+#[test]
+fn a_tcp_step_to_an_address_of_two_spaces_is_refused() {
+    let src = LAB
+        .replace("steps = [\"fileserver: ping 10.198.0.10\"", "steps = [\"home1: tcp 192.168.1.10:80\", \"fileserver: ping 10.198.0.10\"");
+    let e = err(&src);
+    assert_eq!((e.line, e.col), pos(&src, "home1: tcp"), "{e}");
+    assert!(e.msg.contains("192.168.1.10 is an address in 2 address spaces"), "{e}");
+    let src = LAB.replace("steps = [\"fileserver: ping 10.198.0.10\"", "steps = [\"fileserver: tcp 10.198.0.10:80\"");
+    load(&src).unwrap();
+}

@@ -336,6 +336,7 @@ impl Validator<'_> {
         }
 
         self.local_programs(&raw, &mut nodes, &prelude, &scenarios)?;
+        self.tcp_owners(&addrs, prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())))?;
         for st in prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())) {
             if let Action::Sysctl { key, .. } = &st.action {
                 let (line, col) = crate::error::line_col(self.src, st.offset);

@@ -419,6 +419,25 @@ mod tests {
     }
 
     #[test]
+    fn taps_bridges_and_spaces_are_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = crate::model::parse(
+            &dir.path().join("lab.toml"),
+            "[lab]\ntitle='t'\n[nodes.s]\ntaps=['tap0']\n[[nodes.s.bridges]]\nname='br0'\nports=['eth1','tap0']\naddresses=['10.1.0.1/24']\n[nodes.h]\n[nodes.l]\n[[links]]\nspace='home1'\na='l:eth0 192.168.1.10/24'\nb='s:eth0 192.168.1.1/24'\n[[lans]]\nname='office'\nmembers=['s:eth1','h:eth0 10.1.0.2/24']\n[scenarios.s]\nsteps=[]\n",
+        )
+        .unwrap();
+        let t = text(&lab);
+        assert!(t.contains("tap tap0") && t.contains("bridge br0 10.1.0.1/24 (ports eth1, tap0)") && t.contains("(space home1)"), "{t}");
+        let m = mermaid(&lab);
+        assert!(m.contains("s[\"s<br/>tap tap0<br/>bridge br0 10.1.0.1/24 (ports eth1, tap0)\"]") && m.contains("(space home1)"), "{m}");
+        assert!(dot(&lab).contains("bridge br0 10.1.0.1/24 (ports eth1, tap0)"));
+        let svg = builtin_svg(&lab);
+        let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+        let texts: Vec<&str> = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).collect();
+        assert!(texts.contains(&"bridge br0 10.1.0.1/24 (ports eth1, tap0)") && !texts.contains(&"br0 10.1.0.1/24"), "{texts:?}");
+    }
+
+    #[test]
     fn graphviz_renders_the_dot_when_installed() {
         if std::process::Command::new("dot").arg("-V").output().is_err() {
             assert!(graphviz_svg("dot", "graph{}").is_none());

@@ -420,7 +420,7 @@ impl Topology {
     pub fn wait_ipv6_ready(&self, lab: &Lab, deadline: std::time::Duration) -> Result<()> {
         let until = std::time::Instant::now() + deadline;
         let mut want: HashMap<usize, Vec<(String, Ipv6Addr)>> = HashMap::new();
-        for e in lab.endpoints() {
+        for e in lab.endpoints().filter(|e| inside::has_carrier_at_build(lab, e)) {
             for a in &e.addrs {
                 if let IpAddr::V6(v6) = a.addr() {
                     want.entry(e.node).or_default().push((e.ifname.clone(), v6));

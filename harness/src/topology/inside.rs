@@ -82,3 +82,56 @@ async fn bridges(node: &crate::model::Node, h: &NsHandle) -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether an interface has a carrier once the lab is built: a tap gets one only when a daemon
+/// attaches to it, and so does a bridge whose ports are all taps. IPv6 cannot make such an
+/// interface's addresses usable (no link-local address without a carrier), so the build does
+/// not wait for them ([`Topology::wait_ipv6_ready`]).
+pub(super) fn has_carrier_at_build(lab: &Lab, e: &crate::model::Endpoint) -> bool {
+    let node = &lab.nodes[e.node];
+    let tap = |name: &str| node.taps.iter().any(|t| t.ifname == name);
+    if tap(&e.ifname) {
+        return false;
+    }
+    match node.bridges.iter().find(|b| b.ep.ifname == e.ifname) {
+        Some(b) => b.ports.iter().any(|p| !tap(p)),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Taps (persistent, with addresses of both families) and bridges reach the kernel; the
+    /// build does not wait for the IPv6 addresses of interfaces without a carrier.
+    #[test]
+    #[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
+    fn taps_and_bridges_reach_the_kernel() {
+        assert!(crate::env::is_root(), "building namespaces needs root: sudo -E cargo test");
+        let src = "[lab]\ntitle='t'\n[nodes.a]\ntaps=['tap0 10.9.0.1/24 2001:db8:9::1/64', 'tap1']\n[[nodes.a.bridges]]\nname='br0'\nports=['eth0', 'tap1']\naddresses=['10.0.1.1/24', '2001:db8:1::1/64']\n[[nodes.a.bridges]]\nname='br1'\naddresses=['2001:db8:2::1/64']\n[nodes.b]\n[[links]]\na='a:eth0'\nb='b:eth0 10.0.1.2/24 2001:db8:1::2/64'\n[scenarios.s]\nsteps=[]\n";
+        let dir = tempfile::tempdir().unwrap();
+        let lab = crate::model::parse(&dir.path().join("lab.toml"), src).unwrap_or_else(|e| panic!("{e:?}"));
+        let pid = crate::ns::PidNs::create().unwrap();
+        let started = std::time::Instant::now();
+        let topo = Topology::build(&lab).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "waited for carrier-less IPv6: {:?}", started.elapsed());
+        let sh = |node: usize, args: &str| {
+            let argv: Vec<String> = args.split(' ').map(String::from).collect();
+            let out =
+                crate::process::run_capture(&topo.nodes[node].ns, &pid, &argv, dir.path(), std::time::Duration::from_secs(10)).unwrap();
+            assert!(out.success(), "{args}: {}", out.text);
+            out.text
+        };
+        let tap0 = sh(0, "ip -d -o addr show dev tap0");
+        assert!(tap0.contains("10.9.0.1/24") && tap0.contains("2001:db8:9::1/64"), "{tap0}");
+        let link = sh(0, "ip -d -o link show dev tap0");
+        assert!(link.contains("tun type tap") && link.contains("persist on"), "{link}");
+        let ports = sh(0, "ip -o link show master br0");
+        assert!(ports.contains(" eth0@") && ports.contains(" tap1:"), "{ports}");
+        assert!(sh(0, "ip -o addr show dev br0").contains("10.0.1.1/24"));
+        // Through the bridge: b reaches the bridge's address (its IPv6 one too: eth0 has a carrier).
+        sh(1, "ping -c 1 -W 5 10.0.1.1");
+        sh(1, "ping -c 1 -W 5 2001:db8:1::1");
+    }
+}

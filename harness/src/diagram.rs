@@ -77,14 +77,19 @@ fn space(sp: &Option<String>, before: &str, after: &str) -> String {
 /// A node's taps and bridges, one line each: `tap tap0`, `bridge br0 10.198.0.10/16 (ports eth1, tap0)`.
 fn inside(lab: &Lab, i: usize) -> Vec<String> {
     let n = &lab.nodes[i];
-    let taps = n.taps.iter().map(|t| format!("tap {}", tail(t).trim_end()));
+    let owner = |t: &crate::model::Tap| {
+        let w: Vec<String> =
+            [("user", &t.user), ("group", &t.group)].iter().filter_map(|(k, v)| v.as_ref().map(|v| format!(" {k}={v}"))).collect();
+        w.concat()
+    };
+    let taps = n.taps.iter().map(|t| format!("tap {}{}", tail(&t.ep).trim_end(), owner(t)));
     taps.chain(n.bridges.iter().map(|b| format!("bridge {} (ports {})", tail(&b.ep).trim_end(), b.ports.join(", ")))).collect()
 }
 
 /// Whether an endpoint is a node's own tap or bridge (drawn inside its box, not as a link).
 fn is_inside(lab: &Lab, e: &Endpoint) -> bool {
     let n = &lab.nodes[e.node];
-    n.taps.iter().any(|t| t.ifname == e.ifname) || n.bridges.iter().any(|b| b.ep.ifname == e.ifname)
+    n.taps.iter().any(|t| t.ep.ifname == e.ifname) || n.bridges.iter().any(|b| b.ep.ifname == e.ifname)
 }
 
 fn node_label(lab: &Lab, i: usize, sep: &str) -> String {

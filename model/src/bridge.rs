@@ -2,7 +2,7 @@
 //! Linux bridges (`[[nodes.X.bridges]]`, ports among the node's interfaces), and the `space` of
 //! a link or LAN (two separate networks may reuse a subnet when each has its own space).
 
-use super::lab::{Bridge, Endpoint};
+use super::lab::{Bridge, Endpoint, Tap};
 use super::raw::RawLab;
 use super::step::{Action, Step};
 use super::validate::{check_long_name, Addrs, Validator};
@@ -39,7 +39,7 @@ impl Spaces {
 }
 
 /// Each node's taps and bridges, in node order.
-pub(super) type Inside = Vec<(Vec<Endpoint>, Vec<Bridge>)>;
+pub(super) type Inside = Vec<(Vec<Tap>, Vec<Bridge>)>;
 
 impl Validator<'_> {
     /// The addresses written in `s` from byte `from` on (`10.0.0.1/24 2001:db8::1/64`), each a
@@ -51,6 +51,7 @@ impl Validator<'_> {
         node: usize,
         addrs: &mut Addrs,
         space: &Option<String>,
+        owner_words: bool,
     ) -> Result<Vec<IpNet>, InputError> {
         let at = self.inner(s);
         let text = s.get_ref();
@@ -59,6 +60,9 @@ impl Validator<'_> {
         for w in text.get(from..).unwrap_or("").split_whitespace() {
             let off = text[pos - at..].find(w).map(|i| pos + i).unwrap_or(pos);
             pos = off + w.len();
+            if owner_words && (w.starts_with("user=") || w.starts_with("group=")) {
+                continue;
+            }
             let net: IpNet = w.parse().map_err(|_| {
                 self.err(
                     self.at(s, off - at),
@@ -135,9 +139,26 @@ impl Validator<'_> {
             let mut taps = Vec::new();
             for t in &rn.taps {
                 let name = t.get_ref().split_whitespace().next().unwrap_or("");
-                let ep = self.interface(t, 0, node, node_name, name, ifnames, addrs, &None)?;
+                let ep = self.interface(t, 0, node, node_name, name, ifnames, addrs, &None, true)?;
                 spaces.ifs.insert((node, ep.ifname.clone()), (None, !ep.addrs.is_empty()));
-                taps.push(ep);
+                let (mut user, mut group) = (None, None);
+                for w in t.get_ref().split_whitespace() {
+                    let (slot, v) = match w.split_once('=') {
+                        Some(("user", v)) => (&mut user, v),
+                        Some(("group", v)) => (&mut group, v),
+                        _ => continue,
+                    };
+                    let ok = !v.is_empty() && v.len() <= 32 && v.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                    if !ok || slot.is_some() {
+                        return Err(self.err(
+                            self.at(t, t.get_ref().find(w).unwrap_or(0)),
+                            format!("`{w}` is not one user or group name"),
+                            "write it like \"tap0 user=nobody group=nogroup\" (a name or a number, once each)",
+                        ));
+                    }
+                    *slot = Some(v.to_string());
+                }
+                taps.push(Tap { ep, user, group });
             }
             let mut bridges: Vec<Bridge> = Vec::new();
             // port -> (bridge, where it was listed)
@@ -206,9 +227,9 @@ impl Validator<'_> {
                     ports.push(port.to_string());
                 }
                 let space = space.and_then(|s| s.0);
-                let mut ep = self.interface(&b.name, 0, node, node_name, name, ifnames, addrs, &space)?;
+                let mut ep = self.interface(&b.name, 0, node, node_name, name, ifnames, addrs, &space, false)?;
                 for a in &b.addresses {
-                    ep.addrs.extend(self.addresses(a, 0, node, addrs, &space)?);
+                    ep.addrs.extend(self.addresses(a, 0, node, addrs, &space, false)?);
                 }
                 bridges.push(Bridge { ep, ports });
             }

@@ -57,7 +57,7 @@ fn pos(src: &str, needle: &str) -> (usize, usize) {
 fn taps_bridges_and_spaces_are_first_class() {
     let lab = load(LAB).unwrap();
     let server = &lab.nodes[0];
-    assert_eq!(server.taps.iter().map(|t| t.ifname.as_str()).collect::<Vec<_>>(), ["tap0"]);
+    assert_eq!(server.taps.iter().map(|t| t.ep.ifname.as_str()).collect::<Vec<_>>(), ["tap0"]);
     assert_eq!(server.bridges.len(), 1);
     assert_eq!(server.bridges[0].ports, ["eth1", "tap0"]);
     assert_eq!(server.bridges[0].ep.addrs[0].to_string(), "10.198.0.10/16");
@@ -139,4 +139,19 @@ fn a_tcp_step_to_an_address_of_two_spaces_is_refused() {
     assert!(e.msg.contains("192.168.1.10 is an address in 2 address spaces"), "{e}");
     let src = LAB.replace("steps = [\"fileserver: ping 10.198.0.10\"", "steps = [\"fileserver: tcp 10.198.0.10:80\"");
     load(&src).unwrap();
+}
+
+#[test]
+fn a_tap_may_name_its_owner() {
+    let lab = load(&LAB.replace("taps   = [\"tap0\"]", "taps   = [\"tap0 user=nobody group=65534\", \"tap1 10.9.0.1/24\"]")).unwrap();
+    let t = &lab.nodes[0].taps;
+    assert_eq!((t[0].user.as_deref(), t[0].group.as_deref(), t[0].ep.addrs.len()), (Some("nobody"), Some("65534"), 0));
+    assert_eq!((t[1].user.as_deref(), t[1].ep.addrs[0].to_string().as_str()), (None, "10.9.0.1/24"));
+    let src = LAB.replace("taps   = [\"tap0\"]", "taps   = [\"tap0 user=nobody user=root\"]");
+    let e = err(&src);
+    assert_eq!((e.line, e.col), pos(&src, "user=root"), "{e}");
+    assert!(e.msg.contains("`user=root` is not one user or group name"), "{e}");
+    // Not on a link end: there it is not an address.
+    let src = LAB.replace("\"fileserver:eth0 10.198.0.20/16\"", "\"fileserver:eth0 user=x\"");
+    assert!(err(&src).msg.contains("`user=x` is not an address"));
 }

@@ -37,6 +37,15 @@ pub struct Lan {
     pub space: Option<String>,
 }
 
+/// A persistent TAP device inside a node (`taps = ["tap0 user=nobody 10.9.0.1/24"]`): its
+/// addresses on `ep`; `user`/`group` (names or numbers) may attach to it without CAP_NET_ADMIN.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub ep: Endpoint,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
 /// A Linux bridge inside a node (`[[nodes.X.bridges]]`): its own addresses on `ep`, and its
 /// ports (interfaces of the same node: link/LAN ends or taps).
 #[derive(Debug, Clone)]
@@ -62,7 +71,7 @@ pub struct Node {
     pub nft: Option<String>,
     pub setup: Vec<String>,
     /// Persistent TAP devices (`taps = ["tap0"]`), made before the services start.
-    pub taps: Vec<Endpoint>,
+    pub taps: Vec<Tap>,
     /// Bridges (`[[nodes.X.bridges]]`), made after the links and taps, before addresses.
     pub bridges: Vec<Bridge>,
 }
@@ -217,7 +226,7 @@ impl Lab {
             .iter()
             .flat_map(|l| [&l.a, &l.b])
             .chain(self.lans.iter().flat_map(|l| l.members.iter()))
-            .chain(self.nodes.iter().flat_map(|n| n.taps.iter().chain(n.bridges.iter().map(|b| &b.ep))))
+            .chain(self.nodes.iter().flat_map(|n| n.taps.iter().map(|t| &t.ep).chain(n.bridges.iter().map(|b| &b.ep))))
     }
     /// The node that owns an address statically, if exactly one does (an address reused in
     /// two address spaces has no single owner).

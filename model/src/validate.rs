@@ -483,12 +483,13 @@ impl Validator<'_> {
             .split_once(':')
             .ok_or_else(|| self.err(at, format!("`{head}` is not NODE:IFNAME"), "write it as \"node:ifname 10.0.0.1/24\""))?;
         let node = names.node_idx(node_name).map_err(|m| self.err(at, m.0, m.1))?;
-        self.interface(s, node_name.len() + 1, node, node_name, ifname, ifnames, addrs, space)
+        self.interface(s, node_name.len() + 1, node, node_name, ifname, ifnames, addrs, space, false)
     }
 
     /// An interface `ifname` of `node` declared by `s` (its name at byte `name_off` of the
     /// value, its addresses after the first word): the name checked and unique in the node,
-    /// the addresses parsed and unique in `space`.
+    /// the addresses parsed and unique in `space` (`owner_words`: a tap's `user=`/`group=` are
+    /// not addresses).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn interface(
         &self,
@@ -500,6 +501,7 @@ impl Validator<'_> {
         ifnames: &mut HashMap<(usize, String), usize>,
         addrs: &mut Addrs,
         space: &Option<String>,
+        owner_words: bool,
     ) -> Result<Endpoint, InputError> {
         let at = self.inner(s);
         let head = s.get_ref().split_whitespace().next().unwrap_or("");
@@ -521,7 +523,7 @@ impl Validator<'_> {
                 "give each interface of a node its own name",
             ));
         }
-        let out = self.addresses(s, head.len(), node, addrs, space)?;
+        let out = self.addresses(s, head.len(), node, addrs, space, owner_words)?;
         Ok(Endpoint { node, ifname: ifname.to_string(), addrs: out })
     }
 }

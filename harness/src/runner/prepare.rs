@@ -68,7 +68,7 @@ impl Lab_<'_> {
         }
         // The nodes' own taps and bridges (what crosses a tap is what its daemon carries).
         for (i, n) in self.lab.nodes.iter().enumerate() {
-            for e in n.taps.iter().chain(n.bridges.iter().map(|b| &b.ep)) {
+            for e in n.taps.iter().map(|t| &t.ep).chain(n.bridges.iter().map(|b| &b.ep)) {
                 targets.push((&self.topo.nodes[i].ns, e.ifname.clone(), format!("{}-{}", n.name, e.ifname)));
             }
         }

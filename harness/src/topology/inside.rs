@@ -12,9 +12,11 @@ use futures::future::try_join_all;
 use rtnetlink::{LinkBridge, LinkUnspec};
 use std::os::fd::AsRawFd;
 
-// <linux/if_tun.h>: _IOW('T', 202, int) and _IOW('T', 203, int); IFF_TAP, IFF_NO_PI.
+// <linux/if_tun.h>: _IOW('T', 202/203/204/206, int); IFF_TAP, IFF_NO_PI.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 
@@ -26,8 +28,31 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// A persistent TAP device `name` in the calling thread's network namespace.
-fn make_tap(name: &str) -> std::io::Result<()> {
+/// The uid and gid a tap's `user=`/`group=` name (or number) on this machine.
+fn owner(t: &crate::model::Tap) -> Result<(Option<u32>, Option<u32>)> {
+    use nix::unistd::{Group, User};
+    let uid = match &t.user {
+        None => None,
+        Some(u) => Some(match u.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => User::from_name(u).ok().flatten().map(|u| u.uid.as_raw()).ok_or_else(|| anyhow!("no user `{u}` on this machine"))?,
+        }),
+    };
+    let gid = match &t.group {
+        None => None,
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                Group::from_name(g).ok().flatten().map(|g| g.gid.as_raw()).ok_or_else(|| anyhow!("no group `{g}` on this machine"))?
+            }
+        }),
+    };
+    Ok((uid, gid))
+}
+
+/// A persistent TAP device `name` in the calling thread's network namespace, owned by `uid` /
+/// `gid` if given (a process of that user or group attaches without CAP_NET_ADMIN).
+fn make_tap(name: &str, uid: Option<u32>, gid: Option<u32>) -> std::io::Result<()> {
     let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
     let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -35,6 +60,13 @@ fn make_tap(name: &str) -> std::io::Result<()> {
     unsafe {
         if libc::ioctl(tun.as_raw_fd(), TUNSETIFF as _, &req as *const IfReq) < 0 {
             return Err(std::io::Error::last_os_error());
+        }
+        for (req, id) in [(TUNSETOWNER, uid), (TUNSETGROUP, gid)] {
+            if let Some(id) = id {
+                if libc::ioctl(tun.as_raw_fd(), req as _, id as libc::c_ulong) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
         }
         if libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) < 0 {
             return Err(std::io::Error::last_os_error());
@@ -49,9 +81,10 @@ impl Topology {
     pub(super) fn inside(&self, lab: &Lab) -> Result<()> {
         for (node, h) in lab.nodes.iter().zip(&self.nodes) {
             for t in &node.taps {
-                let name = t.ifname.clone();
-                h.ns.run(move || make_tap(&name))?
-                    .map_err(|e| anyhow!("node `{}`: creating tap `{}` (/dev/net/tun): {e}", node.name, t.ifname))?;
+                let name = t.ep.ifname.clone();
+                let (uid, gid) = owner(t).map_err(|e| anyhow!("node `{}`: tap `{name}`: {e}", node.name))?;
+                h.ns.run(move || make_tap(&name, uid, gid))?
+                    .map_err(|e| anyhow!("node `{}`: creating tap `{}` (/dev/net/tun): {e}", node.name, t.ep.ifname))?;
             }
         }
         self.rt.block_on(try_join_all(lab.nodes.iter().zip(&self.nodes).map(|(node, h)| bridges(node, h))))?;
@@ -89,7 +122,7 @@ async fn bridges(node: &crate::model::Node, h: &NsHandle) -> Result<()> {
 /// not wait for them ([`Topology::wait_ipv6_ready`]).
 pub(super) fn has_carrier_at_build(lab: &Lab, e: &crate::model::Endpoint) -> bool {
     let node = &lab.nodes[e.node];
-    let tap = |name: &str| node.taps.iter().any(|t| t.ifname == name);
+    let tap = |name: &str| node.taps.iter().any(|t| t.ep.ifname == name);
     if tap(&e.ifname) {
         return false;
     }
@@ -109,7 +142,7 @@ mod tests {
     #[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
     fn taps_and_bridges_reach_the_kernel() {
         assert!(crate::env::is_root(), "building namespaces needs root: sudo -E cargo test");
-        let src = "[lab]\ntitle='t'\n[nodes.a]\ntaps=['tap0 10.9.0.1/24 2001:db8:9::1/64', 'tap1']\n[[nodes.a.bridges]]\nname='br0'\nports=['eth0', 'tap1']\naddresses=['10.0.1.1/24', '2001:db8:1::1/64']\n[[nodes.a.bridges]]\nname='br1'\naddresses=['2001:db8:2::1/64']\n[nodes.b]\n[[links]]\na='a:eth0'\nb='b:eth0 10.0.1.2/24 2001:db8:1::2/64'\n[scenarios.s]\nsteps=[]\n";
+        let src = "[lab]\ntitle='t'\n[nodes.a]\ntaps=['tap0 10.9.0.1/24 user=nobody 2001:db8:9::1/64', 'tap1 group=0']\n[[nodes.a.bridges]]\nname='br0'\nports=['eth0', 'tap1']\naddresses=['10.0.1.1/24', '2001:db8:1::1/64']\n[[nodes.a.bridges]]\nname='br1'\naddresses=['2001:db8:2::1/64']\n[nodes.b]\n[[links]]\na='a:eth0'\nb='b:eth0 10.0.1.2/24 2001:db8:1::2/64'\n[scenarios.s]\nsteps=[]\n";
         let dir = tempfile::tempdir().unwrap();
         let lab = crate::model::parse(&dir.path().join("lab.toml"), src).unwrap_or_else(|e| panic!("{e:?}"));
         let pid = crate::ns::PidNs::create().unwrap();
@@ -126,7 +159,8 @@ mod tests {
         let tap0 = sh(0, "ip -d -o addr show dev tap0");
         assert!(tap0.contains("10.9.0.1/24") && tap0.contains("2001:db8:9::1/64"), "{tap0}");
         let link = sh(0, "ip -d -o link show dev tap0");
-        assert!(link.contains("tun type tap") && link.contains("persist on"), "{link}");
+        assert!(link.contains("tun type tap") && link.contains("persist on") && link.contains("user nobody"), "{link}");
+        assert!(sh(0, "ip -d -o link show dev tap1").contains("group root"));
         let ports = sh(0, "ip -o link show master br0");
         assert!(ports.contains(" eth0@") && ports.contains(" tap1:"), "{ports}");
         assert!(sh(0, "ip -o addr show dev br0").contains("10.0.1.1/24"));

@@ -43,8 +43,17 @@ fn trace_through_a_bridge() {
         variants.push("sysctl = { \"net.ipv4.ip_forward\" = \"0\", \"net.bridge.bridge-nf-call-iptables\" = \"1\" }");
         variants.push("sysctl = { \"net.ipv4.ip_forward\" = \"0\", \"net.bridge.bridge-nf-call-iptables\" = \"0\" }");
     }
-    for r in variants {
+    for r in &variants {
         assert_eq!(run(&BRIDGED.replace("{R}", r), "10.0.1.3", &[]), expected, "{r}");
+    }
+    // IPv6 the same (br_netfilter's `bridge-nf-call-ip6tables`).
+    let v6 = BRIDGED
+        .replace("\"10.0.1.1/24\"]", "\"10.0.1.1/24\", \"2001:db8:1::1/64\"]")
+        .replace("10.0.1.2/24\"", "10.0.1.2/24 2001:db8:1::2/64\"")
+        .replace("10.0.1.3/24\"", "10.0.1.3/24 2001:db8:1::3/64\"");
+    let expected6 = expected.map(|l| l.replace("10.0.1.2", "2001:db8:1::2").replace("10.0.1.3", "2001:db8:1::3"));
+    for r in variants.iter().map(|r| r.replace("iptables", "ip6tables")) {
+        assert_eq!(run(&v6.replace("{R}", &r), "2001:db8:1::3", &[]), expected6, "{r}");
     }
 }
 

@@ -9,7 +9,7 @@ use super::{nl_err, NsHandle, Topology};
 use crate::model::Lab;
 use anyhow::{anyhow, bail, Result};
 use futures::future::try_join_all;
-use rtnetlink::{LinkBridge, LinkUnspec};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec};
 use std::os::fd::AsRawFd;
 
 // <linux/if_tun.h>: _IOW('T', 202/203/204/206, int); IFF_TAP, IFF_NO_PI.
@@ -19,6 +19,10 @@ const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
 const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+
+/// Every port's STP path cost (the kernel's for a 10 Mb/s or unknown-speed link; STP is off, so
+/// it only shows in `bridge link show`).
+const PORT_COST: u32 = 100;
 
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags (the union's first member).
 #[repr(C)]
@@ -108,6 +112,14 @@ async fn bridges(node: &crate::model::Node, h: &NsHandle) -> Result<()> {
                 .execute()
                 .await
                 .map_err(|e| anyhow!("node `{}`: making `{p}` a port of bridge `{name}`: {}", node.name, nl_err(&e)))?;
+            // A fixed path cost: the kernel derives it from the link speed, which a veth reports
+            // as 10 Gb/s natively and not at all in user-mode-linux (cost 2 vs 100), so
+            // `bridge link show` would differ between backends.
+            h.nl.link()
+                .set_port(LinkBridgePort::new(idx).cost(PORT_COST).build())
+                .execute()
+                .await
+                .map_err(|e| anyhow!("node `{}`: path cost of `{p}` in bridge `{name}`: {}", node.name, nl_err(&e)))?;
         }
         if b.ports.is_empty() && b.ep.addrs.is_empty() {
             bail!("node `{}`: bridge `{name}` has neither ports nor addresses", node.name);
@@ -161,6 +173,8 @@ mod tests {
         let link = sh(0, "ip -d -o link show dev tap0");
         assert!(link.contains("tun type tap") && link.contains("persist on") && link.contains("user nobody"), "{link}");
         assert!(sh(0, "ip -d -o link show dev tap1").contains("group root"));
+        let ports = sh(0, "bridge link show");
+        assert_eq!(ports.matches("cost 100").count(), 2, "{ports}");
         let ports = sh(0, "ip -o link show master br0");
         assert!(ports.contains(" eth0@") && ports.contains(" tap1:"), "{ports}");
         assert!(sh(0, "ip -o addr show dev br0").contains("10.0.1.1/24"));

@@ -49,6 +49,8 @@ pub struct Node {
     pub modes: Vec<(PathBuf, u32)>,
     pub nft: Option<String>,
     pub setup: Vec<String>,
+    /// What `hostname` says in the node (every process of it has a UTS namespace of its own).
+    pub hostname: String,
 }
 
 #[derive(Debug, Clone)]
@@ -64,10 +66,24 @@ pub struct Service {
     pub may_exit: bool,
 }
 
+/// One `[[sanitize]]` rule, applied in the order written: a substitution (`re` -> `with`), or
+/// with `delete` a rule that removes the command-output lines `re` matches (`drop_blank` is
+/// `delete` with `^\s*$`); with `after`, only to the output of commands matching it.
 #[derive(Debug, Clone)]
 pub struct Sanitizer {
     pub re: Regex,
     pub with: String,
+    /// Deletes the lines `re` matches (command output only) instead of substituting.
+    pub delete: bool,
+    /// Applies only to the output of `show`/`sh` commands whose text matches this.
+    pub after: Option<Regex>,
+}
+
+impl Sanitizer {
+    /// A substitution that applies everywhere.
+    pub fn replace(re: Regex, with: &str) -> Sanitizer {
+        Sanitizer { re, with: with.to_string(), delete: false, after: None }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ pub(super) struct RawLab {
     #[serde(default)]
     pub(super) services: IndexMap<String, Spanned<RawService>>,
     #[serde(default)]
-    pub(super) sanitize: Vec<RawSanitizer>,
+    pub(super) sanitize: Vec<Spanned<RawSanitizer>>,
     #[serde(default)]
     pub(super) scenarios: IndexMap<String, Spanned<RawScenario>>,
 }
@@ -66,6 +66,9 @@ pub(super) struct RawNode {
     pub(super) nft: Option<String>,
     #[serde(default)]
     pub(super) setup: Vec<Spanned<String>>,
+    /// The node's hostname (its own UTS namespace); default: the node's name.
+    #[serde(default)]
+    pub(super) hostname: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -112,8 +115,20 @@ pub(super) fn yes() -> bool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSanitizer {
-    pub(super) re: Spanned<String>,
-    pub(super) with: String,
+    /// A substitution: `re` -> `with`.
+    #[serde(default)]
+    pub(super) re: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) with: Option<String>,
+    /// Deletes the command-output lines this regex matches.
+    #[serde(default)]
+    pub(super) delete: Option<Spanned<String>>,
+    /// Deletes blank command-output lines.
+    #[serde(default)]
+    pub(super) drop_blank: bool,
+    /// Only the output of commands matching this regex.
+    #[serde(default)]
+    pub(super) after: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

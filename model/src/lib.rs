@@ -10,6 +10,9 @@
 pub mod counter;
 pub mod error;
 pub mod impair;
+mod include;
+#[cfg(test)]
+mod include_tests;
 mod lab;
 mod local;
 pub mod pki;
@@ -76,5 +79,8 @@ pub fn parse(file: &Path, src: &str) -> Result<Lab, InputError> {
         };
         InputError::at(file, src, offset, msg, hint)
     })?;
-    Validator { file, src, dir: file.parent().unwrap_or(Path::new(".")) }.lab(raw)
+    let mut raw = raw;
+    let mut sources = include::Sources::new(file, src);
+    include::resolve(&mut sources, &mut raw)?;
+    Validator { file, src: &sources.text, dir: file.parent().unwrap_or(Path::new(".")), sources: &sources }.lab(raw)
 }

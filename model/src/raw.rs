@@ -11,6 +11,9 @@ use toml::Spanned;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLab {
+    /// Fragments merged in before the lab's own tables (include.rs).
+    #[serde(default)]
+    pub(super) include: Vec<Spanned<String>>,
     pub(super) lab: RawMeta,
     #[serde(default)]
     pub(super) pki: Option<PkiSpec>,
@@ -137,4 +140,22 @@ pub(super) struct RawScenario {
     #[serde(default)]
     pub(super) about: String,
     pub(super) steps: Vec<Spanned<String>>,
+}
+
+/// A shared fragment (`include = [...]`): what several labs can share.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFragment {
+    #[serde(default)]
+    pub(super) include: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) nodes: IndexMap<String, Spanned<RawNode>>,
+    #[serde(default)]
+    pub(super) links: Vec<Spanned<RawLink>>,
+    #[serde(default)]
+    pub(super) lans: Vec<Spanned<RawLan>>,
+    #[serde(default)]
+    pub(super) services: IndexMap<String, Spanned<RawService>>,
+    #[serde(default)]
+    pub(super) sanitize: Vec<Spanned<RawSanitizer>>,
 }

@@ -21,6 +21,8 @@ pub(super) struct Validator<'a> {
     pub(super) file: &'a Path,
     pub(super) src: &'a str,
     pub(super) dir: &'a Path,
+    /// Which file each offset of `src` belongs to (the lab file, then its fragments).
+    pub(super) sources: &'a crate::include::Sources,
 }
 
 pub(super) struct NameTable<'a> {
@@ -49,7 +51,7 @@ impl step::Names for NameTable<'_> {
 
 impl Validator<'_> {
     pub(super) fn err(&self, offset: usize, msg: impl Into<String>, hint: impl Into<String>) -> InputError {
-        InputError::at(self.file, self.src, offset, msg, hint)
+        self.sources.err(offset, msg, hint)
     }
 
     /// Offset of the first character inside a spanned string (past the opening quote).
@@ -180,7 +182,7 @@ impl Validator<'_> {
                     toml::Value::Boolean(b) => (*b as u8).to_string(),
                     _ => return Err(self.err(at, format!("sysctl `{k}` wants a string or a number"), "write it like \"1\"")),
                 };
-                let (line, col) = crate::error::line_col(self.src, at);
+                let (line, col) = self.sources.line_col(at);
                 sysctl_uses.push(SysctlUse { key: k.clone(), line, col });
                 sysctls.push((k.clone(), value));
             }
@@ -286,7 +288,7 @@ impl Validator<'_> {
                     .ok_or_else(|| self.err(self.inner(t), format!("`{}` is not a duration", t.get_ref()), "write it like 5s or 500ms"))?,
                 None => Duration::from_secs(10),
             };
-            let loc = crate::error::line_col(self.src, self.inner(&svc.run));
+            let loc = self.sources.line_col(self.inner(&svc.run));
             services.push(Service {
                 name: name.clone(),
                 loc,
@@ -328,13 +330,13 @@ impl Validator<'_> {
             scenarios.push(Scenario { name: name.clone(), about: sc.about.clone(), steps: sc_steps });
         }
         if scenarios.is_empty() {
-            return Err(self.err(self.src.len(), "the lab has no scenarios", "add `[scenarios.NAME]` with `steps = [...]`"));
+            return Err(self.err(self.sources.parts[0].len, "the lab has no scenarios", "add `[scenarios.NAME]` with `steps = [...]`"));
         }
 
         self.local_programs(&raw, &mut nodes, &prelude, &scenarios)?;
         for st in prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())) {
             if let Action::Sysctl { key, .. } = &st.action {
-                let (line, col) = crate::error::line_col(self.src, st.offset);
+                let (line, col) = self.sources.line_col(st.offset);
                 sysctl_uses.push(SysctlUse { key: key.clone(), line, col });
             }
         }
@@ -388,6 +390,15 @@ impl Validator<'_> {
             }
         };
         Ok(Sanitizer { re, with, delete, after })
+    }
+
+    /// `line L, column C` in the same file as the error, else `FILE:L:C`.
+    pub(super) fn place_of(&self, prev: usize, line: usize, col: usize) -> String {
+        if self.sources.parts.len() == 1 {
+            format!("line {line}, column {col}")
+        } else {
+            self.sources.place(prev)
+        }
     }
 
     pub(super) fn ifaces_of(&self, node: usize, ifnames: &HashMap<(usize, String), usize>) -> String {
@@ -544,10 +555,10 @@ impl Validator<'_> {
                 ));
             }
             if let Some(prev) = addrs.insert(net.addr(), self.at(s, off - at)) {
-                let (line, col) = crate::error::line_col(self.src, prev);
+                let (line, col) = self.sources.line_col(prev);
                 return Err(self.err(
                     self.at(s, off - at),
-                    format!("address {} is already used at line {line}, column {col}", net.addr()),
+                    format!("address {} is already used at {}", net.addr(), self.place_of(prev, line, col)),
                     "give every interface its own address",
                 ));
             }

@@ -54,7 +54,8 @@ pub fn command_opts(
     let procfs = c("proc")?;
     // The node's host name, in a UTS namespace of the process's own (the host's name is never
     // touched; a lab namespace `lan:NAME` has no processes).
-    let hostname = netns.hostname().as_bytes().to_vec();
+    let mut hostname = netns.hostname().as_bytes().to_vec();
+    hostname.truncate(64); // HOST_NAME_MAX (a LAN's namespace `lan:NAME` may be longer)
     let binds: Vec<(CString, CString)> =
         mounts.iter().map(|m| Ok((c(&m.src.to_string_lossy())?, c(&m.dst.to_string_lossy())?))).collect::<Result<_>>()?;
     unsafe {

@@ -57,7 +57,7 @@ fn a_fragment_merges_in_before_the_labs_own_tables() {
 
 fn err_text(files: &[(&str, &str)]) -> (String, String) {
     let (d, r) = with_files(files);
-    let e = r.err().expect("an error");
+    let Err(e) = r else { panic!("expected an error") };
     let root = d.path().canonicalize().unwrap();
     let text = e.to_string().replace(&d.path().display().to_string(), "T").replace(&root.display().to_string(), "T");
     (text, e.file.display().to_string().replace(&d.path().display().to_string(), "T"))

@@ -19,6 +19,7 @@ pub mod pki;
 mod ppp;
 mod raw;
 pub mod route;
+mod sanitize;
 pub mod step;
 #[cfg(test)]
 mod tests;

@@ -1,9 +1,9 @@
 //! The validator: raw tables -> [`Lab`](super::Lab), every problem one [`InputError`] at
 //! `file:line:column` with a fix; names resolved to indices.
 
-use super::lab::{Endpoint, FileSpec, KernelFeature, Lab, Lan, Link, Node, Sanitizer, Scenario, Service, SysctlUse};
+use super::lab::{Endpoint, FileSpec, KernelFeature, Lab, Lan, Link, Node, Scenario, Service, SysctlUse};
 use super::lab_id;
-use super::raw::{RawLab, RawSanitizer};
+use super::raw::RawLab;
 use super::route::{parse_route, parse_rule};
 use super::step::{parse_duration, parse_step, Action, Step};
 use super::words::split_words;
@@ -245,7 +245,7 @@ impl Validator<'_> {
             let setup = node.setup.iter().map(|s| s.get_ref().clone()).collect();
             let hostname = match &node.hostname {
                 Some(h) => {
-                    check_hostname(h.get_ref())
+                    super::sanitize::check_hostname(h.get_ref())
                         .map_err(|m| self.err(self.inner(h), m, "write a host name like \"west\" or \"west.example.org\""))?;
                     h.get_ref().clone()
                 }
@@ -360,36 +360,6 @@ impl Validator<'_> {
             prelude,
             scenarios,
         })
-    }
-
-    /// One `[[sanitize]]` table: exactly one of `re` (with `with`), `delete`, `drop_blank`.
-    pub(super) fn sanitizer(&self, s: &Spanned<RawSanitizer>) -> Result<Sanitizer, InputError> {
-        let at = s.span().start;
-        let r = s.get_ref();
-        let regex = |x: &Spanned<String>, what: &str| {
-            Regex::new(x.get_ref()).map_err(|e| self.err(self.inner(x), format!("bad regex: {e}"), format!("`{what}` is a regex")))
-        };
-        let after = r.after.as_ref().map(|a| regex(a, "after")).transpose()?;
-        let (re, with, delete) = match (&r.re, &r.with, &r.delete, r.drop_blank) {
-            (Some(re), Some(with), None, false) => (regex(re, "re")?, with.clone(), false),
-            (Some(re), None, None, false) => {
-                return Err(self.err(
-                    self.inner(re),
-                    "`re` without `with`",
-                    "add `with = \"...\"` (the replacement), or write `delete = ...` to delete the lines",
-                ))
-            }
-            (None, None, Some(d), false) => (regex(d, "delete")?, String::new(), true),
-            (None, None, None, true) => (Regex::new(r"^\s*$").expect("blank-line regex"), String::new(), true),
-            _ => {
-                return Err(self.err(
-                    at,
-                    "a sanitizer is one of: `re` + `with` (substitute), `delete` (delete matching lines), `drop_blank = true`",
-                    "split it into one [[sanitize]] table per rule (they apply in the order written)",
-                ))
-            }
-        };
-        Ok(Sanitizer { re, with, delete, after })
     }
 
     /// `line L, column C` in the same file as the error, else `FILE:L:C`.
@@ -592,21 +562,6 @@ pub(super) fn check_name_len(name: &str, max: usize) -> Result<(), String> {
         || name.starts_with('-')
     {
         return Err(format!("`{name}` is not a valid name (letters, digits, '-', '_'; at most {max} characters)"));
-    }
-    Ok(())
-}
-
-/// A host name the kernel takes (at most 64 bytes) made of DNS labels.
-pub(super) fn check_hostname(h: &str) -> Result<(), String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if h.is_empty() || h.len() > 64 || !h.split('.').all(label_ok) {
-        return Err(format!("`{h}` is not a host name (letters, digits, '-' and dots; at most 64 characters)"));
     }
     Ok(())
 }

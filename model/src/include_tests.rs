@@ -51,6 +51,9 @@ fn a_fragment_merges_in_before_the_labs_own_tables() {
     assert_eq!(lab.nodes[0].hostname, "west");
     assert_eq!(lab.nodes[0].setup, ["mkdir -p run", "touch x"]);
     assert_eq!(lab.links.len(), 1);
+    // Where a sysctl is written (for `vpnlab check`'s warnings): the fragment, at its own line.
+    let u = &lab.sysctl_uses[0];
+    assert!(u.file.ends_with("lab/../common/west-east.toml") && (u.line, u.col) == (4, 36), "{u:?}");
     // The fragment's sanitizer first (it is included at the top), then the lab's.
     assert_eq!(lab.sanitizers.iter().map(|s| s.re.as_str()).collect::<Vec<_>>(), [r"^\s*$", "^debug"]);
 }

@@ -58,6 +58,8 @@ pub struct Service {
     pub name: String,
     /// Line and column of its `run` in the lab file (for errors about the daemon).
     pub loc: (usize, usize),
+    /// The file of `loc` (the lab file, or a fragment it includes).
+    pub loc_file: PathBuf,
     pub node: usize,
     pub argv: Vec<String>,
     pub ready: Option<Regex>,
@@ -177,6 +179,8 @@ pub struct SysctlUse {
     pub key: String,
     pub line: usize,
     pub col: usize,
+    /// The file of `line` (the lab file, or a fragment it includes).
+    pub file: PathBuf,
 }
 
 /// A validated lab. Indices (`node`, `service`) point into `nodes` / `services`.

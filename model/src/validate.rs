@@ -183,7 +183,7 @@ impl Validator<'_> {
                     _ => return Err(self.err(at, format!("sysctl `{k}` wants a string or a number"), "write it like \"1\"")),
                 };
                 let (line, col) = self.sources.line_col(at);
-                sysctl_uses.push(SysctlUse { key: k.clone(), line, col });
+                sysctl_uses.push(SysctlUse { key: k.clone(), line, col, file: self.sources.part(at).file.clone() });
                 sysctls.push((k.clone(), value));
             }
             let has_if = |ifname: &str| ifnames.contains_key(&(idx, ifname.to_string()));
@@ -292,6 +292,7 @@ impl Validator<'_> {
             services.push(Service {
                 name: name.clone(),
                 loc,
+                loc_file: self.sources.part(self.inner(&svc.run)).file.clone(),
                 node,
                 argv,
                 ready,
@@ -337,7 +338,7 @@ impl Validator<'_> {
         for st in prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())) {
             if let Action::Sysctl { key, .. } = &st.action {
                 let (line, col) = self.sources.line_col(st.offset);
-                sysctl_uses.push(SysctlUse { key: key.clone(), line, col });
+                sysctl_uses.push(SysctlUse { key: key.clone(), line, col, file: self.file.to_path_buf() });
             }
         }
         let dir = self.dir.to_path_buf();

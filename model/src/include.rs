@@ -182,11 +182,11 @@ fn merge(src: &Sources, later: RawFragment, into: Target) -> Result<(), InputErr
             into.nodes.insert(name, node);
             continue;
         };
-        let first_at = src.place(first.span().start);
-        let both = |at: usize, what: &str| {
+        let node_at = first.span().start;
+        let both = |at: usize, first: usize, what: &str| {
             src.err(
                 at,
-                format!("{what} of node `{name}` is set here and at {first_at}"),
+                format!("{what} of node `{name}` is set here and at {}", src.place(first)),
                 "set it in one place: the lab file or the fragment",
             )
         };
@@ -194,26 +194,26 @@ fn merge(src: &Sources, later: RawFragment, into: Target) -> Result<(), InputErr
         let n = node.into_inner();
         let f = first.get_mut();
         for (k, v) in n.sysctl {
-            if f.sysctl.contains_key(&k) {
-                return Err(both(v.span().start, &format!("sysctl `{k}`")));
+            if let Some(prev) = f.sysctl.get(&k) {
+                return Err(both(v.span().start, prev.span().start, &format!("sysctl `{k}`")));
             }
             f.sysctl.insert(k, v);
         }
         for (k, v) in n.modes {
-            if f.modes.contains_key(&k) {
-                return Err(both(v.span().start, &format!("the mode of `{k}`")));
+            if let Some(prev) = f.modes.get(&k) {
+                return Err(both(v.span().start, prev.span().start, &format!("the mode of `{k}`")));
             }
             f.modes.insert(k, v);
         }
         if n.nft.is_some() {
             if f.nft.is_some() {
-                return Err(both(at, "`nft`"));
+                return Err(both(at, node_at, "`nft`"));
             }
             f.nft = n.nft;
         }
         if let Some(h) = n.hostname {
-            if f.hostname.is_some() {
-                return Err(both(h.span().start, "`hostname`"));
+            if let Some(prev) = &f.hostname {
+                return Err(both(h.span().start, prev.span().start, "`hostname`"));
             }
             f.hostname = Some(h);
         }

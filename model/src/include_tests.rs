@@ -87,19 +87,26 @@ fn a_conflict_names_both_places() {
     let lab = LAB.replace("setup = [\"touch x\"]", "hostname = \"w\"");
     let (text, _) = err_text(&[("common/west-east.toml", FRAG), ("lab/lab.toml", &lab)]);
     assert!(
-        text.starts_with("T/lab/lab.toml:5:12: error: `hostname` of node `west` is set here and at T/lab/../common/west-east.toml:"),
+        text.starts_with("T/lab/lab.toml:5:12: error: `hostname` of node `west` is set here and at T/lab/../common/west-east.toml:3:12"),
         "{text}"
     );
     let lab = LAB.replace("setup = [\"touch x\"]", "sysctl = { \"net.ipv4.ip_forward\" = \"0\" }");
     let (text, _) = err_text(&[("common/west-east.toml", FRAG), ("lab/lab.toml", &lab)]);
     assert!(
-        text.contains("error: sysctl `net.ipv4.ip_forward` of node `west` is set here and at T/lab/../common/west-east.toml:2:"),
+        text.contains("error: sysctl `net.ipv4.ip_forward` of node `west` is set here and at T/lab/../common/west-east.toml:4:36"),
         "{text}"
     );
     // The same address in the lab and the fragment: both places.
     let lab = format!("{LAB}[nodes.x]\n[[links]]\na = \"x:eth0 192.1.2.45/24\"\nb = \"east:eth0 192.1.2.1/24\"\n");
     let (text, _) = err_text(&[("common/west-east.toml", FRAG), ("lab/lab.toml", &lab)]);
     assert!(text.contains("lab.toml:12:") && text.contains("192.1.2.45 is already used at T/lab/../common/west-east.toml:9:"), "{text}");
+    // An interface declared in both: both places.
+    let lab = format!("{LAB}[[links]]\na = \"west:eth1 10.0.0.1/24\"\nb = \"east:eth5 10.0.0.2/24\"\n");
+    let (text, _) = err_text(&[("common/west-east.toml", FRAG), ("lab/lab.toml", &lab)]);
+    assert!(
+        text.contains("lab.toml:11:6: error: node `west` already has an interface `eth1` (at T/lab/../common/west-east.toml:9:6)"),
+        "{text}"
+    );
 }
 
 #[test]

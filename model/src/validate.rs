@@ -499,10 +499,12 @@ impl Validator<'_> {
         if ifname == "lo" {
             return Err(self.err(self.at(s, node_name.len() + 1), "`lo` is the node's loopback", "choose another interface name"));
         }
-        if ifnames.insert((node, ifname.to_string()), at).is_some() {
+        if let Some(prev) = ifnames.insert((node, ifname.to_string()), at) {
+            // With fragments, say where the first one is (it may be in another file).
+            let first = if self.sources.parts.len() > 1 { format!(" (at {})", self.sources.place(prev)) } else { String::new() };
             return Err(self.err(
                 at,
-                format!("node `{node_name}` already has an interface `{ifname}`"),
+                format!("node `{node_name}` already has an interface `{ifname}`{first}"),
                 "give each interface of a node its own name",
             ));
         }

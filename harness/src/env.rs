@@ -129,7 +129,7 @@ pub fn missing_sysctls(lab: &Lab) -> Vec<String> {
         };
         out.push(format!(
             "{}:{}:{}: warning: sysctl `{}` does not exist on this kernel ({}): {needs}",
-            lab.file.display(),
+            u.file.display(),
             u.line,
             u.col,
             u.key,
@@ -147,7 +147,7 @@ pub fn check_runnable(lab: &Lab) -> Result<(), anyhow::Error> {
         // A relative program (`./mydaemon`) is a file of the lab folder, checked by the model.
         if !crate::model::is_local_program(prog) && which(prog).is_none() {
             return Err(crate::error::InputError {
-                file: lab.file.clone(),
+                file: s.loc_file.clone(),
                 line: s.loc.0,
                 col: s.loc.1,
                 msg: format!("service `{}` runs `{prog}`, which is not installed", s.name),

@@ -233,7 +233,7 @@ mod tests {
         assert!(judge(&sh(false), &f(false)).is_err());
         assert!(judge(&sh(true), &f(false)).is_ok());
         assert!(judge(&sh(true), &f(true)).is_err());
-        let show = Action::Show { node: 0, cmd: "ip route".into() };
+        let show = Action::Show { node: 0, cmd: "ip route".into(), tty: false };
         let refused = Fact::Netlink { node: "n".into(), command: "ip route add x".into(), result: Err("File exists".into()) };
         assert!(judge(&show, &refused).is_err());
     }

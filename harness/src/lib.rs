@@ -28,6 +28,7 @@ pub mod ns;
 pub mod pki;
 pub mod probe;
 pub mod process;
+pub mod pty;
 pub mod reexec;
 pub mod report;
 pub mod runner;

@@ -22,6 +22,9 @@ pub struct NetNs {
     fd: OwnedFd,
     /// The logical name (node name), for messages.
     pub name: String,
+    /// The host name of the node's processes, when it is not `name` (each process gets a UTS
+    /// namespace of its own with it: `process::command_opts`).
+    pub hostname: Option<String>,
     /// The thread that has entered the namespace and serves [`NetNs::run`] (started by the
     /// first call, joined when the namespace is dropped).
     worker: OnceLock<Worker>,
@@ -67,12 +70,17 @@ impl NetNs {
                 unshare(CloneFlags::CLONE_NEWNET)
                     .context("unshare(CLONE_NEWNET): creating a network namespace needs root (CAP_SYS_ADMIN)")?;
                 let f = File::open("/proc/thread-self/ns/net").context("open /proc/thread-self/ns/net")?;
-                out.push(NetNs { fd: f.into(), name, worker: OnceLock::new() });
+                out.push(NetNs { fd: f.into(), name, hostname: None, worker: OnceLock::new() });
             }
             Ok(out)
         })
         .join()
         .map_err(|_| anyhow!("namespace thread panicked"))?
+    }
+
+    /// The host name its processes see: the node's `hostname`, or its name.
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(&self.name)
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -330,7 +338,7 @@ impl NetNs {
     /// Opens a namespace by path (`/run/netns/NAME`, `/proc/PID/ns/net`).
     pub fn open(path: &std::path::Path, name: &str) -> Result<NetNs> {
         let f = File::open(path).with_context(|| format!("open network namespace {}", path.display()))?;
-        Ok(NetNs { fd: f.into(), name: name.to_string(), worker: OnceLock::new() })
+        Ok(NetNs { fd: f.into(), name: name.to_string(), hostname: None, worker: OnceLock::new() })
     }
 
     /// Gives the namespace a name under /run/netns (like `ip netns attach`), so that `ip netns

@@ -1,7 +1,8 @@
 //! Processes in a node: spawned inside the node's network namespace and the lab's PID
 //! namespace, with a private mount namespace (/sys and /proc remounted so `ip`, `ps` and
 //! sysfs show the node's view), in their own session/process group, stdout+stderr in one
-//! ordered log file. Waiting is event-driven with deadlines (pidfd for exits).
+//! ordered log file. Each process also has a UTS namespace of its own carrying the node's host
+//! name (`hostname = ...`, default the node's name), so `hostname` and daemons' logs show it. Waiting is event-driven with deadlines (pidfd for exits).
 
 use crate::ns::{NetNs, PidNs};
 use anyhow::{anyhow, Context, Result};
@@ -51,6 +52,10 @@ pub fn command_opts(
     let proc_ = c("/proc")?;
     let sysfs = c("sysfs")?;
     let procfs = c("proc")?;
+    // The node's host name, in a UTS namespace of the process's own (the host's name is never
+    // touched; a lab namespace `lan:NAME` has no processes).
+    let mut hostname = netns.hostname().as_bytes().to_vec();
+    hostname.truncate(64); // HOST_NAME_MAX (a LAN's namespace `lan:NAME` may be longer)
     let binds: Vec<(CString, CString)> =
         mounts.iter().map(|m| Ok((c(&m.src.to_string_lossy())?, c(&m.dst.to_string_lossy())?))).collect::<Result<_>>()?;
     unsafe {
@@ -58,7 +63,8 @@ pub fn command_opts(
             let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
             crate::ns::unblock_all_signals();
             check(libc::setns(fd, libc::CLONE_NEWNET))?;
-            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS))?;
+            check(libc::sethostname(hostname.as_ptr().cast(), hostname.len()))?;
             check(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
             libc::umount2(sys.as_ptr(), libc::MNT_DETACH);
             check(libc::mount(sysfs.as_ptr(), sys.as_ptr(), sysfs.as_ptr(), 0, std::ptr::null()))?;

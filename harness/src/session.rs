@@ -42,6 +42,9 @@ pub struct State {
     pub steps_total: usize,
     pub next_step: Option<String>,
     pub failure: Option<String>,
+    /// (node, host name) of nodes whose `hostname` is not their name (`exec`/`shell` use it).
+    #[serde(default)]
+    pub hostnames: Vec<(String, String)>,
 }
 
 /// A request on the control socket (one JSON line; the server answers with one [`Reply`] line).
@@ -277,7 +280,9 @@ fn node_netns(st: &State, node: &str) -> Result<NetNs> {
         let names: Vec<&str> = st.nodes.iter().map(|(n, _)| n.as_str()).collect();
         crate::error::EnvError { msg: format!("{} has no node `{node}`", st.lab_id), hint: format!("nodes: {}", names.join(", ")) }
     })?;
-    NetNs::open(&Path::new("/run/netns").join(name), node)
+    let mut ns = NetNs::open(&Path::new("/run/netns").join(name), node)?;
+    ns.hostname = st.hostnames.iter().find(|(n, _)| n == node).map(|(_, h)| h.clone());
+    Ok(ns)
 }
 
 /// `vpnlab exec LAB NODE -- CMD` (and `shell`): runs a command inside the node (its network
@@ -398,6 +403,7 @@ pub fn serve(lab_dir: &Path, scenario: &str, until: &str, with: &[String]) -> Re
         steps_total: total,
         next_step: live.remaining().first().map(|s| s.text.clone()),
         failure: live.failure().map(str::to_string),
+        hostnames: lab.nodes.iter().filter(|n| n.hostname != n.name).map(|n| (n.name.clone(), n.hostname.clone())).collect(),
     };
     write_state(&key, &st)?;
     let sock = dir_of(&key).join("control.sock");

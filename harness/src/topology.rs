@@ -270,6 +270,9 @@ impl Topology {
             NetNs::create_many(&names)?.into_iter().map(NsHandle::open).collect::<Result<Vec<_>>>()?
         };
         let lans = nodes.split_off(lab.nodes.len());
+        for (h, n) in nodes.iter_mut().zip(&lab.nodes) {
+            h.ns.hostname = (n.hostname != n.name).then(|| n.hostname.clone());
+        }
         let topo = Topology { nodes, lans, rt };
         // IPv6 addresses usable at once: no duplicate address detection in a lab (its addresses
         // are unique by validation), so no address is "tentative" for the first ~2 s after its

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 pub fn builtin() -> &'static [Sanitizer] {
     static B: OnceLock<Vec<Sanitizer>> = OnceLock::new();
     B.get_or_init(|| {
-        let s = |re: &str, with: &str| Sanitizer { re: Regex::new(re).expect("builtin sanitizer"), with: with.to_string() };
+        let s = |re: &str, with: &str| Sanitizer::replace(Regex::new(re).expect("builtin sanitizer"), with);
         vec![
             // OpenVPN's and pluto's line prefix: `2026-12-01 23:10:00 ` / `Dec  1 23:10:00.123 `.
             s(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?(?: [+-]\d{4})? ", ""),
@@ -45,18 +45,42 @@ pub fn builtin() -> &'static [Sanitizer] {
     })
 }
 
-/// Applies the built-in sanitizers, then `extra`, in order, to each line of `text`.
+/// Applies the built-in sanitizers, then `extra`'s substitutions that apply everywhere (no
+/// `after`), in order, to each line of `text`. Deleting rules act on command output only
+/// ([`sanitize_output`]).
 pub fn sanitize(text: &str, extra: &[Sanitizer]) -> String {
-    text.lines()
-        .map(|line| {
-            let mut l = line.to_string();
-            for s in builtin().iter().chain(extra) {
-                l = s.re.replace_all(&l, s.with.as_str()).into_owned();
+    text.lines().map(|line| sanitize_line(line, extra, None).unwrap_or_default()).collect::<Vec<_>>().join("\n")
+}
+
+/// One line through the built-ins, then the lab's rules in the order written. `cmd` is the
+/// command whose output the line is (`None` for the transcript's own lines and log lines: then
+/// only substitutions without `after` apply). `None` when a rule deleted the line.
+fn sanitize_line(line: &str, extra: &[Sanitizer], cmd: Option<&str>) -> Option<String> {
+    let mut l = line.to_string();
+    for s in builtin().iter().chain(extra) {
+        let applies = match (&s.after, cmd) {
+            (None, _) => cmd.is_some() || !s.delete,
+            (Some(a), Some(c)) => a.is_match(c),
+            (Some(_), None) => false,
+        };
+        if !applies {
+            continue;
+        }
+        if s.delete {
+            if s.re.is_match(&l) {
+                return None;
             }
-            l.trim_end().to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+        } else {
+            l = s.re.replace_all(&l, s.with.as_str()).into_owned();
+        }
+    }
+    Some(l.trim_end().to_string())
+}
+
+/// The output of command `cmd` (a `show` step's): every rule applies, deleting rules included,
+/// a rule with `after` only when its regex matches `cmd`.
+pub fn sanitize_output(cmd: &str, text: &str, extra: &[Sanitizer]) -> Vec<String> {
+    text.lines().filter_map(|line| sanitize_line(line, extra, Some(cmd))).collect()
 }
 
 /// A scenario's transcript, built step by step. Every line is sanitized exactly once, as it is
@@ -86,10 +110,19 @@ impl Transcript {
         self.lines.last().unwrap()
     }
 
-    /// Command output, sanitized line by line and indented under the line that produced it.
+    /// Text under a step (a trace, packet lines), sanitized line by line (substitutions without
+    /// `after`) and indented under the line that produced it.
     pub fn push_block(&mut self, text: &str) {
         for l in text.lines() {
             let l = sanitize(l, &self.sanitizers);
+            self.lines.push(format!("    {l}").trim_end().to_string());
+        }
+    }
+
+    /// The output of command `cmd`, indented: every lab rule applies (lines may be deleted;
+    /// rules with `after` when they match `cmd`).
+    pub fn push_output(&mut self, cmd: &str, text: &str) {
+        for l in sanitize_output(cmd, text, &self.sanitizers) {
             self.lines.push(format!("    {l}").trim_end().to_string());
         }
     }
@@ -152,8 +185,8 @@ mod tests {
     #[test]
     fn lab_sanitizers_run_after_builtins_in_order() {
         let extra = vec![
-            Sanitizer { re: Regex::new(r"SPI 0x[0-9a-f]+").unwrap(), with: "SPI 0xSPI".into() },
-            Sanitizer { re: Regex::new(r"0xSPI").unwrap(), with: "SPI".into() },
+            Sanitizer::replace(Regex::new(r"SPI 0x[0-9a-f]+").unwrap(), "SPI 0xSPI"),
+            Sanitizer::replace(Regex::new(r"0xSPI").unwrap(), "SPI"),
         ];
         assert_eq!(sanitize("2026-12-01 23:10:00 SPI 0xdeadbeef", &extra), "SPI SPI");
     }
@@ -168,12 +201,51 @@ mod tests {
 
     #[test]
     fn log_lines_are_sanitized_before_their_prefix_and_only_once() {
-        let extra = vec![
-            Sanitizer { re: Regex::new(r"^us=\d+ ").unwrap(), with: String::new() },
-            Sanitizer { re: Regex::new(r"N").unwrap(), with: "NN".into() },
-        ];
+        let extra = vec![Sanitizer::replace(Regex::new(r"^us=\d+ ").unwrap(), ""), Sanitizer::replace(Regex::new(r"N").unwrap(), "NN")];
         let mut t = Transcript::new(&extra);
         assert_eq!(t.push_log("server.log: ", "2026-12-01 23:10:00 us=123 MULTI: N"), "server.log: MULTI: NN");
         assert_eq!(t.render(), "server.log: MULTI: NN\n");
+    }
+
+    fn delete(re: &str, after: Option<&str>) -> Sanitizer {
+        Sanitizer { re: Regex::new(re).unwrap(), with: String::new(), delete: true, after: after.map(|a| Regex::new(a).unwrap()) }
+    }
+
+    #[test]
+    fn deleting_rules_act_on_command_output_in_the_order_written() {
+        // A substitution that empties a line, then drop_blank: the line goes. In the other
+        // order the blank line stays (the order written is the order applied).
+        let blank = delete(r"^\s*$", None);
+        let empty = Sanitizer::replace(Regex::new(r"^debug .*").unwrap(), "");
+        let text = "a\ndebug x\n\nb";
+        assert_eq!(sanitize_output("cmd", text, &[empty.clone(), blank.clone()]), ["a", "b"]);
+        assert_eq!(sanitize_output("cmd", text, &[blank, empty]), ["a", "", "b"]);
+        // Deleting rules never touch the transcript's own lines or log lines.
+        let mut t = Transcript::new(&[delete("^west", None)]);
+        t.push("west# ipsec start");
+        t.push_log("west.log: ", "west is up");
+        t.push_output("ipsec status", "west\neast");
+        assert_eq!(t.render(), "west# ipsec start\nwest.log: west is up\n    east\n");
+    }
+
+    #[test]
+    fn after_limits_a_rule_to_the_output_of_matching_commands() {
+        let extra = vec![
+            delete(r"^algorithm ", Some(r"^ipsec (auto )?--status")),
+            Sanitizer {
+                re: Regex::new(r"inBytes=\d+").unwrap(),
+                with: "inBytes=N".into(),
+                delete: false,
+                after: Some(Regex::new("trafficstatus").unwrap()),
+            },
+        ];
+        let text = "algorithm IKE PRF: name=HMAC_MD5\ninBytes=84\nTotal";
+        assert_eq!(sanitize_output("ipsec auto --status", text, &extra), ["inBytes=84", "Total"]);
+        assert_eq!(
+            sanitize_output("ipsec whack --trafficstatus", text, &extra),
+            ["algorithm IKE PRF: name=HMAC_MD5", "inBytes=N", "Total"]
+        );
+        // Not in a transcript line that merely mentions the command.
+        assert_eq!(sanitize("inBytes=84 trafficstatus", &extra), "inBytes=84 trafficstatus");
     }
 }

@@ -73,7 +73,10 @@ fn up_exec_shell_step_logs_down() {
         "{st}"
     );
     // step: the next steps, one transcript line each.
-    assert_eq!(ok(&env.run(&["step", lab])).lines().next(), Some("gateway$ ip route"));
+    // A `show` step prints what it shows, under its line.
+    let shown = ok(&env.run(&["step", lab]));
+    assert_eq!(shown.lines().next(), Some("gateway$ ip route"));
+    assert!(shown.lines().any(|l| l.starts_with("    10.198.0.0/16 dev eth0")), "{shown}");
     assert_eq!(ok(&env.run(&["step", lab])).trim(), "gateway# ip route add 10.200.0.0/24 via 10.198.0.10");
     assert_eq!(ok(&env.run(&["step", lab])).trim(), "client$ ping -c2 10.198.0.1  -> reachable (ttl=63)");
     // logs

@@ -81,10 +81,10 @@ impl Validator<'_> {
             // interfaces with one address apart).
             for key in [(space.clone(), net.addr()), (Some(format!("node#{node}")), net.addr())] {
                 if let Some(prev) = addrs.insert(key, self.at(s, off - at)) {
-                    let (line, col) = crate::error::line_col(self.src, prev);
+                    let (line, col) = self.sources.line_col(prev);
                     return Err(self.err(
                         self.at(s, off - at),
-                        format!("address {} is already used at line {line}, column {col}", net.addr()),
+                        format!("address {} is already used at {}", net.addr(), self.place_of(prev, line, col)),
                         "give every interface its own address (separate networks that reuse a subnet: give each its own `space`)",
                     ));
                 }
@@ -196,10 +196,10 @@ impl Validator<'_> {
                         ));
                     }
                     if let Some((other, prev)) = taken.insert(port.to_string(), (name.to_string(), at)) {
-                        let (line, col) = crate::error::line_col(self.src, prev);
+                        let (line, col) = self.sources.line_col(prev);
                         return Err(self.err(
                             at,
-                            format!("`{port}` is already a port of bridge `{other}` (line {line}, column {col})"),
+                            format!("`{port}` is already a port of bridge `{other}` ({})", self.place_of(prev, line, col)),
                             "an interface can be a port of one bridge only",
                         ));
                     }
@@ -214,10 +214,13 @@ impl Validator<'_> {
                     if let Some(sp) = sp {
                         match &space {
                             Some((Some(first), prev)) if *first != sp => {
-                                let (line, col) = crate::error::line_col(self.src, *prev);
+                                let (line, col) = self.sources.line_col(*prev);
                                 return Err(self.err(
                                     at,
-                                    format!("bridge `{name}` would join address spaces `{first}` (port at line {line}, column {col}) and `{sp}`"),
+                                    format!(
+                                        "bridge `{name}` would join address spaces `{first}` (port at {}) and `{sp}`",
+                                        self.place_of(*prev, line, col)
+                                    ),
                                     "a bridge makes one network: put its ports' links and LANs in one space",
                                 ));
                             }

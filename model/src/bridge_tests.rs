@@ -155,3 +155,15 @@ fn a_tap_may_name_its_owner() {
     let src = LAB.replace("\"fileserver:eth0 10.198.0.20/16\"", "\"fileserver:eth0 user=x\"");
     assert!(err(&src).msg.contains("`user=x` is not an address"));
 }
+
+/// A node declared in a fragment and in the lab file keeps the taps and bridges of both.
+#[test]
+fn taps_and_bridges_merge_across_an_include() {
+    let dir = tempfile::tempdir().unwrap();
+    let frag = "[nodes.server]\ntaps = [\"tap0\"]\n[nodes.host]\n[[lans]]\nname = \"office\"\nmembers = [\"server:eth1\", \"host:eth0 10.1.0.2/24\"]\n";
+    std::fs::write(dir.path().join("office.toml"), frag).unwrap();
+    let lab = "include = [\"office.toml\"]\n[lab]\ntitle = \"t\"\n[nodes.server]\n[[nodes.server.bridges]]\nname = \"br0\"\nports = [\"eth1\", \"tap0\"]\naddresses = [\"10.1.0.1/24\"]\n[scenarios.s]\nsteps = [\"host: ping 10.1.0.1\"]\n";
+    let lab = parse(&dir.path().join("lab.toml"), lab).unwrap_or_else(|e| panic!("{e}"));
+    let server = &lab.nodes[lab.node_index("server").unwrap()];
+    assert_eq!((server.taps.len(), server.bridges[0].ports.len()), (1, 2));
+}

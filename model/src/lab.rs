@@ -74,6 +74,8 @@ pub struct Node {
     pub taps: Vec<Tap>,
     /// Bridges (`[[nodes.X.bridges]]`), made after the links and taps, before addresses.
     pub bridges: Vec<Bridge>,
+    /// What `hostname` says in the node (every process of it has a UTS namespace of its own).
+    pub hostname: String,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +83,8 @@ pub struct Service {
     pub name: String,
     /// Line and column of its `run` in the lab file (for errors about the daemon).
     pub loc: (usize, usize),
+    /// The file of `loc` (the lab file, or a fragment it includes).
+    pub loc_file: PathBuf,
     pub node: usize,
     pub argv: Vec<String>,
     pub ready: Option<Regex>,
@@ -89,10 +93,24 @@ pub struct Service {
     pub may_exit: bool,
 }
 
+/// One `[[sanitize]]` rule, applied in the order written: a substitution (`re` -> `with`), or
+/// with `delete` a rule that removes the command-output lines `re` matches (`drop_blank` is
+/// `delete` with `^\s*$`); with `after`, only to the output of commands matching it.
 #[derive(Debug, Clone)]
 pub struct Sanitizer {
     pub re: Regex,
     pub with: String,
+    /// Deletes the lines `re` matches (command output only) instead of substituting.
+    pub delete: bool,
+    /// Applies only to the output of `show`/`sh` commands whose text matches this.
+    pub after: Option<Regex>,
+}
+
+impl Sanitizer {
+    /// A substitution that applies everywhere.
+    pub fn replace(re: Regex, with: &str) -> Sanitizer {
+        Sanitizer { re, with: with.to_string(), delete: false, after: None }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +204,8 @@ pub struct SysctlUse {
     pub key: String,
     pub line: usize,
     pub col: usize,
+    /// The file of `line` (the lab file, or a fragment it includes).
+    pub file: PathBuf,
 }
 
 /// A validated lab. Indices (`node`, `service`) point into `nodes` / `services`.

@@ -11,12 +11,16 @@ mod bridge;
 pub mod counter;
 pub mod error;
 pub mod impair;
+mod include;
+#[cfg(test)]
+mod include_tests;
 mod lab;
 mod local;
 pub mod pki;
 mod ppp;
 mod raw;
 pub mod route;
+mod sanitize;
 pub mod step;
 #[cfg(test)]
 mod tests;
@@ -79,5 +83,8 @@ pub fn parse(file: &Path, src: &str) -> Result<Lab, InputError> {
         };
         InputError::at(file, src, offset, msg, hint)
     })?;
-    Validator { file, src, dir: file.parent().unwrap_or(Path::new(".")) }.lab(raw)
+    let mut raw = raw;
+    let mut sources = include::Sources::new(file, src);
+    include::resolve(&mut sources, &mut raw)?;
+    Validator { file, src: &sources.text, dir: file.parent().unwrap_or(Path::new(".")), sources: &sources }.lab(raw)
 }

@@ -40,7 +40,7 @@ impl Validator<'_> {
             }
         }
         for st in prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())) {
-            if let Action::Sh { node, cmd, .. } | Action::Show { node, cmd } = &st.action {
+            if let Action::Sh { node, cmd, .. } | Action::Show { node, cmd, .. } = &st.action {
                 // The offset points at the step's text; its command is in it.
                 uses.push((*node, st.offset + st.text.find(cmd.as_str()).unwrap_or(0), cmd.clone()));
             }

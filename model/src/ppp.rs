@@ -165,7 +165,7 @@ pub(super) fn expand(v: &Validator, raw: &mut RawLab) -> Result<(), InputError> 
         if defaultroute {
             let routes = &raw.nodes[&client].get_ref().routes;
             if let Some(r) = routes.iter().find(|r| is_main_default(r.get_ref())) {
-                let (line, col) = crate::error::line_col(v.src, v.inner(r));
+                let (line, col) = v.sources.line_col(v.inner(r));
                 return Err(v.err(
                     p.defaultroute.as_ref().map(|d| d.span().start).unwrap_or(0),
                     format!(

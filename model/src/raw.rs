@@ -11,6 +11,9 @@ use toml::Spanned;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLab {
+    /// Fragments merged in before the lab's own tables (include.rs).
+    #[serde(default)]
+    pub(super) include: Vec<Spanned<String>>,
     pub(super) lab: RawMeta,
     #[serde(default)]
     pub(super) pki: Option<PkiSpec>,
@@ -26,7 +29,7 @@ pub(super) struct RawLab {
     #[serde(default)]
     pub(super) services: IndexMap<String, Spanned<RawService>>,
     #[serde(default)]
-    pub(super) sanitize: Vec<RawSanitizer>,
+    pub(super) sanitize: Vec<Spanned<RawSanitizer>>,
     #[serde(default)]
     pub(super) scenarios: IndexMap<String, Spanned<RawScenario>>,
 }
@@ -72,6 +75,9 @@ pub(super) struct RawNode {
     /// Linux bridges of the node (bridge.rs).
     #[serde(default)]
     pub(super) bridges: Vec<Spanned<super::bridge::RawBridge>>,
+    /// The node's hostname (its own UTS namespace); default: the node's name.
+    #[serde(default)]
+    pub(super) hostname: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -124,8 +130,20 @@ pub(super) fn yes() -> bool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSanitizer {
-    pub(super) re: Spanned<String>,
-    pub(super) with: String,
+    /// A substitution: `re` -> `with`.
+    #[serde(default)]
+    pub(super) re: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) with: Option<String>,
+    /// Deletes the command-output lines this regex matches.
+    #[serde(default)]
+    pub(super) delete: Option<Spanned<String>>,
+    /// Deletes blank command-output lines.
+    #[serde(default)]
+    pub(super) drop_blank: bool,
+    /// Only the output of commands matching this regex.
+    #[serde(default)]
+    pub(super) after: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -134,4 +152,22 @@ pub(super) struct RawScenario {
     #[serde(default)]
     pub(super) about: String,
     pub(super) steps: Vec<Spanned<String>>,
+}
+
+/// A shared fragment (`include = [...]`): what several labs can share.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFragment {
+    #[serde(default)]
+    pub(super) include: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) nodes: IndexMap<String, Spanned<RawNode>>,
+    #[serde(default)]
+    pub(super) links: Vec<Spanned<RawLink>>,
+    #[serde(default)]
+    pub(super) lans: Vec<Spanned<RawLan>>,
+    #[serde(default)]
+    pub(super) services: IndexMap<String, Spanned<RawService>>,
+    #[serde(default)]
+    pub(super) sanitize: Vec<Spanned<RawSanitizer>>,
 }

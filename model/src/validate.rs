@@ -1,7 +1,7 @@
 //! The validator: raw tables -> [`Lab`](super::Lab), every problem one [`InputError`] at
 //! `file:line:column` with a fix; names resolved to indices.
 
-use super::lab::{Endpoint, FileSpec, KernelFeature, Lab, Lan, Link, Node, Sanitizer, Scenario, Service, SysctlUse};
+use super::lab::{Endpoint, FileSpec, KernelFeature, Lab, Lan, Link, Node, Scenario, Service, SysctlUse};
 use super::lab_id;
 use super::raw::RawLab;
 use super::route::{parse_route, parse_rule};
@@ -23,6 +23,8 @@ pub(super) struct Validator<'a> {
     pub(super) file: &'a Path,
     pub(super) src: &'a str,
     pub(super) dir: &'a Path,
+    /// Which file each offset of `src` belongs to (the lab file, then its fragments).
+    pub(super) sources: &'a crate::include::Sources,
 }
 
 pub(super) struct NameTable<'a> {
@@ -51,7 +53,7 @@ impl step::Names for NameTable<'_> {
 
 impl Validator<'_> {
     pub(super) fn err(&self, offset: usize, msg: impl Into<String>, hint: impl Into<String>) -> InputError {
-        InputError::at(self.file, self.src, offset, msg, hint)
+        self.sources.err(offset, msg, hint)
     }
 
     /// Offset of the first character inside a spanned string (past the opening quote).
@@ -189,8 +191,8 @@ impl Validator<'_> {
                     toml::Value::Boolean(b) => (*b as u8).to_string(),
                     _ => return Err(self.err(at, format!("sysctl `{k}` wants a string or a number"), "write it like \"1\"")),
                 };
-                let (line, col) = crate::error::line_col(self.src, at);
-                sysctl_uses.push(SysctlUse { key: k.clone(), line, col });
+                let (line, col) = self.sources.line_col(at);
+                sysctl_uses.push(SysctlUse { key: k.clone(), line, col, file: self.sources.part(at).file.clone() });
                 sysctls.push((k.clone(), value));
             }
             let has_if = |ifname: &str| ifnames.contains_key(&(idx, ifname.to_string()));
@@ -250,8 +252,28 @@ impl Validator<'_> {
                 modes.push((path, mode));
             }
             let setup = node.setup.iter().map(|s| s.get_ref().clone()).collect();
+            let hostname = match &node.hostname {
+                Some(h) => {
+                    super::sanitize::check_hostname(h.get_ref())
+                        .map_err(|m| self.err(self.inner(h), m, "write a host name like \"west\" or \"west.example.org\""))?;
+                    h.get_ref().clone()
+                }
+                None => name.clone(),
+            };
             let (taps, bridges) = std::mem::take(&mut inside[idx]);
-            nodes.push(Node { name: name.clone(), sysctls, routes, rules, files, modes, nft: node.nft.clone(), setup, taps, bridges });
+            nodes.push(Node {
+                name: name.clone(),
+                sysctls,
+                routes,
+                rules,
+                files,
+                modes,
+                nft: node.nft.clone(),
+                setup,
+                hostname,
+                taps,
+                bridges,
+            });
         }
 
         // Services.
@@ -288,10 +310,11 @@ impl Validator<'_> {
                     .ok_or_else(|| self.err(self.inner(t), format!("`{}` is not a duration", t.get_ref()), "write it like 5s or 500ms"))?,
                 None => Duration::from_secs(10),
             };
-            let loc = crate::error::line_col(self.src, self.inner(&svc.run));
+            let loc = self.sources.line_col(self.inner(&svc.run));
             services.push(Service {
                 name: name.clone(),
                 loc,
+                loc_file: self.sources.part(self.inner(&svc.run)).file.clone(),
                 node,
                 argv,
                 ready,
@@ -303,9 +326,7 @@ impl Validator<'_> {
 
         let mut sanitizers = Vec::new();
         for s in &raw.sanitize {
-            let re = Regex::new(s.re.get_ref())
-                .map_err(|e| self.err(self.inner(&s.re), format!("bad regex: {e}"), "a sanitizer is a regex and its replacement"))?;
-            sanitizers.push(Sanitizer { re, with: s.with.clone() });
+            sanitizers.push(self.sanitizer(s)?);
         }
 
         let steps = |list: &[Spanned<String>]| -> Result<Vec<Step>, InputError> {
@@ -332,15 +353,15 @@ impl Validator<'_> {
             scenarios.push(Scenario { name: name.clone(), about: sc.about.clone(), steps: sc_steps });
         }
         if scenarios.is_empty() {
-            return Err(self.err(self.src.len(), "the lab has no scenarios", "add `[scenarios.NAME]` with `steps = [...]`"));
+            return Err(self.err(self.sources.parts[0].len, "the lab has no scenarios", "add `[scenarios.NAME]` with `steps = [...]`"));
         }
 
         self.local_programs(&raw, &mut nodes, &prelude, &scenarios)?;
         self.tcp_owners(&addrs, prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())))?;
         for st in prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())) {
             if let Action::Sysctl { key, .. } = &st.action {
-                let (line, col) = crate::error::line_col(self.src, st.offset);
-                sysctl_uses.push(SysctlUse { key: key.clone(), line, col });
+                let (line, col) = self.sources.line_col(st.offset);
+                sysctl_uses.push(SysctlUse { key: key.clone(), line, col, file: self.file.to_path_buf() });
             }
         }
         let dir = self.dir.to_path_buf();
@@ -363,6 +384,15 @@ impl Validator<'_> {
             prelude,
             scenarios,
         })
+    }
+
+    /// `line L, column C` in the same file as the error, else `FILE:L:C`.
+    pub(super) fn place_of(&self, prev: usize, line: usize, col: usize) -> String {
+        if self.sources.parts.len() == 1 {
+            format!("line {line}, column {col}")
+        } else {
+            self.sources.place(prev)
+        }
     }
 
     pub(super) fn ifaces_of(&self, node: usize, ifnames: &HashMap<(usize, String), usize>) -> String {
@@ -516,10 +546,12 @@ impl Validator<'_> {
         if ifname == "lo" {
             return Err(self.err(self.at(s, name_off), "`lo` is the node's loopback", "choose another interface name"));
         }
-        if ifnames.insert((node, ifname.to_string()), at).is_some() {
+        if let Some(prev) = ifnames.insert((node, ifname.to_string()), at) {
+            // With fragments, say where the first one is (it may be in another file).
+            let first = if self.sources.parts.len() > 1 { format!(" (at {})", self.sources.place(prev)) } else { String::new() };
             return Err(self.err(
                 at,
-                format!("node `{node_name}` already has an interface `{ifname}`"),
+                format!("node `{node_name}` already has an interface `{ifname}`{first}"),
                 "give each interface of a node its own name",
             ));
         }

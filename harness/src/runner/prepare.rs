@@ -106,13 +106,24 @@ impl Lab_<'_> {
     /// `sh -c cmd` in a node, without the `sh` process when the shell would only split the
     /// command into words (see [`super::shell`]).
     pub(super) fn exec_sh(&self, node: usize, cmd: &str) -> Result<crate::process::Output> {
+        self.exec_sh_on(node, cmd, false)
+    }
+
+    /// [`Self::exec_sh`], with `tty` under a pseudo-terminal (the `tty` step, [`crate::pty`]).
+    pub(super) fn exec_sh_on(&self, node: usize, cmd: &str, tty: bool) -> Result<crate::process::Output> {
         let dir = self.node_dir(node);
+        let ns = &self.topo.nodes[node].ns;
         let Some(argv) = super::shell::direct_argv(cmd, &dir, std::env::var("PATH").ok().as_deref()) else {
-            return self.exec(node, &["/bin/sh".into(), "-c".into(), cmd.to_string()]);
+            let argv = ["/bin/sh".to_string(), "-c".into(), cmd.to_string()];
+            if tty {
+                let mounts = self.opts.with.mounts_for_command(&argv);
+                return crate::pty::run_tty(ns, &self.pid, &argv, &dir, self.lab.step_timeout, &mounts, &[]);
+            }
+            return self.exec(node, &argv);
         };
         let mounts = self.opts.with.mounts_for_command(&argv);
-        let ns = &self.topo.nodes[node].ns;
-        let mut out = crate::process::run_capture_env(ns, &self.pid, &argv, &dir, self.lab.step_timeout, &mounts, &[("PWD", &dir)])?;
+        let run = if tty { crate::pty::run_tty } else { crate::process::run_capture_env };
+        let mut out = run(ns, &self.pid, &argv, &dir, self.lab.step_timeout, &mounts, &[("PWD", &dir)])?;
         // What dash does when its command is killed by signal N: it says so on stderr (not for
         // SIGINT and SIGPIPE) and exits with 128+N.
         if let (Some(st), false) = (out.status, out.timed_out) {

@@ -164,10 +164,26 @@ impl Lab_<'_> {
     }
 
     pub(super) fn tell(&mut self, line: Line) {
+        self.tell_of(line, None)
+    }
+
+    /// Tells a narrated line; a block under a command step (`output_of`) is that command's
+    /// output (every sanitizer applies, see [`crate::transcript::sanitize_output`]). Block lines
+    /// are shown as progress too (a live run shows what a `show` step shows).
+    pub(super) fn tell_of(&mut self, line: Line, output_of: Option<&str>) {
         match line {
             Line::Say(s) => self.say(s),
             Line::Log { service, line } => self.say_log(&service, &line),
-            Line::Block(b) => self.t.push_block(&b),
+            Line::Block(b) => {
+                let before = self.t.len();
+                match output_of {
+                    Some(cmd) => self.t.push_output(cmd, &b),
+                    None => self.t.push_block(&b),
+                }
+                for l in self.t.lines_from(before) {
+                    self.progress(&l);
+                }
+            }
         }
     }
 
@@ -181,8 +197,12 @@ impl Lab_<'_> {
             self.change_marks = sizes;
         }
         let fact = self.observe(&step.action, &step.text, &prev_marks)?;
+        let output_of = match &step.action {
+            Action::Sh { cmd, .. } | Action::Show { cmd, .. } => Some(cmd.as_str()),
+            _ => None,
+        };
         for line in narrate(&step.action, &fact) {
-            self.tell(line);
+            self.tell_of(line, output_of);
         }
         let Err(miss) = judge(&step.action, &fact) else {
             return Ok(());
@@ -266,8 +286,8 @@ impl Lab_<'_> {
                     output: out.text,
                 }
             }
-            Action::Show { node, cmd } => {
-                let out = self.exec_sh(*node, cmd).map_err(|e| fail(format!("{e:#}")))?;
+            Action::Show { node, cmd, tty } => {
+                let out = self.exec_sh_on(*node, cmd, *tty).map_err(|e| fail(format!("{e:#}")))?;
                 Fact::Show { node: node_name(node), cmd: cmd.clone(), ok: out.success(), status: out.describe_status(), output: out.text }
             }
             Action::Chmod { node, mode, path } => {

@@ -122,6 +122,8 @@ pub enum Action {
     Show {
         node: usize,
         cmd: String,
+        /// `tty COMMAND`: run under a pseudo-terminal; the output is what the terminal shows.
+        tty: bool,
     },
     /// Where a short ping from the node to `dest` goes, hop by hop (nft sets in every node).
     /// `-> delivered` / `-> dropped at NODE` judges where the round trip ended.
@@ -405,7 +407,14 @@ fn node_action(
             if rest.is_empty() {
                 return Err(err(verb_at, "`show` wants a command, e.g. `show ip route`"));
             }
-            Ok(Action::Show { node, cmd: rest.to_string() })
+            Ok(Action::Show { node, cmd: rest.to_string(), tty: false })
+        }
+        "tty" => {
+            no_expect("tty")?;
+            if rest.is_empty() {
+                return Err(err(verb_at, "`tty` wants a command, e.g. `tty ipsec auto --add myvpn`"));
+            }
+            Ok(Action::Show { node, cmd: rest.to_string(), tty: true })
         }
         "chmod" => {
             no_expect("chmod")?;
@@ -518,7 +527,7 @@ fn node_action(
         _ => Err(err(
             verb_at,
             format!(
-                "unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, chmod, sysctl, tcp, trace, counter, impair, capture)"
+                "unknown step `{verb}` (node steps: ping, ip route|rule add|del, sh, show, tty, chmod, sysctl, tcp, trace, counter, impair, capture)"
             ),
         )),
     }

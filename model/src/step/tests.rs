@@ -170,3 +170,13 @@ fn capture_steps() {
     bad("client: capture eth0 4 'esp' -> some", 31, "`N packets` or `none`");
     assert_eq!(capture_shown("eth0", 4, Some("udp port 500")), "tcpdump -ni eth0 -c 4 'udp port 500'");
 }
+
+#[test]
+fn tty_runs_a_command_under_a_terminal_and_takes_no_expectation() {
+    assert!(
+        matches!(parse_step("client: tty ipsec auto --add x", &N).unwrap(), Action::Show { tty: true, ref cmd, .. } if cmd == "ipsec auto --add x")
+    );
+    assert!(matches!(parse_step("client: show ls", &N).unwrap(), Action::Show { tty: false, .. }));
+    assert!(parse_step("client: tty", &N).unwrap_err().msg.contains("`tty` wants a command"));
+    assert!(parse_step("client: tty ls -> fails", &N).unwrap_err().msg.contains("takes no"));
+}

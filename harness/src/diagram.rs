@@ -24,10 +24,10 @@ pub fn text(lab: &Lab) -> String {
     let _ = writeln!(s, "\nlinks (veth pairs)");
     let width = lab.links.iter().map(|l| ep(lab, &l.a).len()).max().unwrap_or(0);
     for l in &lab.links {
-        let _ = writeln!(s, "  {:<width$} ─────── {}", ep(lab, &l.a), ep(lab, &l.b));
+        let _ = writeln!(s, "  {:<width$} ─────── {}{}", ep(lab, &l.a), ep(lab, &l.b), space(&l.space, "  (space ", ")"));
     }
     for lan in &lab.lans {
-        let _ = writeln!(s, "\nLAN `{}` (bridge)", lan.name);
+        let _ = writeln!(s, "\nLAN `{}` (bridge{})", lan.name, space(&lan.space, ", space ", ""));
         for (i, m) in lan.members.iter().enumerate() {
             let corner = if i + 1 == lan.members.len() { "└──" } else { "├──" };
             let _ = writeln!(s, "  {corner} {}", ep(lab, m));
@@ -49,6 +49,7 @@ pub fn text(lab: &Lab) -> String {
         if n.nft.is_some() {
             facts.push("nft ruleset".into());
         }
+        facts.extend(inside(lab, i));
         for svc in lab.services.iter().filter(|s| s.node == i) {
             facts.push(format!("runs `{}`: {}", svc.name, svc.argv.join(" ")));
         }
@@ -68,6 +69,29 @@ pub fn text(lab: &Lab) -> String {
     s
 }
 
+/// ` (space home1)`-like words for a link or LAN in an address space of its own.
+fn space(sp: &Option<String>, before: &str, after: &str) -> String {
+    sp.as_ref().map(|s| format!("{before}{s}{after}")).unwrap_or_default()
+}
+
+/// A node's taps and bridges, one line each: `tap tap0`, `bridge br0 10.198.0.10/16 (ports eth1, tap0)`.
+fn inside(lab: &Lab, i: usize) -> Vec<String> {
+    let n = &lab.nodes[i];
+    let owner = |t: &crate::model::Tap| {
+        let w: Vec<String> =
+            [("user", &t.user), ("group", &t.group)].iter().filter_map(|(k, v)| v.as_ref().map(|v| format!(" {k}={v}"))).collect();
+        w.concat()
+    };
+    let taps = n.taps.iter().map(|t| format!("tap {}{}", tail(&t.ep).trim_end(), owner(t)));
+    taps.chain(n.bridges.iter().map(|b| format!("bridge {} (ports {})", tail(&b.ep).trim_end(), b.ports.join(", ")))).collect()
+}
+
+/// Whether an endpoint is a node's own tap or bridge (drawn inside its box, not as a link).
+fn is_inside(lab: &Lab, e: &Endpoint) -> bool {
+    let n = &lab.nodes[e.node];
+    n.taps.iter().any(|t| t.ep.ifname == e.ifname) || n.bridges.iter().any(|b| b.ep.ifname == e.ifname)
+}
+
 fn node_label(lab: &Lab, i: usize, sep: &str) -> String {
     let mut parts = vec![lab.nodes[i].name.clone()];
     for svc in lab.services.iter().filter(|s| s.node == i) {
@@ -80,20 +104,22 @@ fn node_label(lab: &Lab, i: usize, sep: &str) -> String {
 pub fn dot(lab: &Lab) -> String {
     let mut s = format!("graph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=monospace];\n", lab.id);
     for i in 0..lab.nodes.len() {
-        let _ = writeln!(s, "  \"{}\" [label=\"{}\"];", lab.nodes[i].name, node_label(lab, i, "\\n"));
+        let label: Vec<String> = [node_label(lab, i, "\\n")].into_iter().chain(inside(lab, i)).collect();
+        let _ = writeln!(s, "  \"{}\" [label=\"{}\"];", lab.nodes[i].name, label.join("\\n"));
     }
     for l in &lab.links {
         let _ = writeln!(
             s,
-            "  \"{}\" -- \"{}\" [taillabel=\"{}\", headlabel=\"{}\", fontsize=9];",
+            "  \"{}\" -- \"{}\" [taillabel=\"{}\", headlabel=\"{}\", fontsize=9{}];",
             lab.nodes[l.a.node].name,
             lab.nodes[l.b.node].name,
             tail(&l.a),
-            tail(&l.b)
+            tail(&l.b),
+            space(&l.space, ", label=\"space ", "\"")
         );
     }
     for lan in &lab.lans {
-        let _ = writeln!(s, "  \"lan:{}\" [shape=ellipse, label=\"LAN {}\"];", lan.name, lan.name);
+        let _ = writeln!(s, "  \"lan:{}\" [shape=ellipse, label=\"LAN {}{}\"];", lan.name, lan.name, space(&lan.space, "\\nspace ", ""));
         for m in &lan.members {
             let _ = writeln!(s, "  \"lan:{}\" -- \"{}\" [headlabel=\"{}\", fontsize=9];", lan.name, lab.nodes[m.node].name, tail(m));
         }
@@ -111,13 +137,15 @@ fn tail(e: &Endpoint) -> String {
 pub fn mermaid(lab: &Lab) -> String {
     let mut s = String::from("graph LR\n");
     for i in 0..lab.nodes.len() {
-        let _ = writeln!(s, "  {}[\"{}\"]", lab.nodes[i].name, node_label(lab, i, "<br/>"));
+        let label: Vec<String> = [node_label(lab, i, "<br/>")].into_iter().chain(inside(lab, i)).collect();
+        let _ = writeln!(s, "  {}[\"{}\"]", lab.nodes[i].name, label.join("<br/>"));
     }
     for l in &lab.links {
-        let _ = writeln!(s, "  {} ---|\"{} ↔ {}\"| {}", lab.nodes[l.a.node].name, tail(&l.a), tail(&l.b), lab.nodes[l.b.node].name);
+        let (a, b, sp) = (tail(&l.a), tail(&l.b), space(&l.space, " (space ", ")"));
+        let _ = writeln!(s, "  {} ---|\"{a} ↔ {b}{sp}\"| {}", lab.nodes[l.a.node].name, lab.nodes[l.b.node].name);
     }
     for lan in &lab.lans {
-        let _ = writeln!(s, "  lan_{}((LAN {}))", lan.name.replace('-', "_"), lan.name);
+        let _ = writeln!(s, "  lan_{}((LAN {}{}))", lan.name.replace('-', "_"), lan.name, space(&lan.space, ", space ", ""));
         for m in &lan.members {
             let _ = writeln!(s, "  lan_{} ---|\"{}\"| {}", lan.name.replace('-', "_"), tail(m), lab.nodes[m.node].name);
         }
@@ -171,7 +199,8 @@ fn graphviz_svg(prog: &str, src: &str) -> Option<String> {
 /// with its addresses (`eth0 10.0.0.1/24`), so that links need only the interface names.
 fn box_lines(lab: &Lab, i: usize) -> Vec<String> {
     let mut out: Vec<String> = node_label(lab, i, "\n").split('\n').map(str::to_string).collect();
-    out.extend(lab.endpoints().filter(|e| e.node == i).map(|e| tail(e).trim_end().to_string()));
+    out.extend(lab.endpoints().filter(|e| e.node == i && !is_inside(lab, e)).map(|e| tail(e).trim_end().to_string()));
+    out.extend(inside(lab, i));
     out
 }
 
@@ -392,6 +421,25 @@ mod tests {
         // a-b, lan-b, lan-c
         assert_eq!(doc.descendants().filter(|n| n.has_tag_name("line")).count(), 3);
         assert_eq!(esc("<a href='x'>&\""), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;");
+    }
+
+    #[test]
+    fn taps_bridges_and_spaces_are_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let lab = crate::model::parse(
+            &dir.path().join("lab.toml"),
+            "[lab]\ntitle='t'\n[nodes.s]\ntaps=['tap0']\n[[nodes.s.bridges]]\nname='br0'\nports=['eth1','tap0']\naddresses=['10.1.0.1/24']\n[nodes.h]\n[nodes.l]\n[[links]]\nspace='home1'\na='l:eth0 192.168.1.10/24'\nb='s:eth0 192.168.1.1/24'\n[[lans]]\nname='office'\nmembers=['s:eth1','h:eth0 10.1.0.2/24']\n[scenarios.s]\nsteps=[]\n",
+        )
+        .unwrap();
+        let t = text(&lab);
+        assert!(t.contains("tap tap0") && t.contains("bridge br0 10.1.0.1/24 (ports eth1, tap0)") && t.contains("(space home1)"), "{t}");
+        let m = mermaid(&lab);
+        assert!(m.contains("s[\"s<br/>tap tap0<br/>bridge br0 10.1.0.1/24 (ports eth1, tap0)\"]") && m.contains("(space home1)"), "{m}");
+        assert!(dot(&lab).contains("bridge br0 10.1.0.1/24 (ports eth1, tap0)"));
+        let svg = builtin_svg(&lab);
+        let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{e}\n{svg}"));
+        let texts: Vec<&str> = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).collect();
+        assert!(texts.contains(&"bridge br0 10.1.0.1/24 (ports eth1, tap0)") && !texts.contains(&"br0 10.1.0.1/24"), "{texts:?}");
     }
 
     #[test]

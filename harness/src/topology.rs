@@ -1,8 +1,7 @@
 //! The lab's network, built through rtnetlink (never by shelling out to `ip`): one network
 //! namespace per node and per LAN segment, veth pairs created directly inside their two
-//! namespaces (never in the host's), bridges, addresses, links up, sysctls, routes (multipath
-//! and other tables) and rules. Each netlink socket is opened on a thread that has entered its
-//! namespace.
+//! namespaces (never in the host's), bridges, the nodes' taps and bridges (`inside.rs`), addresses, links up, sysctls,
+//! routes (multipath and other tables) and rules. Each netlink socket is opened on a thread inside its namespace.
 
 use crate::model::route::{Route, RouteType, Rule};
 use crate::model::{Endpoint, Lab};
@@ -15,6 +14,7 @@ use rtnetlink::packet_route::route::{RouteScope, RouteType as NlRouteType};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder, RouteNextHopBuilder};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+mod inside;
 
 /// Per-namespace sysctls set in every node before the lab's own: ICMP errors are never
 /// rate-limited (IPv4: no type in the rate mask; IPv6: no minimum interval).
@@ -258,12 +258,11 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Creates the namespaces and everything in them ([`Lab`]'s links, LANs, addresses,
-    /// sysctls, routes, rules).
+    /// Creates the namespaces and everything in them ([`Lab`]'s links, LANs, taps, bridges,
+    /// addresses, sysctls, routes, rules).
     pub fn build(lab: &Lab) -> Result<Topology> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the netlink runtime")?;
-        // Blocking work (entering namespaces, writing sysctls) happens here, between the
-        // runtime's async phases, never inside them.
+        // Blocking work (namespaces, sysctls) happens here, between the async phases.
         let mut names: Vec<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
         names.extend(lab.lans.iter().map(|l| format!("lan:{}", l.name)));
         let mut nodes = {
@@ -289,6 +288,7 @@ impl Topology {
         }
 
         topo.rt.block_on(topo.links(lab))?;
+        topo.inside(lab)?; // taps and bridges inside nodes (topology/inside.rs)
         topo.rt.block_on(topo.addresses(lab))?;
         for (h, node) in topo.nodes.iter().zip(&lab.nodes) {
             // Determinism: the kernel rate-limits the ICMP errors it sends (per destination,
@@ -423,7 +423,7 @@ impl Topology {
     pub fn wait_ipv6_ready(&self, lab: &Lab, deadline: std::time::Duration) -> Result<()> {
         let until = std::time::Instant::now() + deadline;
         let mut want: HashMap<usize, Vec<(String, Ipv6Addr)>> = HashMap::new();
-        for e in lab.endpoints() {
+        for e in lab.endpoints().filter(|e| inside::has_carrier_at_build(lab, e)) {
             for a in &e.addrs {
                 if let IpAddr::V6(v6) = a.addr() {
                     want.entry(e.node).or_default().push((e.ifname.clone(), v6));

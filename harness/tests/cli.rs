@@ -375,26 +375,31 @@ fn a_script_shipped_in_the_lab_folder_runs_in_setup_and_steps() {
 }
 
 #[test]
-fn new_refuses_a_tap_bridged_server_naming_its_line() {
+fn new_builds_a_tap_bridged_server_and_refuses_what_it_cannot_bridge() {
     let tmp = tempfile::tempdir().unwrap();
     let (srv, cli) = (tmp.path().join("office.conf"), tmp.path().join("laptop.ovpn"));
-    std::fs::write(&srv, "port 1194\ndev tap0\nserver-bridge 192.168.10.1 255.255.255.0 192.168.10.100 192.168.10.150\nca ca.crt\n")
-        .unwrap();
     std::fs::write(&cli, "client\ndev tap\nremote vpn.example.com 1194\n").unwrap();
     let labs = tmp.path().join("mylabs");
     let args = ["new", "tapco", "--server", &srv.to_string_lossy(), "--client", &cli.to_string_lossy(), "--dir", &labs.to_string_lossy()];
+    // Without addresses (the office's DHCP server would give them) the lab cannot be built.
+    std::fs::write(&srv, "port 1194\ndev tap0\nserver-bridge\nca ca.crt\n").unwrap();
     let o = vpnlab(&args, &labs, tmp.path());
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let want = format!(
-        "{}:3:1: error: `server-bridge 192.168.10.1 255.255.255.0 192.168.10.100 192.168.10.150`: TAP bridging is not supported yet",
-        srv.display()
-    );
+    let want = format!("{}:3:1: error: `server-bridge`: vpnlab new builds `server-bridge GW MASK POOL_START POOL_END` only", srv.display());
     assert!(stderr(&o).contains(&want), "{}", stderr(&o));
     assert!(!labs.join("custom/tapco").exists(), "no empty lab left behind");
-    // The same configs routed (`server`, dev tun) are accepted: the refusal is about the bridge.
-    std::fs::write(&srv, "port 1194\ndev tun\nserver 10.8.0.0 255.255.255.0\n").unwrap();
-    std::fs::write(&cli, "client\ndev tun\nremote vpn.example.com 1194\n").unwrap();
+    // With them: tap0 and br0 in the server's node, the bridged LAN and a host on it.
+    std::fs::write(&srv, "port 1194\ndev tap0\nserver-bridge 192.168.10.1 255.255.255.0 192.168.10.100 192.168.10.150\nca ca.crt\n")
+        .unwrap();
     let o = vpnlab(&args, &labs, tmp.path());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(labs.join("custom/tapco/lab.toml").is_file());
+    let toml = std::fs::read_to_string(labs.join("custom/tapco/lab.toml")).unwrap();
+    for want in [
+        "taps   = [\"tap0\"]",
+        "ports     = [\"eth1\", \"tap0\"]",
+        "addresses = [\"192.168.10.1/24\"]",
+        "client: ping 192.168.10.10 -> reachable",
+    ] {
+        assert!(toml.contains(want), "{want}: {toml}");
+    }
 }

@@ -173,7 +173,7 @@ fn load(src: &mut Sources, from: &Path, inc: &Spanned<String>, stack: &mut Vec<P
     Ok(frag)
 }
 
-/// Adds `later` after what `into` holds. A node declared in both is merged (lists appended,
+/// Adds `later` after what `into` holds. A node declared in both is merged (lists, taps and bridges appended,
 /// `sysctl`/`modes` keys and `nft`/`hostname` must not be set twice); a service or LAN declared
 /// twice is an error naming both places.
 fn merge(src: &Sources, later: RawFragment, into: Target) -> Result<(), InputError> {
@@ -221,6 +221,8 @@ fn merge(src: &Sources, later: RawFragment, into: Target) -> Result<(), InputErr
         f.rules.extend(n.rules);
         f.files.extend(n.files);
         f.setup.extend(n.setup);
+        f.taps.extend(n.taps);
+        f.bridges.extend(n.bridges);
     }
     for (name, svc) in later.services {
         if let Some(first) = into.services.get(&name) {

@@ -25,12 +25,33 @@ pub struct Link {
     pub a: Endpoint,
     pub b: Endpoint,
     pub mtu: Option<u32>,
+    /// Its address space (`space = "home1"`): `None` is the lab's default space.
+    pub space: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Lan {
     pub name: String,
     pub members: Vec<Endpoint>,
+    /// Its address space, as for [`Link::space`].
+    pub space: Option<String>,
+}
+
+/// A persistent TAP device inside a node (`taps = ["tap0 user=nobody 10.9.0.1/24"]`): its
+/// addresses on `ep`; `user`/`group` (names or numbers) may attach to it without CAP_NET_ADMIN.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub ep: Endpoint,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+/// A Linux bridge inside a node (`[[nodes.X.bridges]]`): its own addresses on `ep`, and its
+/// ports (interfaces of the same node: link/LAN ends or taps).
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    pub ep: Endpoint,
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +70,10 @@ pub struct Node {
     pub modes: Vec<(PathBuf, u32)>,
     pub nft: Option<String>,
     pub setup: Vec<String>,
+    /// Persistent TAP devices (`taps = ["tap0"]`), made before the services start.
+    pub taps: Vec<Tap>,
+    /// Bridges (`[[nodes.X.bridges]]`), made after the links and taps, before addresses.
+    pub bridges: Vec<Bridge>,
     /// What `hostname` says in the node (every process of it has a UTS namespace of its own).
     pub hostname: String,
 }
@@ -215,13 +240,20 @@ impl Lab {
     pub fn scenario(&self, name: &str) -> Option<&Scenario> {
         self.scenarios.iter().find(|s| s.name == name)
     }
-    /// Every endpoint of the lab (links and LAN members).
+    /// Every endpoint of the lab (links and LAN members, then the nodes' taps and bridges).
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        self.links.iter().flat_map(|l| [&l.a, &l.b]).chain(self.lans.iter().flat_map(|l| l.members.iter()))
+        self.links
+            .iter()
+            .flat_map(|l| [&l.a, &l.b])
+            .chain(self.lans.iter().flat_map(|l| l.members.iter()))
+            .chain(self.nodes.iter().flat_map(|n| n.taps.iter().map(|t| &t.ep).chain(n.bridges.iter().map(|b| &b.ep))))
     }
-    /// The node that owns an address statically, if any.
+    /// The node that owns an address statically, if exactly one does (an address reused in
+    /// two address spaces has no single owner).
     pub fn owner_of(&self, addr: IpAddr) -> Option<usize> {
-        self.endpoints().find(|e| e.addrs.iter().any(|a| a.addr() == addr)).map(|e| e.node)
+        let mut owners = self.endpoints().filter(|e| e.addrs.iter().any(|a| a.addr() == addr)).map(|e| e.node);
+        let first = owners.next()?;
+        owners.all(|n| n == first).then_some(first)
     }
     /// Every kernel feature the lab needs (for one scenario, or for any of them): the declared
     /// ones plus those its content shows: nft rulesets' table families, sysctls newer than

@@ -7,6 +7,7 @@
 //! runtime crate (no nix, tokio, rtnetlink, rcgen); the runtime (`vpnlab`) re-exports it as
 //! `vpnlab::model`.
 
+mod bridge;
 pub mod counter;
 pub mod error;
 pub mod impair;
@@ -29,7 +30,9 @@ mod words;
 use crate::error::InputError;
 use std::path::{Path, PathBuf};
 
-pub use lab::{daemon_program, Endpoint, FileSpec, KernelFeature, Lab, Lan, Link, Node, Sanitizer, Scenario, Service, SysctlUse};
+pub use lab::{
+    daemon_program, Bridge, Endpoint, FileSpec, KernelFeature, Lab, Lan, Link, Node, Sanitizer, Scenario, Service, SysctlUse, Tap,
+};
 pub use local::is_local as is_local_program;
 pub use words::split_words;
 

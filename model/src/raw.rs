@@ -69,6 +69,12 @@ pub(super) struct RawNode {
     pub(super) nft: Option<String>,
     #[serde(default)]
     pub(super) setup: Vec<Spanned<String>>,
+    /// Persistent TAP devices of the node: `"tap0 [address/prefix ...]"` (bridge.rs).
+    #[serde(default)]
+    pub(super) taps: Vec<Spanned<String>>,
+    /// Linux bridges of the node (bridge.rs).
+    #[serde(default)]
+    pub(super) bridges: Vec<Spanned<super::bridge::RawBridge>>,
     /// The node's hostname (its own UTS namespace); default: the node's name.
     #[serde(default)]
     pub(super) hostname: Option<Spanned<String>>,
@@ -81,6 +87,9 @@ pub(super) struct RawLink {
     pub(super) b: Spanned<String>,
     #[serde(default)]
     pub(super) mtu: Option<u32>,
+    /// The address space of the link's addresses (bridge.rs; default: the lab's one space).
+    #[serde(default)]
+    pub(super) space: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -88,6 +97,9 @@ pub(super) struct RawLink {
 pub(super) struct RawLan {
     pub(super) name: Spanned<String>,
     pub(super) members: Vec<Spanned<String>>,
+    /// The address space of the LAN's addresses (bridge.rs).
+    #[serde(default)]
+    pub(super) space: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -7,15 +7,17 @@ use super::raw::RawLab;
 use super::route::{parse_route, parse_rule};
 use super::step::{parse_duration, parse_step, Action, Step};
 use super::words::split_words;
-use super::{ppp, step};
+use super::{bridge, ppp, step};
 use crate::error::InputError;
-use ipnet::IpNet;
 use regex::Regex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
+
+/// Addresses declared so far, by (address space, address): where each was declared.
+pub(super) type Addrs = HashMap<(Option<String>, IpAddr), usize>;
 
 pub(super) struct Validator<'a> {
     pub(super) file: &'a Path,
@@ -133,11 +135,14 @@ impl Validator<'_> {
 
         // Links and LANs: endpoints, interface names unique per node, addresses unique.
         let mut ifnames: HashMap<(usize, String), usize> = HashMap::new();
-        let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
+        let mut addrs: Addrs = HashMap::new();
+        let mut spaces = bridge::Spaces::default();
         let mut links = Vec::new();
         for l in &raw.links {
-            let a = self.endpoint(&l.get_ref().a, &names, &mut ifnames, &mut addrs)?;
-            let b = self.endpoint(&l.get_ref().b, &names, &mut ifnames, &mut addrs)?;
+            let space = self.space(&l.get_ref().space)?;
+            let a = self.endpoint(&l.get_ref().a, &names, &mut ifnames, &mut addrs, &space)?;
+            let b = self.endpoint(&l.get_ref().b, &names, &mut ifnames, &mut addrs, &space)?;
+            spaces.of_ifs([&a, &b], &space);
             if a.node == b.node {
                 return Err(self.err(
                     self.inner(&l.get_ref().b),
@@ -145,7 +150,7 @@ impl Validator<'_> {
                     "use a second node, or a `[[lans]]` segment",
                 ));
             }
-            links.push(Link { a, b, mtu: l.get_ref().mtu });
+            links.push(Link { a, b, mtu: l.get_ref().mtu, space });
         }
         let mut lans = Vec::new();
         let mut lan_names = Vec::new();
@@ -160,12 +165,16 @@ impl Validator<'_> {
                 ));
             }
             lan_names.push(name.clone());
+            let space = self.space(&l.get_ref().space)?;
             let mut members = Vec::new();
             for m in &l.get_ref().members {
-                members.push(self.endpoint(m, &names, &mut ifnames, &mut addrs)?);
+                members.push(self.endpoint(m, &names, &mut ifnames, &mut addrs, &space)?);
             }
-            lans.push(Lan { name, members });
+            spaces.of_ifs(members.iter(), &space);
+            lans.push(Lan { name, members, space });
         }
+        // Taps and bridges inside the nodes (after the links, whose ends they may bridge).
+        let mut inside = self.bridges(&raw, &mut ifnames, &mut addrs, &mut spaces)?;
 
         // Nodes.
         let mut nodes = Vec::new();
@@ -251,7 +260,20 @@ impl Validator<'_> {
                 }
                 None => name.clone(),
             };
-            nodes.push(Node { name: name.clone(), sysctls, routes, rules, files, modes, nft: node.nft.clone(), setup, hostname });
+            let (taps, bridges) = std::mem::take(&mut inside[idx]);
+            nodes.push(Node {
+                name: name.clone(),
+                sysctls,
+                routes,
+                rules,
+                files,
+                modes,
+                nft: node.nft.clone(),
+                setup,
+                hostname,
+                taps,
+                bridges,
+            });
         }
 
         // Services.
@@ -335,6 +357,7 @@ impl Validator<'_> {
         }
 
         self.local_programs(&raw, &mut nodes, &prelude, &scenarios)?;
+        self.tcp_owners(&addrs, prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())))?;
         for st in prelude.iter().chain(scenarios.iter().flat_map(|s| s.steps.iter())) {
             if let Action::Sysctl { key, .. } = &st.action {
                 let (line, col) = self.sources.line_col(st.offset);
@@ -450,7 +473,8 @@ impl Validator<'_> {
     ) -> Result<(), InputError> {
         if let Action::Impair { node, ifname, .. } | Action::Capture { node, ifname, .. } = action {
             let any = ifname == "any" && matches!(action, Action::Capture { .. });
-            if !any && !ifnames.contains_key(&(*node, ifname.clone())) && !ifname.starts_with("tun") && !ifname.starts_with("ppp") {
+            let daemon_made = ["tun", "tap", "ppp"].iter().any(|p| ifname.starts_with(p));
+            if !any && !ifnames.contains_key(&(*node, ifname.clone())) && !daemon_made {
                 return Err(self.err(
                     at,
                     format!("node `{}` has no interface `{ifname}`", nodes[*node].name),
@@ -460,7 +484,7 @@ impl Validator<'_> {
         }
         if let Action::RouteAdd { node, route } | Action::RouteDel { node, route } = action {
             for dev in route.devs() {
-                if !ifnames.contains_key(&(*node, dev.to_string())) && !dev.starts_with("tun") && !dev.starts_with("ppp") {
+                if !ifnames.contains_key(&(*node, dev.to_string())) && !["tun", "tap", "ppp"].iter().any(|p| dev.starts_with(p)) {
                     return Err(self.err(
                         at,
                         format!("node `{}` has no interface `{dev}`", nodes[*node].name),
@@ -472,13 +496,14 @@ impl Validator<'_> {
         Ok(())
     }
 
-    /// Parses `node:ifname addr/prefix ...`.
+    /// Parses `node:ifname addr/prefix ...`; its addresses are unique within `space`.
     pub(super) fn endpoint(
         &self,
         s: &Spanned<String>,
         names: &NameTable,
         ifnames: &mut HashMap<(usize, String), usize>,
-        addrs: &mut HashMap<IpAddr, usize>,
+        addrs: &mut Addrs,
+        space: &Option<String>,
     ) -> Result<Endpoint, InputError> {
         let at = self.inner(s);
         let text = s.get_ref();
@@ -488,16 +513,38 @@ impl Validator<'_> {
             .split_once(':')
             .ok_or_else(|| self.err(at, format!("`{head}` is not NODE:IFNAME"), "write it as \"node:ifname 10.0.0.1/24\""))?;
         let node = names.node_idx(node_name).map_err(|m| self.err(at, m.0, m.1))?;
+        self.interface(s, node_name.len() + 1, node, node_name, ifname, ifnames, addrs, space, false)
+    }
+
+    /// An interface `ifname` of `node` declared by `s` (its name at byte `name_off` of the
+    /// value, its addresses after the first word): the name checked and unique in the node,
+    /// the addresses parsed and unique in `space` (`owner_words`: a tap's `user=`/`group=` are
+    /// not addresses).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn interface(
+        &self,
+        s: &Spanned<String>,
+        name_off: usize,
+        node: usize,
+        node_name: &str,
+        ifname: &str,
+        ifnames: &mut HashMap<(usize, String), usize>,
+        addrs: &mut Addrs,
+        space: &Option<String>,
+        owner_words: bool,
+    ) -> Result<Endpoint, InputError> {
+        let at = self.inner(s);
+        let head = s.get_ref().split_whitespace().next().unwrap_or("");
         if ifname.is_empty() || ifname.len() > 15 || !ifname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
             return Err(self.err(
-                self.at(s, node_name.len() + 1),
+                self.at(s, name_off),
                 format!("`{ifname}` is not a valid interface name"),
                 "use at most 15 letters, digits, '-', '_' or '.'",
             ));
         }
         if ifname == "lo" {
-            return Err(self.err(self.at(s, node_name.len() + 1), "`lo` is the node's loopback", "choose another interface name"));
+            return Err(self.err(self.at(s, name_off), "`lo` is the node's loopback", "choose another interface name"));
         }
         if let Some(prev) = ifnames.insert((node, ifname.to_string()), at) {
             // With fragments, say where the first one is (it may be in another file).
@@ -508,35 +555,7 @@ impl Validator<'_> {
                 "give each interface of a node its own name",
             ));
         }
-        let mut out = Vec::new();
-        let mut pos = at + head.len();
-        for w in words {
-            let off = text[pos - at..].find(w).map(|i| pos + i).unwrap_or(pos);
-            pos = off + w.len();
-            let net: IpNet = w.parse().map_err(|_| {
-                self.err(
-                    self.at(s, off - at),
-                    format!("`{w}` is not an address with a prefix length (CIDR)"),
-                    "write it like 10.198.0.10/16 or 2001:db8:198::10/64",
-                )
-            })?;
-            if net.addr() == net.network() && net.prefix_len() < net.max_prefix_len() - 1 {
-                return Err(self.err(
-                    self.at(s, off - at),
-                    format!("`{w}` is the network address of its subnet, not a host address"),
-                    "pick a host address inside the subnet",
-                ));
-            }
-            if let Some(prev) = addrs.insert(net.addr(), self.at(s, off - at)) {
-                let (line, col) = self.sources.line_col(prev);
-                return Err(self.err(
-                    self.at(s, off - at),
-                    format!("address {} is already used at {}", net.addr(), self.place_of(prev, line, col)),
-                    "give every interface its own address",
-                ));
-            }
-            out.push(net);
-        }
+        let out = self.addresses(s, head.len(), node, addrs, space, owner_words)?;
         Ok(Endpoint { node, ifname: ifname.to_string(), addrs: out })
     }
 }

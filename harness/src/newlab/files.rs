@@ -1,6 +1,7 @@
 //! Stage 5, the lab files: the folder, `lab.toml`, the rewritten configs and README.md, validated
 //! before [`create_with_report`] returns (a half-written folder is removed).
 
+use super::bridge::{plan_bridge, BridgePlan};
 use super::meaning::{client_conf, server_conf, ClientConf, ServerConf};
 use super::plan::{plan, Plan};
 use super::readme::readme;
@@ -120,19 +121,12 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
         msg,
         hint: "give the customer's OpenVPN server config with --server and the client config with --client".into(),
     };
-    // A TAP bridged server has no `server NET MASK` pool and needs a bridge in the server's
-    // node: the skeleton would be an empty scenario that passes. Say so instead.
-    if let Some((_, args, line)) = sconf.directives().find(|(name, _, _)| *name == "server-bridge") {
-        return Err(InputError {
-            file: spec.server_conf.clone(),
-            line,
-            col: 1,
-            msg: format!("`server-bridge{}`: TAP bridging is not supported yet by `vpnlab new`", args.iter().map(|a| format!(" {a}")).collect::<String>()),
-            hint: "write the lab by hand (LAB_FORMAT.md: a `setup` script in the server's node can make tap0 and the bridge), or give a routed (`server NET MASK`, dev tun) config".into(),
-        }
-        .into());
+    // A TAP bridged server: its bridged LAN stands for the pool (bridge.rs).
+    let bridge = plan_bridge(&sconf, &spec.server_conf)?;
+    let mut s = server_conf(&sconf).map_err(|m| input_err(&spec.server_conf, m))?;
+    if let Some(b) = &bridge {
+        (s.pool, s.vpn_addr) = (Some(b.net), Some(b.gw));
     }
-    let s = server_conf(&sconf).map_err(|m| input_err(&spec.server_conf, m))?;
     let c = client_conf(&cconf).map_err(|m| input_err(&spec.client_conf, m))?;
     if c.remote.is_none() {
         return Err(input_err(&spec.client_conf, "the client config has no `remote`: the lab cannot tell where it connects".into()).into());
@@ -300,8 +294,8 @@ pub fn create_with_report(spec: &NewLab) -> Result<Created> {
         server_files.push("ccd".into());
     }
 
-    let lab_toml =
-        lab_toml(spec, &folder, &s, &c, &p, &srv_name, &cli_name, &server_files, &client_files, &client_modes, srv.uses_ccd, dnat);
+    let files = (&server_files[..], &client_files[..], &client_modes[..]);
+    let lab_toml = lab_toml(spec, &folder, &s, &c, &p, &srv_name, &cli_name, files, srv.uses_ccd, dnat, bridge.as_ref());
     write("lab.toml", &lab_toml)?;
 
     let lab = crate::model::load(&folder)
@@ -325,12 +319,12 @@ pub(super) fn lab_toml(
     p: &Plan,
     srv_name: &str,
     cli_name: &str,
-    server_files: &[String],
-    client_files: &[String],
-    client_modes: &[(String, &str)],
+    (server_files, client_files, client_modes): (&[String], &[String], &[(String, &str)]),
     uses_ccd: bool,
     dnat: bool,
+    bridge: Option<&BridgePlan>,
 ) -> String {
+    let bridge_port = format!("eth{}", p.server_lans.len() + 1);
     let list = |v: &[String]| format!("[{}]", v.iter().map(|x| q(x)).collect::<Vec<_>>().join(", "));
     let mut t = String::new();
     let _ = writeln!(
@@ -367,7 +361,16 @@ pub(super) fn lab_toml(
             l.ifname, l.name, l.net, l.router_addr, l.origin
         );
     }
-    if let Some(pool) = s.pool {
+    if let Some(b) = bridge {
+        let _ = writeln!(
+            t,
+            "#   server {bridge_port} + {}: bridge br0 {}/{} (server-bridge), LAN host bridgehost {}",
+            b.dev,
+            b.gw,
+            b.net.prefix_len(),
+            b.host
+        );
+    } else if let Some(pool) = s.pool {
         let _ = writeln!(
             t,
             "#   VPN pool {pool}{}, server {}",
@@ -410,7 +413,13 @@ pub(super) fn lab_toml(
     if uses_ccd {
         let _ = writeln!(t, "modes  = {{ \"ccd\" = \"755\" }}   # read after the daemon drops privileges");
     }
+    if let Some(b) = bridge {
+        b.server_toml(&mut t, &bridge_port);
+    }
     t.push('\n');
+    if let Some(b) = bridge {
+        b.lan_toml(&mut t, &bridge_port);
+    }
     for l in p.server_lans.iter().chain(&p.client_lans) {
         if let Some((name, _)) = &l.host {
             let _ = writeln!(t, "[nodes.{name}]");
@@ -458,6 +467,9 @@ pub(super) fn lab_toml(
             l.name,
             l.origin
         );
+    }
+    if let Some(b) = bridge {
+        let _ = writeln!(t, "  {},   # bridgehost, on the bridged LAN", q(&format!("client: ping {} -> reachable", b.host)));
     }
     for l in &p.server_lans {
         if let Some((n, a)) = &l.host {

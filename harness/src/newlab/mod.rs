@@ -21,6 +21,7 @@
 
 use anyhow::Result;
 use std::path::PathBuf;
+mod bridge;
 mod files;
 mod meaning;
 mod plan;

@@ -42,6 +42,9 @@ pub(super) fn readme(
         s.topology.as_ref().map(|t| format!(", `topology {t}`")).unwrap_or_default()
     );
     match (s.pool, s.vpn_addr) {
+        (Some(pool), Some(a)) if s.tap && lab.nodes.iter().any(|n| !n.bridges.is_empty()) => {
+            let _ = writeln!(r, "- TAP bridged (`server-bridge`): the server's tap and the LAN `bridged` ({pool}) are bridged in br0 {a}");
+        }
         (Some(pool), Some(a)) => {
             let _ = writeln!(r, "- VPN pool {pool}; the server is {a}");
         }

@@ -53,8 +53,8 @@ impl Lab_<'_> {
         Ok(())
     }
 
-    /// One tcpdump per link (on its `a` end) and per LAN (on its bridge), ready when it says
-    /// it is listening.
+    /// One tcpdump per link (on its `a` end), per LAN (on its bridge) and per tap and bridge of a
+    /// node, ready when it says it is listening.
     pub(super) fn start_captures(&mut self) -> Result<()> {
         let dir = self.work.path().join("pcap");
         std::fs::create_dir_all(&dir)?;
@@ -65,6 +65,12 @@ impl Lab_<'_> {
         }
         for (i, lan) in self.lab.lans.iter().enumerate() {
             targets.push((&self.topo.lans[i].ns, "br0".into(), format!("lan-{}", lan.name)));
+        }
+        // The nodes' own taps and bridges (what crosses a tap is what its daemon carries).
+        for (i, n) in self.lab.nodes.iter().enumerate() {
+            for e in n.taps.iter().map(|t| &t.ep).chain(n.bridges.iter().map(|b| &b.ep)) {
+                targets.push((&self.topo.nodes[i].ns, e.ifname.clone(), format!("{}-{}", n.name, e.ifname)));
+            }
         }
         for (ns, ifname, file) in targets {
             let pcap = dir.join(format!("{file}.pcap"));

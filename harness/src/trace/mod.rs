@@ -29,6 +29,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod bridge;
 mod explain;
 pub(crate) mod nflog;
 mod ruleset;
@@ -100,6 +101,7 @@ pub fn trace_by(
     probed.context("the probe of the trace failed")?;
 
     let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other };
+    w.unbridge(); // bridged passes out (bridge.rs)
     w.explain(src_node);
     Ok(Trace { lines: w.lines, end: w.end })
 }

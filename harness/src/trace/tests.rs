@@ -102,6 +102,9 @@ fn chain(r: &str, b: &str, a_addrs: &str) -> String {
 #[path = "tests_v6.rs"]
 mod v6;
 
+#[path = "tests_bridge.rs"]
+mod bridge;
+
 /// Builds the lab, runs `ping -c 2 -W 0.3 [ping_args] dest` in node 0 under the trace,
 /// checks that nothing of the trace is left, and returns its lines.
 fn run(lab_src: &str, dest: &str, ping_args: &[&str]) -> Vec<String> {

@@ -316,6 +316,9 @@ impl Walker<'_, '_> {
             }
         }
         if next.is_empty() {
+            if let Some(why) = self.no_arp_reply(node, dev, pl[0].saddr, pl[0].daddr) {
+                return vec![self.drop_here(dir, node, text, why)]; // bridge.rs
+            }
             let why = self.lost_why(node, dev, pl[0].saddr, pl[0].daddr);
             text.push_str(&format!(" -> {why}"));
             self.line(dir, node, &text);

@@ -306,8 +306,20 @@ pub(crate) fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
     let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None, work_root: None };
+    let t0 = std::time::Instant::now();
     let mut live = runner::Live::start(&lab, &job.scenario, &opts)?;
-    while live.step().is_some() {}
+    // With progress, each step's wall time in the guest (the host relays the lines).
+    let label = format!("[{}::{}]", lab.id, job.scenario);
+    let mut t = std::time::Instant::now();
+    if job.progress {
+        eprintln!("  {label} (guest: lab built and daemons ready in {:.0} ms)", t0.elapsed().as_secs_f64() * 1e3);
+    }
+    while live.step().is_some() {
+        if job.progress {
+            eprintln!("  {label} (step took {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
+            t = std::time::Instant::now();
+        }
+    }
     // No teardown: the guest is powered off as soon as this process exits, which ends every
     // process and namespace of the lab at once. (With --pcap, tcpdump is stopped as usual.)
     let mut run = if job.pcap { live.finish() } else { live.finish_abandoned() };
@@ -398,11 +410,6 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         for l in out.console.lines().filter(|l| l.contains(&format!("[{}::{scenario}]", lab.id))) {
             opts.emit(l);
         }
-        opts.emit(&format!(
-            "  (user-mode-linux: boot {:.0} ms, total {:.0} ms)",
-            out.boot.as_secs_f64() * 1e3,
-            out.total.as_secs_f64() * 1e3
-        ));
     }
     let res_path = shared.join("result.toml");
     let res: Run = match std::fs::read_to_string(&res_path) {
@@ -412,6 +419,22 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
             bail!("the user-mode-linux guest wrote no result (exit {}); its console ended with:\n{}", out.exit_code, tail.join("\n"));
         }
     };
+    if opts.wants_progress() {
+        // total = boot + the guest's vpnlab (start, build, daemons, steps) + the rest (the guest
+        // process loading the lab, writing the result, power-off, host side).
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let tm = &res.timings;
+        let lab_time = tm.build + tm.daemons + tm.steps + tm.teardown;
+        opts.emit(&format!(
+            "  (user-mode-linux: boot {:.0} ms, build {:.0} ms, daemons {:.0} ms, steps {:.0} ms, rest {:.0} ms, total {:.0} ms)",
+            ms(out.boot),
+            ms(tm.build),
+            ms(tm.daemons),
+            ms(tm.steps),
+            ms(out.total.saturating_sub(out.boot + lab_time)),
+            ms(out.total)
+        ));
+    }
     Ok(res.with_work(work))
 }
 

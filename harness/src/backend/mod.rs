@@ -298,6 +298,10 @@ struct Job {
     /// `/` read-only, so the cache and the paths are the same inside).
     #[serde(default)]
     with: crate::with::With,
+    /// The `--version` lines of the lab's daemons, asked on the host (the same binaries):
+    /// the guest's version conditions (`[libreswan < 5]`) need not run them again.
+    #[serde(default)]
+    versions: std::collections::BTreeMap<String, String>,
 }
 
 /// Inside the guest (started as [`crate::reexec::Role::Guest`]): runs the job's scenario and
@@ -305,6 +309,9 @@ struct Job {
 pub(crate) fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
+    for (daemon, line) in &job.versions {
+        crate::versions::preset(daemon, line);
+    }
     let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None, work_root: None };
     let t0 = std::time::Instant::now();
     let mut live = runner::Live::start(&lab, &job.scenario, &opts)?;
@@ -369,6 +376,19 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options, backend: Backend) -> Resul
     backend.driver().run(lab, scenario, opts)
 }
 
+/// The host's `--version` lines of the daemons `lab`'s version conditions name (asked once per
+/// process, a few ms natively), for the guest.
+fn daemon_versions(lab: &Lab) -> std::collections::BTreeMap<String, String> {
+    let daemons: std::collections::BTreeSet<&'static str> = lab
+        .scenarios
+        .iter()
+        .flat_map(|sc| sc.steps.iter())
+        .chain(lab.prelude.iter())
+        .filter_map(|st| st.when.as_ref().map(|c| c.daemon))
+        .collect();
+    daemons.into_iter().map(|d| (d.to_string(), crate::versions::version(d))).collect()
+}
+
 fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let work = opts.work_dir(&format!("{}-{scenario}-uml", lab.id))?;
     let shared = work.path().to_path_buf();
@@ -379,6 +399,7 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         progress: opts.wants_progress(),
         pcap: opts.pcap,
         with: opts.with.clone(),
+        versions: daemon_versions(lab),
     };
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;

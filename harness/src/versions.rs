@@ -55,7 +55,6 @@ pub fn version_with(daemon: &str, mounts: &[crate::process::BindMount]) -> Strin
 
 /// The first line of the daemon's `--version`, cached for the life of the process.
 pub fn version(daemon: &str) -> String {
-    static CACHE: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
     if let Some(v) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).get(daemon) {
         return v.clone();
     }
@@ -63,6 +62,15 @@ pub fn version(daemon: &str) -> String {
     CACHE.lock().unwrap_or_else(|p| p.into_inner()).insert(daemon.to_string(), v.clone());
     v
 }
+
+/// Takes `line` as the daemon's `--version` answer for the rest of the process (the UML guest:
+/// the host asked the same binary, which the guest sees through hostfs; asking again in the
+/// guest costs one cold exec of the daemon, 0.2-1 s there).
+pub fn preset(daemon: &str, line: &str) {
+    CACHE.lock().unwrap_or_else(|p| p.into_inner()).entry(daemon.to_string()).or_insert_with(|| line.to_string());
+}
+
+static CACHE: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
 
 fn ask(daemon: &str) -> String {
     ask_with(daemon, &[])

@@ -298,6 +298,10 @@ struct Job {
     /// `/` read-only, so the cache and the paths are the same inside).
     #[serde(default)]
     with: crate::with::With,
+    /// The `--version` lines of the lab's daemons, asked on the host (the same binaries):
+    /// the guest's version conditions (`[libreswan < 5]`) need not run them again.
+    #[serde(default)]
+    versions: std::collections::BTreeMap<String, String>,
 }
 
 /// Inside the guest (started as [`crate::reexec::Role::Guest`]): runs the job's scenario and
@@ -305,9 +309,24 @@ struct Job {
 pub(crate) fn guest_run(job_path: &Path) -> Result<()> {
     let job: Job = toml::from_str(&std::fs::read_to_string(job_path)?)?;
     let lab = crate::model::load(&job.lab_dir).map_err(|e| anyhow!("{e}"))?;
+    for (daemon, line) in &job.versions {
+        crate::versions::preset(daemon, line);
+    }
     let opts = Options { keep: true, progress: job.progress, pcap: job.pcap, with: job.with, sink: None, work_root: None };
+    let t0 = std::time::Instant::now();
     let mut live = runner::Live::start(&lab, &job.scenario, &opts)?;
-    while live.step().is_some() {}
+    // With progress, each step's wall time in the guest (the host relays the lines).
+    let label = format!("[{}::{}]", lab.id, job.scenario);
+    let mut t = std::time::Instant::now();
+    if job.progress {
+        eprintln!("  {label} (guest: lab built and daemons ready in {:.0} ms)", t0.elapsed().as_secs_f64() * 1e3);
+    }
+    while live.step().is_some() {
+        if job.progress {
+            eprintln!("  {label} (step took {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
+            t = std::time::Instant::now();
+        }
+    }
     // No teardown: the guest is powered off as soon as this process exits, which ends every
     // process and namespace of the lab at once. (With --pcap, tcpdump is stopped as usual.)
     let mut run = if job.pcap { live.finish() } else { live.finish_abandoned() };
@@ -357,6 +376,19 @@ pub fn run(lab: &Lab, scenario: &str, opts: &Options, backend: Backend) -> Resul
     backend.driver().run(lab, scenario, opts)
 }
 
+/// The host's `--version` lines of the daemons `lab`'s version conditions name (asked once per
+/// process, a few ms natively), for the guest.
+fn daemon_versions(lab: &Lab) -> std::collections::BTreeMap<String, String> {
+    let daemons: std::collections::BTreeSet<&'static str> = lab
+        .scenarios
+        .iter()
+        .flat_map(|sc| sc.steps.iter())
+        .chain(lab.prelude.iter())
+        .filter_map(|st| st.when.as_ref().map(|c| c.daemon))
+        .collect();
+    daemons.into_iter().map(|d| (d.to_string(), crate::versions::version(d))).collect()
+}
+
 fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     let work = opts.work_dir(&format!("{}-{scenario}-uml", lab.id))?;
     let shared = work.path().to_path_buf();
@@ -367,6 +399,7 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         progress: opts.wants_progress(),
         pcap: opts.pcap,
         with: opts.with.clone(),
+        versions: daemon_versions(lab),
     };
     let job_path = shared.join("job.toml");
     std::fs::write(&job_path, toml::to_string(&job)?)?;
@@ -398,11 +431,6 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         for l in out.console.lines().filter(|l| l.contains(&format!("[{}::{scenario}]", lab.id))) {
             opts.emit(l);
         }
-        opts.emit(&format!(
-            "  (user-mode-linux: boot {:.0} ms, total {:.0} ms)",
-            out.boot.as_secs_f64() * 1e3,
-            out.total.as_secs_f64() * 1e3
-        ));
     }
     let res_path = shared.join("result.toml");
     let res: Run = match std::fs::read_to_string(&res_path) {
@@ -412,6 +440,22 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
             bail!("the user-mode-linux guest wrote no result (exit {}); its console ended with:\n{}", out.exit_code, tail.join("\n"));
         }
     };
+    if opts.wants_progress() {
+        // total = boot + the guest's vpnlab (start, build, daemons, steps) + the rest (the guest
+        // process loading the lab, writing the result, power-off, host side).
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let tm = &res.timings;
+        let lab_time = tm.build + tm.daemons + tm.steps + tm.teardown;
+        opts.emit(&format!(
+            "  (user-mode-linux: boot {:.0} ms, build {:.0} ms, daemons {:.0} ms, steps {:.0} ms, rest {:.0} ms, total {:.0} ms)",
+            ms(out.boot),
+            ms(tm.build),
+            ms(tm.daemons),
+            ms(tm.steps),
+            ms(out.total.saturating_sub(out.boot + lab_time)),
+            ms(out.total)
+        ));
+    }
     Ok(res.with_work(work))
 }
 

@@ -30,6 +30,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod explain;
+mod kernel;
 pub(crate) mod nflog;
 mod ruleset;
 mod walk;
@@ -67,7 +68,9 @@ const TABLE: &str = "vpnlab_trace";
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Installs per-node observation, runs `probe` (a closure that sends the traffic, e.g. the real
-/// ping of the failed check, re-run), collects, removes the observation, and explains.
+/// ping of the failed check, re-run), collects, removes the observation, and explains. Where
+/// the kernel gives drop events (`crate::drops`, decided once per process), a drop names the
+/// kernel's interface, function and reason instead of the inferred cause.
 pub fn trace(
     nodes: &[TraceNode],
     pid: &PidNs,
@@ -76,12 +79,28 @@ pub fn trace(
     dest: IpAddr,
     probe: impl FnOnce() -> Result<()>,
 ) -> Result<Trace> {
-    trace_by(Method::for_this_kernel(), nodes, pid, cwd, src_node, dest, probe)
+    trace_with(Method::for_this_kernel(), crate::drops::available().is_ok(), nodes, pid, cwd, src_node, dest, probe)
 }
 
-/// [`trace`] with the observation method chosen by the caller (tests run both).
+/// [`trace`] with the observation method chosen by the caller and no drop events (tests run
+/// both methods and compare them).
 pub fn trace_by(
     method: Method,
+    nodes: &[TraceNode],
+    pid: &PidNs,
+    cwd: &Path,
+    src_node: usize,
+    dest: IpAddr,
+    probe: impl FnOnce() -> Result<()>,
+) -> Result<Trace> {
+    trace_with(method, false, nodes, pid, cwd, src_node, dest, probe)
+}
+
+/// [`trace_by`], with the kernel's drop events (`kernel_drops`) or without.
+#[allow(clippy::too_many_arguments)]
+pub fn trace_with(
+    method: Method,
+    kernel_drops: bool,
     nodes: &[TraceNode],
     pid: &PidNs,
     cwd: &Path,
@@ -93,13 +112,31 @@ pub fn trace_by(
         bail!("trace: source node index {src_node} out of range ({} nodes)", nodes.len());
     }
     let fam = Fam { v6: dest.is_ipv6() };
+    let mut watch = if kernel_drops {
+        let spaces: Vec<&NetNs> = nodes.iter().map(|n| n.netns).collect();
+        Some(crate::drops::Watch::start(&spaces)?)
+    } else {
+        None
+    };
     let (obs, before, after, probed) = match method {
         Method::Nft => observe_nft(nodes, pid, cwd, fam, dest, probe)?,
         Method::Nflog => observe_nflog(nodes, pid, cwd, fam, dest, probe)?,
     };
     probed.context("the probe of the trace failed")?;
+    let mut drops = match watch.as_mut() {
+        Some(w) => w.since(crate::drops::Mark::START).to_vec(),
+        None => Vec::new(),
+    };
+    drop(watch);
+    let spaces: Vec<&NetNs> = nodes.iter().map(|n| n.netns).collect();
+    crate::drops::name_devs(&mut drops, &spaces);
+    if crate::config::get().trace_debug {
+        for d in &drops {
+            eprintln!("drop at {}: {} {:?}", nodes[d.node].name, d.describe(), d.packet);
+        }
+    }
 
-    let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other };
+    let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other, drops };
     w.explain(src_node);
     Ok(Trace { lines: w.lines, end: w.end })
 }

@@ -205,14 +205,13 @@ impl Watch {
     }
 }
 
+/// A record as a [`Drop`] of one of `nodes` (by namespace inode), with the kernel's names.
 fn decode(nodes: &[(u32, String)], raw: &Raw) -> Option<Drop> {
-    {
-        let node = nodes.iter().position(|(i, _)| *i == raw.netns)?;
-        let reason = names::reasons().ok().and_then(|r| r.get(&raw.reason).cloned()).unwrap_or_else(|| format!("reason {}", raw.reason));
-        let function = names::symbols().ok().and_then(|s| s.function(raw.location)).unwrap_or("?").to_string();
-        let head = &raw.head[..usize::from(raw.captured).min(raw.head.len())];
-        Some(Drop { node, ifindex: raw.ifindex, dev: String::new(), function, reason, packet: Packet::parse(head) })
-    }
+    let node = nodes.iter().position(|(i, _)| *i == raw.netns)?;
+    let reason = names::reasons().ok().and_then(|r| r.get(&raw.reason).cloned()).unwrap_or_else(|| format!("reason {}", raw.reason));
+    let function = names::symbols().ok().and_then(|s| s.function(raw.location).map(str::to_string)).unwrap_or_else(|| "?".into());
+    let head = &raw.head[..usize::from(raw.captured).min(raw.head.len())];
+    Some(Drop { node, ifindex: raw.ifindex, dev: String::new(), function, reason, packet: Packet::parse(head) })
 }
 
 /// Names the interfaces of `drops` (their ifindex inside their node: `if_indextoname` on the

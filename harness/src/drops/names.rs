@@ -38,20 +38,24 @@ pub fn parse_reasons(format: &str) -> Result<HashMap<u32, String>> {
 /// The kernel's text symbols, sorted by address.
 pub struct Symbols(Vec<(u64, String)>);
 
-/// Read once per process (the kernel's text does not move; modules loaded later are looked up
-/// again in `function`).
-pub fn symbols() -> Result<&'static Symbols> {
-    static S: OnceLock<Result<Symbols, String>> = OnceLock::new();
-    S.get_or_init(|| {
-        let text = std::fs::read_to_string("/proc/kallsyms").map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
-        let s = Symbols::parse(&text);
-        if s.0.is_empty() {
-            return Err("/proc/kallsyms shows no addresses (kernel.kptr_restrict, or not root)".into());
+/// The symbols as of the modules loaded now: read once, and again when `/proc/modules` changed
+/// (a lab's first nft ruleset loads nf_tables after a drop was first named, say).
+pub fn symbols() -> Result<std::sync::Arc<Symbols>> {
+    static S: std::sync::Mutex<Option<(String, std::sync::Arc<Symbols>)>> = std::sync::Mutex::new(None);
+    let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+    let mut cached = S.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((m, s)) = cached.as_ref() {
+        if *m == modules {
+            return Ok(s.clone());
         }
-        Ok(s)
-    })
-    .as_ref()
-    .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+    let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+    let s = std::sync::Arc::new(Symbols::parse(&text));
+    if s.0.is_empty() {
+        bail!("/proc/kallsyms shows no addresses (kernel.kptr_restrict, or not root)");
+    }
+    *cached = Some((modules, s.clone()));
+    Ok(s)
 }
 
 impl Symbols {

@@ -63,10 +63,17 @@ pub const SILENCE: Duration = Duration::from_secs(1);
 pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The drops that show every one of a ping's `count` probes lost inside the lab: for one echo
-/// id, sequence numbers 1..=count each dropped as the request to `dest`, its reply from `dest`,
-/// or an ICMP error quoting either. Copies refused by a socket ([`crate::drops::Drop::is_copy`])
-/// prove nothing. `None` while some probe may still be answered.
-pub fn probes_lost(drops: &[crate::drops::Drop], dest: IpAddr, count: u32) -> Option<Vec<crate::drops::Drop>> {
+/// id, sequence numbers 1..=count each dropped as its reply from `dest`, an ICMP error quoting
+/// the request or the reply, or (with `requests`) the request to `dest` itself. Copies refused
+/// by a socket ([`crate::drops::Drop::is_copy`]) prove nothing. `None` while some probe may
+/// still be answered.
+///
+/// A negative check leaves out dropped requests: the node that dropped one may have sent the
+/// pinger an ICMP error (no route, a REJECT rule: the kernel reports both as drops), which ping
+/// prints if it is still running and the transcript shows; stopping ping first would make that
+/// line depend on timing. A dropped reply's or error's ICMP error never goes to the pinger. The
+/// trace's own probe prints nothing and counts requests too.
+pub fn probes_lost(drops: &[crate::drops::Drop], dest: IpAddr, count: u32, requests: bool) -> Option<Vec<crate::drops::Drop>> {
     use std::collections::BTreeMap;
     let mut by_id: BTreeMap<u16, BTreeMap<u16, &crate::drops::Drop>> = BTreeMap::new();
     for d in drops.iter().filter(|d| !d.is_copy()) {
@@ -77,7 +84,8 @@ pub fn probes_lost(drops: &[crate::drops::Drop], dest: IpAddr, count: u32) -> Op
             crate::drops::L4::IcmpError { quoted: Some(q), .. } => q.as_ref(),
             _ => p,
         };
-        let ours = if reply { echo.src == dest } else { echo.dst == dest };
+        let error = matches!(p.l4, crate::drops::L4::IcmpError { .. });
+        let ours = if reply { echo.src == dest } else { echo.dst == dest && (requests || error) };
         if ours && seq >= 1 && u32::from(seq) <= count {
             by_id.entry(id).or_default().entry(seq).or_insert(d);
         }
@@ -130,7 +138,7 @@ pub fn ping(
         (PingExpect::Unreachable, Some(watch)) => {
             let from = watch.mark();
             let mut decide = |slice: Duration| {
-                lost = watch.wait(from, slice, |d| probes_lost(d, dest, count));
+                lost = watch.wait(from, slice, |d| probes_lost(d, dest, count, false));
                 lost.is_some()
             };
             crate::process::run_capture_until(netns, pid, &argv, cwd, Duration::from_secs(30), &[], &[], Some(&mut decide))?

@@ -168,3 +168,44 @@ fn another_labs_drops_decide_nothing() {
     let echo_drops = ws.since(Mark::START).iter().filter(|d| d.packet.as_ref().and_then(|p| p.echo()).is_some()).count();
     assert_eq!(echo_drops, 0, "the silent lab saw no echo dropped: {:#?}", ws.since(Mark::START));
 }
+
+/// `probe::probes_lost` on made-up drops: which prove a negative check's probes lost.
+#[test]
+fn which_drops_decide_a_negative_check() {
+    let (me, dest): (IpAddr, IpAddr) = ("10.0.1.2".parse().unwrap(), "10.0.2.2".parse().unwrap());
+    let echo = |reply: bool, seq: u16| {
+        let (src, dst) = if reply { (dest, me) } else { (me, dest) };
+        Packet { src, dst, ttl: 63, l4: L4::Echo { reply, id: 7, seq } }
+    };
+    let drop = |p: Packet, reason: &str| Drop {
+        node: 1,
+        ifindex: 2,
+        dev: String::new(),
+        function: "f".into(),
+        reason: reason.into(),
+        packet: Some(p),
+    };
+    let lost = |d: &[Drop], requests: bool| crate::probe::probes_lost(d, dest, 2, requests).map(|v| v.len());
+    let replies = [drop(echo(true, 1), "IP_INNOROUTES"), drop(echo(true, 2), "IP_INNOROUTES")];
+    assert_eq!(lost(&replies, false), Some(2));
+    assert_eq!(lost(&replies[..1], false), None, "one probe may still be answered");
+    // Requests may have drawn an ICMP error that ping would print: only the trace counts them.
+    let requests = [drop(echo(false, 1), "IP_INNOROUTES"), drop(echo(false, 2), "IP_INNOROUTES")];
+    assert_eq!(lost(&requests, false), None);
+    assert_eq!(lost(&requests, true), Some(2));
+    // A reply handed to ping's raw socket and freed for want of a ping socket is delivered.
+    let delivered = [drop(echo(true, 1), "NO_SOCKET"), drop(echo(true, 2), "NO_SOCKET")];
+    assert_eq!(lost(&delivered, false), None);
+    // An ICMP error about a request, itself dropped: that probe is lost.
+    let error = |seq: u16| Packet {
+        src: "10.0.1.1".parse().unwrap(),
+        dst: me,
+        ttl: 64,
+        l4: L4::IcmpError { itype: 3, code: 0, quoted: Some(Box::new(echo(false, seq))) },
+    };
+    assert_eq!(lost(&[drop(error(1), "NETFILTER_DROP"), drop(error(2), "NETFILTER_DROP")], false), Some(2));
+    // Another echo id (another pinger): not ours together.
+    let mut other = echo(true, 2);
+    other.l4 = L4::Echo { reply: true, id: 8, seq: 2 };
+    assert_eq!(lost(&[replies[0].clone(), drop(other, "IP_INNOROUTES")], false), None);
+}

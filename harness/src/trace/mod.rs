@@ -317,7 +317,7 @@ pub fn run_ping_trace_full(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usiz
         let mut lost = false;
         let mut decide = |slice: Duration| {
             let Some(w) = watch else { return false };
-            lost = w.borrow_mut().wait(crate::drops::Mark::START, slice, |d| crate::probe::probes_lost(d, dest, 2)).is_some();
+            lost = w.borrow_mut().wait(crate::drops::Mark::START, slice, |d| crate::probe::probes_lost(d, dest, 2, true)).is_some();
             lost
         };
         let decider: Option<crate::process::Decider> = if watch.is_some() { Some(&mut decide) } else { None };

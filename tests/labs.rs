@@ -129,7 +129,8 @@ fn host_state() -> Option<String> {
 }
 
 /// Scenarios also run with the UML backend forced: OpenVPN labs with a firewall, and the trace
-/// (NFLOG observation points there: the guest kernel has no nftables inet family).
+/// (NFLOG observation points there: the guest kernel has no nftables inet family; nor drop
+/// events, so a trace's drop line is inferred and compared with `<scenario>@uml.snap`).
 const UML_TRIALS: &[(&str, &str)] = &[
     ("openvpn/missing-return-route", "where-it-dies"),
     ("openvpn/ipv6-return-route", "where-it-dies"),

@@ -12,6 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod script;
+
 #[derive(Clone, Copy, Debug)]
 pub enum Shape {
     Chain,
@@ -467,6 +469,9 @@ pub fn run(
                 let _ = writeln!(md, "{line}");
             }
         }
+    }
+    if let Some(lab) = labs.iter().find(|l| l.id == script::LAB) {
+        md.push_str(&script::sections(lab, reps)?);
     }
     if !suite.is_empty() {
         let _ = writeln!(md, "\n## The whole suite\n\nEvery scenario of every lab ({} scenarios), run once each by a pool of worker threads (like `cargo test --test labs -- --test-threads N`).\n", suite.iter().map(|l| l.scenarios.len()).sum::<usize>());

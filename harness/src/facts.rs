@@ -29,6 +29,10 @@ pub struct PingFact {
     pub not_sent: Option<String>,
     /// How long a probe without an answer was waited for (the negative check's silence).
     pub waited: Duration,
+    /// A negative check decided by the kernel's drop events: one drop per probe (the request,
+    /// its reply or an ICMP error about either), which ended the wait early. Empty when the
+    /// silence decided (or the check was not negative).
+    pub dropped: Vec<crate::drops::Drop>,
 }
 
 impl PingFact {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod counters;
 pub mod diagram;
 pub mod doctor;
+pub mod drops;
 pub mod env;
 pub mod error;
 pub mod facts;

@@ -255,6 +255,7 @@ mod tests {
             errors: vec![],
             not_sent: None,
             waited: Duration::from_secs(1),
+            dropped: Vec::new(),
         }
     }
     fn ping_action(expect: PingExpect) -> Action {

@@ -62,9 +62,43 @@ pub const SILENCE: Duration = Duration::from_secs(1);
 /// How long a reachability check waits for its replies (ping's `-w`).
 pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The drops that show every one of a ping's `count` probes lost inside the lab: for one echo
+/// id, sequence numbers 1..=count each dropped as its reply from `dest`, an ICMP error quoting
+/// the request or the reply, or (with `requests`) the request to `dest` itself. Copies refused
+/// by a socket ([`crate::drops::Drop::is_copy`]) prove nothing. `None` while some probe may
+/// still be answered.
+///
+/// A negative check leaves out dropped requests: the node that dropped one may have sent the
+/// pinger an ICMP error (no route, a REJECT rule: the kernel reports both as drops), which ping
+/// prints if it is still running and the transcript shows; stopping ping first would make that
+/// line depend on timing. A dropped reply's or error's ICMP error never goes to the pinger. The
+/// trace's own probe prints nothing and counts requests too.
+pub fn probes_lost(drops: &[crate::drops::Drop], dest: IpAddr, count: u32, requests: bool) -> Option<Vec<crate::drops::Drop>> {
+    use std::collections::BTreeMap;
+    let mut by_id: BTreeMap<u16, BTreeMap<u16, &crate::drops::Drop>> = BTreeMap::new();
+    for d in drops.iter().filter(|d| !d.is_copy()) {
+        let Some(p) = &d.packet else { continue };
+        let Some((reply, id, seq)) = p.echo() else { continue };
+        // The echo itself, or the one an ICMP error quotes.
+        let echo = match &p.l4 {
+            crate::drops::L4::IcmpError { quoted: Some(q), .. } => q.as_ref(),
+            _ => p,
+        };
+        let error = matches!(p.l4, crate::drops::L4::IcmpError { .. });
+        let ours = if reply { echo.src == dest } else { echo.dst == dest && (requests || error) };
+        if ours && seq >= 1 && u32::from(seq) <= count {
+            by_id.entry(id).or_default().entry(seq).or_insert(d);
+        }
+    }
+    by_id.into_values().find(|seqs| seqs.len() as u32 >= count).map(|seqs| seqs.into_values().cloned().collect())
+}
+
 /// Runs real `ping`. Reachability checks stop at the first `count` replies (deadline 5 s);
 /// negative checks send `count` probes 10 ms apart and wait [`SILENCE`] after the last; loss
-/// checks send exactly `count` (20 ms apart) and wait [`SILENCE`] for the last replies.
+/// checks send exactly `count` (20 ms apart) and wait [`SILENCE`] for the last replies. With
+/// the lab's drop events (`drops`), a negative check ends as soon as every probe is seen
+/// dropped inside the lab ([`probes_lost`]; the drops go into the fact); with no such
+/// evidence it still waits out the silence.
 #[allow(clippy::too_many_arguments)]
 pub fn ping(
     netns: &NetNs,
@@ -76,6 +110,7 @@ pub fn ping(
     count: u32,
     size: Option<u32>,
     expect: &PingExpect,
+    drops: Option<&mut crate::drops::Watch>,
 ) -> Result<crate::facts::PingFact> {
     let silence = format!("{}", SILENCE.as_secs_f64());
     let mut argv: Vec<String> = vec!["ping".into(), "-n".into(), "-c".into(), count.to_string()];
@@ -98,7 +133,18 @@ pub fn ping(
         size.map(|s| format!(" -s {s}")).unwrap_or_default(),
         src.map(|s| format!(" -I {s}")).unwrap_or_default()
     );
-    let out = run_capture(netns, pid, &argv, cwd, Duration::from_secs(30))?;
+    let mut lost: Option<Vec<crate::drops::Drop>> = None;
+    let out = match (expect, drops) {
+        (PingExpect::Unreachable, Some(watch)) => {
+            let from = watch.mark();
+            let mut decide = |slice: Duration| {
+                lost = watch.wait(from, slice, |d| probes_lost(d, dest, count, false));
+                lost.is_some()
+            };
+            crate::process::run_capture_until(netns, pid, &argv, cwd, Duration::from_secs(30), &[], &[], Some(&mut decide))?
+        }
+        _ => run_capture(netns, pid, &argv, cwd, Duration::from_secs(30))?,
+    };
     let r = parse_ping(&out.text);
     let mut fact = crate::facts::PingFact {
         node: node.to_string(),
@@ -115,6 +161,7 @@ pub fn ping(
             .collect(),
         not_sent: None,
         waited: if matches!(expect, PingExpect::Reachable) { REPLY_DEADLINE } else { SILENCE },
+        dropped: lost.unwrap_or_default(),
     };
     // No route at all: ping cannot even send ("connect: Network is unreachable").
     if let Some(l) = out.text.lines().find(|l| l.contains("Network is unreachable") && !l.starts_with("From ")) {

@@ -194,6 +194,26 @@ pub fn run_capture_env(
     mounts: &[BindMount],
     env: &[(&str, &Path)],
 ) -> Result<Output> {
+    run_capture_until(netns, pid, argv, cwd, timeout, mounts, env, None)
+}
+
+/// Asked while a command of [`run_capture_until`] runs: waits up to the given time for
+/// something that decides the command's outcome early, and says whether it did.
+pub type Decider<'a> = &'a mut dyn FnMut(Duration) -> bool;
+
+/// [`run_capture_env`]; when `decided` says yes before the command ends, the command is sent
+/// SIGINT (ping then prints its statistics and exits) and waited for as usual.
+#[allow(clippy::too_many_arguments)]
+pub fn run_capture_until(
+    netns: &NetNs,
+    pid: &PidNs,
+    argv: &[String],
+    cwd: &Path,
+    timeout: Duration,
+    mounts: &[BindMount],
+    env: &[(&str, &Path)],
+    mut decided: Option<Decider>,
+) -> Result<Output> {
     let (mut r, w) = std::io::pipe().context("pipe")?;
     let w2 = w.try_clone()?;
     let mut cmd = command(netns, argv, cwd, Stdio::from(w), Stdio::from(w2), mounts)?;
@@ -204,7 +224,17 @@ pub fn run_capture_env(
         let _ = r.read_to_end(&mut buf);
         buf
     });
-    let status = wait_deadline(&mut child, Instant::now() + timeout)?;
+    let deadline = Instant::now() + timeout;
+    if let Some(decided) = decided.as_mut() {
+        // Short slices: the command's own exit is noticed within one.
+        while child.try_wait()?.is_none() && Instant::now() < deadline {
+            if decided(Duration::from_millis(20)) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as libc::pid_t), nix::sys::signal::Signal::SIGINT);
+                break;
+            }
+        }
+    }
+    let status = wait_deadline(&mut child, deadline)?;
     let timed_out = status.is_none();
     let status = match status {
         Some(s) => Some(s),

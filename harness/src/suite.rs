@@ -262,8 +262,14 @@ fn judge(lab: &Lab, scenario: &str, opts: &Options, accept: bool, id: &str, forc
         duration: Duration::ZERO,
     };
     // A snapshot variant per daemon minor version (`<scenario>@openvpn-2.7.snap`) when a
-    // non-host version ran and the lab has one; else `<scenario>.snap`.
-    let variants = opts.with.variants(lab);
+    // non-host version ran and the lab has one; else `<scenario>.snap`. A lab the host runs
+    // natively but that was sent into user-mode-linux (`--backend uml`, the UML lab trials) is
+    // compared with `<scenario>@uml.snap` first: that kernel has no drop events, so a trace
+    // infers its drops (`crate::drops`).
+    let mut variants = opts.with.variants(lab);
+    if backend == Backend::Uml && crate::backend::has_all(Backend::Native, lab, scenario) {
+        variants.insert(0, "uml".to_string());
+    }
     let (snap_path, variant) = snapshot::choose(lab, scenario, &variants);
     // What `--accept` / a `.snap.new` writes: the variant of the version that ran when its
     // transcript differs from the base snapshot, else the base.

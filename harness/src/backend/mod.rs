@@ -104,6 +104,11 @@ pub fn has(backend: Backend, f: KernelFeature) -> bool {
     backend.driver().has(f)
 }
 
+/// Whether `backend`'s kernel has every feature `scenario` of `lab` needs.
+pub fn has_all(backend: Backend, lab: &Lab, scenario: &str) -> bool {
+    lab.kernel_needs(Some(scenario)).iter().all(|f| has(backend, *f))
+}
+
 /// Which backend runs `scenario` of `lab` (or any scenario: `None`): `force` (else
 /// `VPNLAB_BACKEND=native|uml`) picks one; otherwise native when the host kernel has every
 /// feature the scenario needs ([`Lab::kernel_needs`]), else UML when its kernel has them all.

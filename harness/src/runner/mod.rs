@@ -184,6 +184,9 @@ struct Lab_<'a> {
     /// Log sizes when the last step that changed something began (a `log` check's default
     /// start: lines caused by the change).
     change_marks: Vec<u64>,
+    /// The lab's drop events (`crate::drops`), started at the first negative ping; `Some(None)`
+    /// where the kernel gives none.
+    drops: Option<Option<crate::drops::Watch>>,
 }
 
 /// Runs `scenario` of `lab`. Errors are problems of the environment (cannot create a
@@ -259,6 +262,7 @@ impl<'a> Live<'a> {
             label: label.clone(),
             marks: vec![0; lab.services.len()],
             change_marks: vec![0; lab.services.len()],
+            drops: None,
         };
         l.t.push(&format!("# {label}"));
         if !sc.about.is_empty() {

@@ -235,6 +235,18 @@ impl Lab_<'_> {
         Err(StepFailed::check(msg, miss.observed, miss.expected))
     }
 
+    /// The lab's drop events, started on first use (`None` where the kernel gives none, or
+    /// starting failed: then negative checks wait out their silence as before).
+    fn start_drop_watch(&mut self) {
+        if self.drops.is_none() {
+            let started = crate::drops::available().ok().and_then(|()| {
+                let spaces: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
+                crate::drops::Watch::start(&spaces).ok()
+            });
+            self.drops = Some(started);
+        }
+    }
+
     /// Executes a step and returns what it observed. `Err` only when it could not be executed
     /// at all (an error of the run, not a verdict).
     pub(super) fn observe(&mut self, action: &Action, text: &str, prev_marks: &[u64]) -> Result<Fact, StepFailed> {
@@ -244,18 +256,26 @@ impl Lab_<'_> {
         Ok(match action {
             Action::Ping { node, src, dest, count, size, expect } => {
                 let n = node_name(node);
-                let f = crate::probe::ping(
+                let dir = self.node_dir(*node);
+                if matches!(expect, PingExpect::Unreachable) {
+                    self.start_drop_watch();
+                }
+                let watch = if matches!(expect, PingExpect::Unreachable) { self.drops.as_mut().and_then(|w| w.as_mut()) } else { None };
+                let mut f = crate::probe::ping(
                     &self.topo.nodes[*node].ns,
                     &self.pid,
-                    &self.node_dir(*node),
+                    &dir,
                     &n,
                     src.as_deref(),
                     *dest,
                     *count,
                     *size,
                     expect,
+                    watch,
                 )
                 .map_err(|e| fail(format!("{n}: ping {dest}: {e:#}")))?;
+                let spaces: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
+                crate::drops::name_devs(&mut f.dropped, &spaces);
                 Fact::Ping(f)
             }
             Action::RouteAdd { node, route } | Action::RouteDel { node, route } => {

@@ -130,7 +130,8 @@ impl Walker<'_, '_> {
                 }
             }
             End::Dropped { node, why } if *node == src => {
-                format!("echo request to {dest} {} -> never left {}", strip_evidence(why), self.name(src))
+                let why = if why.starts_with(super::kernel::KERNEL) { self.dropped(why, src) } else { strip_evidence(why) };
+                format!("echo request to {dest} {why} -> never left {}", self.name(src))
             }
             End::Dropped { node, why } => {
                 format!("echo request to {dest} reached {}; it {}", self.name(*node), self.dropped(&strip_evidence(why), *node))

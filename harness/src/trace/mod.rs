@@ -25,12 +25,14 @@
 
 use crate::ns::{NetNs, PidNs};
 use anyhow::{bail, Context, Result};
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod bridge;
 mod explain;
+mod kernel;
 pub(crate) mod nflog;
 mod ruleset;
 mod walk;
@@ -68,7 +70,9 @@ const TABLE: &str = "vpnlab_trace";
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Installs per-node observation, runs `probe` (a closure that sends the traffic, e.g. the real
-/// ping of the failed check, re-run), collects, removes the observation, and explains.
+/// ping of the failed check, re-run), collects, removes the observation, and explains. Where
+/// the kernel gives drop events (`crate::drops`, decided once per process), a drop names the
+/// kernel's interface, function and reason instead of the inferred cause.
 pub fn trace(
     nodes: &[TraceNode],
     pid: &PidNs,
@@ -77,10 +81,11 @@ pub fn trace(
     dest: IpAddr,
     probe: impl FnOnce() -> Result<()>,
 ) -> Result<Trace> {
-    trace_by(Method::for_this_kernel(), nodes, pid, cwd, src_node, dest, probe)
+    trace_with(Method::for_this_kernel(), crate::drops::available().is_ok(), nodes, pid, cwd, src_node, dest, probe)
 }
 
-/// [`trace`] with the observation method chosen by the caller (tests run both).
+/// [`trace`] with the observation method chosen by the caller and no drop events (tests run
+/// both methods and compare them).
 pub fn trace_by(
     method: Method,
     nodes: &[TraceNode],
@@ -90,17 +95,80 @@ pub fn trace_by(
     dest: IpAddr,
     probe: impl FnOnce() -> Result<()>,
 ) -> Result<Trace> {
+    trace_with(method, false, nodes, pid, cwd, src_node, dest, probe)
+}
+
+/// [`trace_by`], with the kernel's drop events (`kernel_drops`) or without.
+#[allow(clippy::too_many_arguments)]
+pub fn trace_with(
+    method: Method,
+    kernel_drops: bool,
+    nodes: &[TraceNode],
+    pid: &PidNs,
+    cwd: &Path,
+    src_node: usize,
+    dest: IpAddr,
+    probe: impl FnOnce() -> Result<()>,
+) -> Result<Trace> {
+    trace_probing(method, kernel_drops, nodes, pid, cwd, src_node, dest, |_| probe().map(|()| false))
+}
+
+/// [`trace_with`] whose probe is handed the drop events while it runs (to stop once every
+/// probe is seen dropped) and says whether they accounted for every probe: then nothing but
+/// ICMP errors can still be in flight, and the observation points are read 20 ms apart
+/// instead of 50 ms until they agree.
+#[allow(clippy::too_many_arguments)]
+pub fn trace_probing(
+    method: Method,
+    kernel_drops: bool,
+    nodes: &[TraceNode],
+    pid: &PidNs,
+    cwd: &Path,
+    src_node: usize,
+    dest: IpAddr,
+    probe: impl FnOnce(Option<&RefCell<crate::drops::Watch>>) -> Result<bool>,
+) -> Result<Trace> {
     if src_node >= nodes.len() {
         bail!("trace: source node index {src_node} out of range ({} nodes)", nodes.len());
     }
     let fam = Fam { v6: dest.is_ipv6() };
-    let (obs, before, after, probed) = match method {
-        Method::Nft => observe_nft(nodes, pid, cwd, fam, dest, probe)?,
-        Method::Nflog => observe_nflog(nodes, pid, cwd, fam, dest, probe)?,
-    };
+    // The drop locator loads (30 ms: BTF relocations, the verifier) while the observation
+    // points are installed; the probe waits for it.
+    let watch: RefCell<Option<crate::drops::Watch>> = RefCell::new(None);
+    let (observed, drops) = std::thread::scope(|s| -> Result<_> {
+        let loading = kernel_drops.then(|| {
+            let spaces: Vec<&NetNs> = nodes.iter().map(|n| n.netns).collect();
+            s.spawn(move || crate::drops::Watch::start(&spaces))
+        });
+        let probe = || -> Result<bool> {
+            if let Some(l) = loading {
+                let w = l.join().map_err(|_| anyhow::anyhow!("loading the drop locator panicked"))??;
+                *watch.borrow_mut() = Some(w);
+            }
+            let w = watch.borrow_mut().take().map(RefCell::new);
+            let r = probe(w.as_ref());
+            *watch.borrow_mut() = w.map(RefCell::into_inner);
+            r
+        };
+        let observed = match method {
+            Method::Nft => observe_nft(nodes, pid, cwd, fam, dest, probe)?,
+            Method::Nflog => observe_nflog(nodes, pid, cwd, fam, dest, probe)?,
+        };
+        let drops = watch.borrow_mut().as_mut().map(|w| w.since(crate::drops::Mark::START).to_vec()).unwrap_or_default();
+        Ok((observed, drops))
+    })?;
+    let (obs, before, after, probed) = observed;
     probed.context("the probe of the trace failed")?;
+    let mut drops = drops;
+    let spaces: Vec<&NetNs> = nodes.iter().map(|n| n.netns).collect();
+    crate::drops::name_devs(&mut drops, &spaces);
+    if crate::config::get().trace_debug {
+        for d in &drops {
+            eprintln!("drop at {}: {} {:?}", nodes[d.node].name, d.describe(), d.packet);
+        }
+    }
 
-    let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other };
+    let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other, drops };
     w.unbridge(); // bridged passes out (bridge.rs)
     w.explain(src_node);
     Ok(Trace { lines: w.lines, end: w.end })
@@ -129,15 +197,16 @@ impl Method {
 
 type Observed = (Vec<Obs>, Vec<Counters>, Vec<Counters>, Result<()>);
 
-/// Reads until three readings 50 ms apart agree (the observation points count only the probe's
-/// ICMP, nothing else), within 3 s: packets still in flight (a reply on its way back through a
-/// tunnel; on a loaded machine a userspace VPN daemon can hold a packet for a while) land.
-fn settle<T: PartialEq>(mut read: impl FnMut() -> Result<T>) -> Result<T> {
+/// Reads until three readings `gap` apart (50 ms; 20 ms when the drop events accounted for every
+/// probe) agree (the observation points count only the probe's ICMP, nothing else), within 3 s:
+/// packets still in flight (a reply on its way back through a tunnel; on a loaded machine a
+/// userspace VPN daemon can hold a packet for a while) land.
+fn settle<T: PartialEq>(gap: Duration, mut read: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut seen = read()?;
     let mut agreeing = 0;
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(gap);
         let again = read()?;
         agreeing = if again == seen { agreeing + 1 } else { 0 };
         seen = again;
@@ -154,14 +223,15 @@ type Around<T> = (Vec<Counters>, T, Vec<Counters>, Result<()>);
 /// observation points until they settle ([`settle`]), the counters after.
 fn around_probe<T: PartialEq>(
     nodes: &[TraceNode],
-    probe: impl FnOnce() -> Result<()>,
+    probe: impl FnOnce() -> Result<bool>,
     read: impl FnMut() -> Result<T>,
 ) -> Result<Around<T>> {
     let before = par(nodes, |n| snmp(n.netns))?;
     let probed = probe();
-    let seen = settle(read)?;
+    let gap = Duration::from_millis(if matches!(probed, Ok(true)) { 20 } else { 50 });
+    let seen = settle(gap, read)?;
     let after = par(nodes, |n| snmp(n.netns))?;
-    Ok((before, seen, after, probed))
+    Ok((before, seen, after, probed.map(|_| ())))
 }
 
 fn observe_nft(
@@ -170,7 +240,7 @@ fn observe_nft(
     cwd: &Path,
     fam: Fam,
     dest: IpAddr,
-    probe: impl FnOnce() -> Result<()>,
+    probe: impl FnOnce() -> Result<bool>,
 ) -> Result<Observed> {
     let ruleset = ruleset(fam, dest);
     // `nft -f FILE` (as the runner loads rulesets): a temporary file in the node's directory, so
@@ -203,7 +273,7 @@ fn observe_nflog(
     cwd: &Path,
     fam: Fam,
     dest: IpAddr,
-    probe: impl FnOnce() -> Result<()>,
+    probe: impl FnOnce() -> Result<bool>,
 ) -> Result<Observed> {
     let mut installed = nflog::Installed::install(nodes, pid, cwd, fam, dest)?;
     let (before, counts, after, probed) = around_probe(nodes, probe, || installed.read())?;
@@ -242,11 +312,20 @@ pub fn run_ping_trace_full(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usiz
     let nodes: Vec<TraceNode> = spaces.iter().map(|ns| TraceNode { name: &ns.name, netns: ns }).collect();
     let argv: Vec<String> =
         ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).chain([dest.to_string()]).collect();
-    let t = trace(&nodes, pid, cwd, src, dest, || {
-        crate::process::run_capture(spaces[src], pid, &argv, cwd, std::time::Duration::from_secs(10))?;
-        Ok(())
-    })?;
-    Ok(t)
+    let kernel_drops = crate::drops::available().is_ok();
+    trace_probing(Method::for_this_kernel(), kernel_drops, &nodes, pid, cwd, src, dest, |watch| {
+        // With drop events, the ping stops as soon as both probes are seen dropped in the lab
+        // instead of waiting out its -W 0.3.
+        let mut lost = false;
+        let mut decide = |slice: Duration| {
+            let Some(w) = watch else { return false };
+            lost = w.borrow_mut().wait(crate::drops::Mark::START, slice, |d| crate::probe::probes_lost(d, dest, 2, true)).is_some();
+            lost
+        };
+        let decider: Option<crate::process::Decider> = if watch.is_some() { Some(&mut decide) } else { None };
+        crate::process::run_capture_until(spaces[src], pid, &argv, cwd, Duration::from_secs(10), &[], &[], decider)?;
+        Ok(lost)
+    })
 }
 
 #[cfg(test)]

@@ -105,9 +105,17 @@ mod v6;
 #[path = "tests_bridge.rs"]
 mod bridge;
 
+#[path = "tests_kernel.rs"]
+mod kernel;
+
 /// Builds the lab, runs `ping -c 2 -W 0.3 [ping_args] dest` in node 0 under the trace,
 /// checks that nothing of the trace is left, and returns its lines.
 fn run(lab_src: &str, dest: &str, ping_args: &[&str]) -> Vec<String> {
+    run_with(lab_src, dest, ping_args, false)
+}
+
+/// [`run`], with the kernel's drop events (`kernel_drops`) or without.
+fn run_with(lab_src: &str, dest: &str, ping_args: &[&str], kernel_drops: bool) -> Vec<String> {
     assert!(crate::env::is_root(), "building namespaces needs root: sudo -E cargo test");
     let dir = tempfile::tempdir().unwrap();
     let lab = crate::model::parse(&dir.path().join("lab.toml"), lab_src).unwrap_or_else(|e| panic!("{e:?}"));
@@ -125,7 +133,7 @@ fn run(lab_src: &str, dest: &str, ping_args: &[&str]) -> Vec<String> {
     // Both observation methods, one after the other on the same lab: the same lines.
     let mut lines = Vec::new();
     for method in [Method::Nft, Method::Nflog] {
-        let t = trace_by(method, &nodes, &pid, dir.path(), 0, dest.parse().unwrap(), || {
+        let t = trace_with(method, kernel_drops, &nodes, &pid, dir.path(), 0, dest.parse().unwrap(), || {
             let mut argv: Vec<String> = ["ping", "-n", "-c", "2", "-i", "0.05", "-W", "0.3"].iter().map(|s| s.to_string()).collect();
             argv.extend(ping_args.iter().map(|s| s.to_string()));
             argv.push(dest.to_string());

@@ -53,6 +53,8 @@ pub(super) struct Walker<'a, 'b> {
     pub(super) after: Vec<Counters>,
     pub(super) lines: Vec<String>,
     pub(super) end: TraceEnd,
+    /// The kernel's drop events during the probe (empty where it gives none).
+    pub(super) drops: Vec<crate::drops::Drop>,
 }
 
 impl Walker<'_, '_> {
@@ -163,7 +165,9 @@ impl Walker<'_, '_> {
     /// `was dropped in forward (...)` -> `was dropped in forward at r (...)`; otherwise the
     /// verdict with `-> dropped at r`.
     /// Ends a hop at `node`: its line gets ` -> <why> -> dropped at NODE`.
-    pub(super) fn drop_here(&mut self, dir: Dir, node: usize, mut text: String, why: String) -> End {
+    /// `why` is asked only when the kernel did not say ([`Walker::kernel_why`]).
+    pub(super) fn drop_here(&mut self, dir: Dir, k: Kind, node: usize, mut text: String, why: impl FnOnce(&Self) -> String) -> End {
+        let why = self.kernel_why(node, k, why);
         text.push_str(&format!(" -> {}", self.dropped(&why, node)));
         self.line(dir, node, &text);
         End::Dropped { node, why }
@@ -171,6 +175,9 @@ impl Walker<'_, '_> {
 
     pub(super) fn dropped(&self, why: &str, node: usize) -> String {
         let n = self.name(node);
+        if let Some(said) = why.strip_prefix(super::kernel::KERNEL) {
+            return format!("was dropped at {n}: {said}");
+        }
         for h in HOOKS {
             let p = format!("was dropped in {}", h.nft());
             if let Some(rest) = why.strip_prefix(&p) {
@@ -204,13 +211,17 @@ impl Walker<'_, '_> {
         let origins = self.elems(src, Hook::Out, Pos::First, Kind::Req).to_vec();
         let mut req_ends = Vec::new();
         if origins.is_empty() {
-            let why = match self.route_get(src, dest, None, None) {
+            let why = self.kernel_why(src, Kind::Req, |w| match w.route_get(src, dest, None, None) {
                 Err(e) if e.contains("unreachable") => format!("found no route ({e})"),
                 Err(e) => format!("could not be routed ({e})"),
                 Ok(_) => "was never sent (no echo request reached output)".to_string(),
+            });
+            let said = if why.starts_with(super::kernel::KERNEL) {
+                self.dropped(&why, src)
+            } else {
+                format!("{why}{}", self.evidence(src, &["Ip.OutNoRoutes", "Ip6OutNoRoutes"], 1))
             };
-            let ev = self.evidence(src, &["Ip.OutNoRoutes", "Ip6OutNoRoutes"], 1);
-            self.line(Dir::Request, src, &format!("to {dest}: {why}{ev} -> never left {}", self.name(src)));
+            self.line(Dir::Request, src, &format!("to {dest}: {said} -> never left {}", self.name(src)));
             req_ends.push(End::Dropped { node: src, why });
         }
         for e in &origins {
@@ -226,7 +237,7 @@ impl Walker<'_, '_> {
                 }
                 let reps = self.elems(node, Hook::Out, Pos::First, Kind::Rep).to_vec();
                 if reps.is_empty() {
-                    let why = self.no_reply_why(node, &e);
+                    let why = self.kernel_why(node, Kind::Rep, |w| w.no_reply_why(node, &e));
                     self.line(Dir::Reply, node, &format!("to {}: {}", show(e.saddr), self.dropped(&why, node)));
                     rep_ends.push(End::Dropped { node, why });
                 }
@@ -269,8 +280,7 @@ impl Walker<'_, '_> {
         };
         let last = self.at(node, Hook::Out, Pos::Last, k, e.ttl, Some(&e.dev));
         if last.is_empty() {
-            let why = self.firewall(node, Hook::Out);
-            return vec![self.drop_here(dir, node, text, why)];
+            return vec![self.drop_here(dir, k, node, text, |w| w.firewall(node, Hook::Out))];
         }
         text.push_str(&Self::partial(e.packets, Self::sum(&last), Hook::Out));
         self.leave(dir, k, node, e.ttl, &e.dev, e.saddr, Self::sum(&last), text, path)
@@ -298,8 +308,7 @@ impl Walker<'_, '_> {
         }
         let pl = self.at(node, Hook::Post, Pos::Last, k, ttl, Some(dev));
         if pl.is_empty() {
-            let why = self.firewall(node, Hook::Post);
-            return vec![self.drop_here(dir, node, text, why)];
+            return vec![self.drop_here(dir, k, node, text, |w| w.firewall(node, Hook::Post))];
         }
         text.push_str(&Self::partial(prev.min(Self::sum(&pf)), Self::sum(&pl), Hook::Post));
         if let Some(p) = pl.iter().find(|p| p.saddr != saddr) {
@@ -317,7 +326,16 @@ impl Walker<'_, '_> {
         }
         if next.is_empty() {
             if let Some(why) = self.no_arp_reply(node, dev, pl[0].saddr, pl[0].daddr) {
-                return vec![self.drop_here(dir, node, text, why)]; // bridge.rs
+                return vec![self.drop_here(dir, k, node, text, |_| why)]; // bridge.rs
+            }
+            // The kernel may have said where: at this node (after postrouting: its neighbour)
+            // or at another one before its prerouting (a wrong MAC, a bad header).
+            if let Some(n) = self.kernel_drop_node(node, k) {
+                if n == node {
+                    return vec![self.drop_here(dir, k, node, text, |_| String::new())];
+                }
+                self.line(dir, node, &text);
+                return vec![self.drop_here(dir, k, n, "in".into(), |_| String::new())];
             }
             let why = self.lost_why(node, dev, pl[0].saddr, pl[0].daddr);
             text.push_str(&format!(" -> {why}"));
@@ -366,8 +384,7 @@ impl Walker<'_, '_> {
         let mut text = format!("in {}", e.dev);
         let pl = self.at(node, Hook::Pre, Pos::Last, k, e.ttl, Some(&e.dev));
         if pl.is_empty() {
-            let why = self.firewall(node, Hook::Pre);
-            return vec![self.drop_here(dir, node, text, why)];
+            return vec![self.drop_here(dir, k, node, text, |w| w.firewall(node, Hook::Pre))];
         }
         text.push_str(&Self::partial(e.packets, Self::sum(&pl), Hook::Pre));
         let n_pre = Self::sum(&pl);
@@ -379,8 +396,7 @@ impl Walker<'_, '_> {
             }
             let inl = self.at(node, Hook::In, Pos::Last, k, e.ttl, Some(&e.dev));
             if inl.is_empty() {
-                let why = self.firewall(node, Hook::In);
-                return vec![self.drop_here(dir, node, text, why)];
+                return vec![self.drop_here(dir, k, node, text, |w| w.firewall(node, Hook::In))];
             }
             text.push_str(" -> delivered");
             text.push_str(&Self::partial(Self::sum(&inf), Self::sum(&inl), Hook::In));
@@ -390,8 +406,7 @@ impl Walker<'_, '_> {
         // Forwarded? (the TTL is one less from the forward hook on)
         let fwd = if e.ttl > 0 { self.at(node, Hook::Fwd, Pos::First, k, e.ttl - 1, None) } else { Vec::new() };
         if fwd.is_empty() {
-            let why = self.not_routed_why(node, e, n_pre);
-            return vec![self.drop_here(dir, node, text, why)];
+            return vec![self.drop_here(dir, k, node, text, |w| w.not_routed_why(node, e, n_pre))];
         }
         if let Some(d) = fwd.iter().find(|f| f.daddr != e.daddr) {
             text.push_str(&format!(" (destination NATed to {})", show(d.daddr)));
@@ -405,8 +420,7 @@ impl Walker<'_, '_> {
             let ff = self.at(node, Hook::Fwd, Pos::First, k, e.ttl - 1, Some(&dev));
             let fl = self.at(node, Hook::Fwd, Pos::Last, k, e.ttl - 1, Some(&dev));
             if fl.is_empty() {
-                let why = self.firewall(node, Hook::Fwd);
-                ends.push(self.drop_here(dir, node, t, why));
+                ends.push(self.drop_here(dir, k, node, t, |w| w.firewall(node, Hook::Fwd)));
                 continue;
             }
             let mut t = format!("{text} -> forwarded out {dev}");

@@ -1,7 +1,8 @@
 //! The lab's network, built through rtnetlink (never by shelling out to `ip`): one network
 //! namespace per node and per LAN segment, veth pairs created directly inside their two
-//! namespaces (never in the host's), bridges, the nodes' taps and bridges (`inside.rs`), addresses, links up, sysctls,
-//! routes (multipath and other tables) and rules. Each netlink socket is opened on a thread inside its namespace.
+//! namespaces (never in the host's), LAN bridges, the nodes' taps and bridges (`inside.rs`),
+//! addresses, links up, sysctls, routes (multipath, tables) and rules; each netlink socket is
+//! opened on a thread inside its namespace.
 
 use crate::model::route::{Route, RouteType, Rule};
 use crate::model::{Endpoint, Lab};
@@ -270,15 +271,11 @@ impl Topology {
             NetNs::create_many(&names)?.into_iter().map(NsHandle::open).collect::<Result<Vec<_>>>()?
         };
         let lans = nodes.split_off(lab.nodes.len());
-        for (h, n) in nodes.iter_mut().zip(&lab.nodes) {
-            h.ns.hostname = (n.hostname != n.name).then(|| n.hostname.clone());
-        }
+        nodes.iter_mut().zip(&lab.nodes).for_each(|(h, n)| h.ns.hostname = (n.hostname != n.name).then(|| n.hostname.clone()));
         let topo = Topology { nodes, lans, rt };
-        // IPv6 addresses usable at once: no duplicate address detection in a lab (its addresses
-        // are unique by validation), so no address is "tentative" for the first ~2 s after its
-        // link comes up (a ping from it would fail to bind, a reply from it would not be sent).
-        // Set before any interface exists, so that every interface copies `default`; `all` too,
-        // since the kernel does DAD when either is on. Skipped where the kernel has no IPv6.
+        // IPv6 addresses usable at once: no DAD in a lab (addresses are unique by validation), so
+        // none is "tentative" for ~2 s after its link comes up. Set before any interface exists
+        // (each copies `default`; `all` too: DAD runs when either is on). Skipped without IPv6.
         for h in topo.nodes.iter().chain(topo.lans.iter()) {
             if h.ns.run(|| std::path::Path::new("/proc/sys/net/ipv6").exists())? {
                 for (k, v) in NO_DAD_SYSCTLS {

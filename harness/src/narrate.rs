@@ -127,7 +127,8 @@ fn refused(r: &Result<(), String>) -> String {
     }
 }
 
-/// `reachable (ttl=63)`, `unreachable (100% loss, no reply within 1s)`, `loss 9% (50 of 55 received)`.
+/// `reachable (ttl=63)`, `unreachable (100% loss, no reply within 1s)`, `unreachable (100% loss,
+/// every reply dropped at upstream)`, `loss 9% (50 of 55 received)`.
 pub fn ping_outcome(p: &PingFact, expect: &PingExpect) -> String {
     let errors = p.errors.iter().map(|e| format!("From {}: {}", e.from, e.what)).collect::<Vec<_>>();
     if let Some(why) = &p.not_sent {
@@ -154,6 +155,13 @@ pub fn ping_outcome(p: &PingFact, expect: &PingExpect) -> String {
             s
         }
         _ if !errors.is_empty() => format!("unreachable (100% loss; {})", errors.join("; ")),
+        // Decided by the kernel's drop events (native): every probe's reply was seen dropped.
+        _ if !p.dropped.is_empty() => {
+            let mut at: Vec<&str> = p.dropped.iter().map(|d| d.at.as_str()).collect();
+            at.sort_unstable();
+            at.dedup();
+            format!("unreachable (100% loss, every reply dropped at {})", at.join(", "))
+        }
         _ => format!("unreachable (100% loss, no reply within {})", secs(p.waited)),
     }
 }
@@ -285,6 +293,22 @@ mod tests {
         assert_eq!(
             line(p(55, 50), PingExpect::Loss(5, 20)),
             vec![Line::Say("client$ ping -c2 10.198.0.1  -> loss 9% (50 of 55 received)".into())]
+        );
+        // Decided by the kernel's drop events: says so, and where, instead of a silence it did not wait.
+        let mut d = p(2, 0);
+        let drop = |at: &str| crate::drops::Drop {
+            node: 1,
+            ifindex: 2,
+            dev: "eth0".into(),
+            at: at.into(),
+            function: "ip_error".into(),
+            reason: "IP_INNOROUTES".into(),
+            packet: None,
+        };
+        d.dropped = vec![drop("upstream"), drop("upstream")];
+        assert_eq!(
+            line(d, PingExpect::Unreachable),
+            vec![Line::Say("client$ ping -c2 10.198.0.1  -> unreachable (100% loss, every reply dropped at upstream)".into())]
         );
     }
 

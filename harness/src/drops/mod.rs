@@ -46,6 +46,8 @@ pub struct Drop {
     pub ifindex: u32,
     /// Its name, once [`name_devs`] asked the node (empty before, and without an interface).
     pub dev: String,
+    /// The node's name in the lab, once the runner named it (empty before).
+    pub at: String,
     /// The kernel function that freed it (`ip_error`), without compiler suffixes.
     pub function: String,
     /// The kernel's drop reason without its prefix (`IP_INNOROUTES`).
@@ -211,7 +213,7 @@ fn decode(nodes: &[(u32, String)], raw: &Raw) -> Option<Drop> {
     let reason = names::reasons().ok().and_then(|r| r.get(&raw.reason).cloned()).unwrap_or_else(|| format!("reason {}", raw.reason));
     let function = names::symbols().ok().and_then(|s| s.function(raw.location).map(str::to_string)).unwrap_or_else(|| "?".into());
     let head = &raw.head[..usize::from(raw.captured).min(raw.head.len())];
-    Some(Drop { node, ifindex: raw.ifindex, dev: String::new(), function, reason, packet: Packet::parse(head) })
+    Some(Drop { node, ifindex: raw.ifindex, dev: String::new(), at: String::new(), function, reason, packet: Packet::parse(head) })
 }
 
 /// Names the interfaces of `drops` (their ifindex inside their node: `if_indextoname` on the

@@ -181,6 +181,7 @@ fn which_drops_decide_a_negative_check() {
         node: 1,
         ifindex: 2,
         dev: String::new(),
+        at: String::new(),
         function: "f".into(),
         reason: reason.into(),
         packet: Some(p),

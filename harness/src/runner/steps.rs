@@ -276,6 +276,7 @@ impl Lab_<'_> {
                 .map_err(|e| fail(format!("{n}: ping {dest}: {e:#}")))?;
                 let spaces: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
                 crate::drops::name_devs(&mut f.dropped, &spaces);
+                f.dropped.iter_mut().for_each(|d| d.at = node_name(&d.node));
                 Fact::Ping(f)
             }
             Action::RouteAdd { node, route } | Action::RouteDel { node, route } => {

@@ -132,6 +132,7 @@ pub fn trace_probing(
         bail!("trace: source node index {src_node} out of range ({} nodes)", nodes.len());
     }
     let fam = Fam { v6: dest.is_ipv6() };
+    let t = Instant::now();
     // The drop locator loads (30 ms: BTF relocations, the verifier) while the observation
     // points are installed; the probe waits for it.
     let watch: RefCell<Option<crate::drops::Watch>> = RefCell::new(None);
@@ -150,19 +151,35 @@ pub fn trace_probing(
             *watch.borrow_mut() = w.map(RefCell::into_inner);
             r
         };
-        let observed = match method {
-            Method::Nft => observe_nft(nodes, pid, cwd, fam, dest, probe)?,
-            Method::Nflog => observe_nflog(nodes, pid, cwd, fam, dest, probe)?,
+        // Once the points have settled: the drop events are taken and the drop locator is
+        // unloaded (~20 ms: detaching the tracepoint) on a thread of its own while the
+        // observation points are removed.
+        let drops = RefCell::new(Vec::new());
+        let release = || {
+            if let Some(mut w) = watch.borrow_mut().take() {
+                *drops.borrow_mut() = w.since(crate::drops::Mark::START).to_vec();
+                s.spawn(move || {
+                    let t = Instant::now();
+                    drop(w);
+                    if crate::config::get().trace_debug {
+                        eprintln!("trace timing: unloading the drop locator {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                });
+            }
         };
-        let drops = watch.borrow_mut().as_mut().map(|w| w.since(crate::drops::Mark::START).to_vec()).unwrap_or_default();
-        Ok((observed, drops))
+        let observed = match method {
+            Method::Nft => observe_nft(nodes, pid, cwd, fam, dest, probe, release)?,
+            Method::Nflog => observe_nflog(nodes, pid, cwd, fam, dest, probe, release)?,
+        };
+        Ok((observed, drops.into_inner()))
     })?;
     let (obs, before, after, probed) = observed;
+    let debug = crate::config::get().trace_debug;
     probed.context("the probe of the trace failed")?;
     let mut drops = drops;
     let spaces: Vec<&NetNs> = nodes.iter().map(|n| n.netns).collect();
     crate::drops::name_devs(&mut drops, &spaces);
-    if crate::config::get().trace_debug {
+    if debug {
         for d in &drops {
             eprintln!("drop at {}: {} {:?}", nodes[d.node].name, d.describe(), d.packet);
         }
@@ -171,6 +188,9 @@ pub fn trace_probing(
     let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other, drops };
     w.unbridge(); // bridged passes out (bridge.rs)
     w.explain(src_node);
+    if debug {
+        eprintln!("trace timing: the whole trace {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    }
     Ok(Trace { lines: w.lines, end: w.end })
 }
 
@@ -266,6 +286,7 @@ fn observe_nft(
     fam: Fam,
     dest: IpAddr,
     probe: impl FnOnce() -> Result<bool>,
+    release: impl FnOnce(),
 ) -> Result<Observed> {
     let ruleset = ruleset(fam, dest);
     // `nft -f FILE` (as the runner loads rulesets): a temporary file in the node's directory, so
@@ -293,6 +314,7 @@ fn observe_nft(
         debug_dump(nodes, &ruleset, &texts, &before, &after);
     }
     let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect::<Result<_>>()?;
+    release();
     let t = Instant::now();
     installed.remove()?;
     if debug {
@@ -308,6 +330,7 @@ fn observe_nflog(
     fam: Fam,
     dest: IpAddr,
     probe: impl FnOnce() -> Result<bool>,
+    release: impl FnOnce(),
 ) -> Result<Observed> {
     let mut installed = nflog::Installed::install(nodes, pid, cwd, fam, dest)?;
     let (before, counts, after, probed) = around_probe(nodes, probe, || installed.read())?;
@@ -316,6 +339,7 @@ fn observe_nflog(
         debug_dump(nodes, &nflog::rules(fam, true), &texts, &before, &after);
     }
     let obs = installed.obs()?;
+    release();
     installed.remove()?;
     Ok((obs, before, after, probed))
 }

@@ -132,6 +132,7 @@ pub fn trace_probing(
         bail!("trace: source node index {src_node} out of range ({} nodes)", nodes.len());
     }
     let fam = Fam { v6: dest.is_ipv6() };
+    let t = Instant::now();
     // The drop locator loads (30 ms: BTF relocations, the verifier) while the observation
     // points are installed; the probe waits for it.
     let watch: RefCell<Option<crate::drops::Watch>> = RefCell::new(None);
@@ -150,19 +151,35 @@ pub fn trace_probing(
             *watch.borrow_mut() = w.map(RefCell::into_inner);
             r
         };
-        let observed = match method {
-            Method::Nft => observe_nft(nodes, pid, cwd, fam, dest, probe)?,
-            Method::Nflog => observe_nflog(nodes, pid, cwd, fam, dest, probe)?,
+        // Once the points have settled: the drop events are taken and the drop locator is
+        // unloaded (~20 ms: detaching the tracepoint) on a thread of its own while the
+        // observation points are removed.
+        let drops = RefCell::new(Vec::new());
+        let release = || {
+            if let Some(mut w) = watch.borrow_mut().take() {
+                *drops.borrow_mut() = w.since(crate::drops::Mark::START).to_vec();
+                s.spawn(move || {
+                    let t = Instant::now();
+                    drop(w);
+                    if crate::config::get().trace_debug {
+                        eprintln!("trace timing: unloading the drop locator {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                });
+            }
         };
-        let drops = watch.borrow_mut().as_mut().map(|w| w.since(crate::drops::Mark::START).to_vec()).unwrap_or_default();
-        Ok((observed, drops))
+        let observed = match method {
+            Method::Nft => observe_nft(nodes, pid, cwd, fam, dest, probe, release)?,
+            Method::Nflog => observe_nflog(nodes, pid, cwd, fam, dest, probe, release)?,
+        };
+        Ok((observed, drops.into_inner()))
     })?;
     let (obs, before, after, probed) = observed;
+    let debug = crate::config::get().trace_debug;
     probed.context("the probe of the trace failed")?;
     let mut drops = drops;
     let spaces: Vec<&NetNs> = nodes.iter().map(|n| n.netns).collect();
     crate::drops::name_devs(&mut drops, &spaces);
-    if crate::config::get().trace_debug {
+    if debug {
         for d in &drops {
             eprintln!("drop at {}: {} {:?}", nodes[d.node].name, d.describe(), d.packet);
         }
@@ -171,6 +188,9 @@ pub fn trace_probing(
     let mut w = Walker { nodes, pid, cwd, fam, dest, obs, before, after, lines: Vec::new(), end: TraceEnd::Other, drops };
     w.unbridge(); // bridged passes out (bridge.rs)
     w.explain(src_node);
+    if debug {
+        eprintln!("trace timing: the whole trace {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    }
     Ok(Trace { lines: w.lines, end: w.end })
 }
 
@@ -201,12 +221,18 @@ type Observed = (Vec<Obs>, Vec<Counters>, Vec<Counters>, Result<()>);
 /// probe) agree (the observation points count only the probe's ICMP, nothing else), within 3 s:
 /// packets still in flight (a reply on its way back through a tunnel; on a loaded machine a
 /// userspace VPN daemon can hold a packet for a while) land.
+///
+/// The gap runs from the start of one reading to the start of the next: a reading (an `nft`
+/// process in every node, ~25 ms on a loaded machine) that took longer than the gap is followed
+/// at once, since its snapshot of the counters is already that far from the previous one.
 fn settle<T: PartialEq>(gap: Duration, mut read: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = Instant::now() + Duration::from_secs(3);
+    let mut started = Instant::now();
     let mut seen = read()?;
     let mut agreeing = 0;
     loop {
-        std::thread::sleep(gap);
+        std::thread::sleep(gap.saturating_sub(started.elapsed()));
+        started = Instant::now();
         let again = read()?;
         agreeing = if again == seen { agreeing + 1 } else { 0 };
         seen = again;
@@ -224,13 +250,32 @@ type Around<T> = (Vec<Counters>, T, Vec<Counters>, Result<()>);
 fn around_probe<T: PartialEq>(
     nodes: &[TraceNode],
     probe: impl FnOnce() -> Result<bool>,
-    read: impl FnMut() -> Result<T>,
+    mut read: impl FnMut() -> Result<T>,
 ) -> Result<Around<T>> {
+    let t = Instant::now();
     let before = par(nodes, |n| snmp(n.netns))?;
+    let t_before = t.elapsed();
     let probed = probe();
+    let t_probe = t.elapsed();
     let gap = Duration::from_millis(if matches!(probed, Ok(true)) { 20 } else { 50 });
-    let seen = settle(gap, read)?;
+    let mut readings = 0;
+    let seen = settle(gap, || {
+        readings += 1;
+        read()
+    })?;
+    let t_settle = t.elapsed();
     let after = par(nodes, |n| snmp(n.netns))?;
+    if crate::config::get().trace_debug {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        eprintln!(
+            "trace timing: counters before {:.1} ms, probe {:.1} ms, settle {:.1} ms ({readings} readings, gap {} ms), counters after {:.1} ms",
+            ms(t_before),
+            ms(t_probe - t_before),
+            ms(t_settle - t_probe),
+            gap.as_millis(),
+            ms(t.elapsed() - t_settle)
+        );
+    }
     Ok((before, seen, after, probed.map(|_| ())))
 }
 
@@ -241,6 +286,7 @@ fn observe_nft(
     fam: Fam,
     dest: IpAddr,
     probe: impl FnOnce() -> Result<bool>,
+    release: impl FnOnce(),
 ) -> Result<Observed> {
     let ruleset = ruleset(fam, dest);
     // `nft -f FILE` (as the runner loads rulesets): a temporary file in the node's directory, so
@@ -250,6 +296,7 @@ fn observe_nft(
     std::io::Write::write_all(&mut file, ruleset.as_bytes()).context("writing the trace ruleset file")?;
     let path = file.path().to_string_lossy().into_owned();
     let installed = Installed { nodes, pid, cwd, done: false };
+    let t = Instant::now();
     par(nodes, |n| {
         let out = nft(n.netns, pid, cwd, &["-f", path.as_str()])?;
         if !out.success() {
@@ -258,12 +305,21 @@ fn observe_nft(
         }
         Ok(())
     })?;
+    let debug = crate::config::get().trace_debug;
+    if debug {
+        eprintln!("trace timing: installing the nft tables in {} nodes {:.1} ms", nodes.len(), t.elapsed().as_secs_f64() * 1000.0);
+    }
     let (before, texts, after, probed) = around_probe(nodes, probe, || collect(nodes, pid, cwd))?;
-    if crate::config::get().trace_debug {
+    if debug {
         debug_dump(nodes, &ruleset, &texts, &before, &after);
     }
     let obs: Vec<Obs> = texts.iter().map(|t| parse_sets(t)).collect::<Result<_>>()?;
+    release();
+    let t = Instant::now();
     installed.remove()?;
+    if debug {
+        eprintln!("trace timing: removing the tables {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    }
     Ok((obs, before, after, probed))
 }
 
@@ -274,6 +330,7 @@ fn observe_nflog(
     fam: Fam,
     dest: IpAddr,
     probe: impl FnOnce() -> Result<bool>,
+    release: impl FnOnce(),
 ) -> Result<Observed> {
     let mut installed = nflog::Installed::install(nodes, pid, cwd, fam, dest)?;
     let (before, counts, after, probed) = around_probe(nodes, probe, || installed.read())?;
@@ -282,6 +339,7 @@ fn observe_nflog(
         debug_dump(nodes, &nflog::rules(fam, true), &texts, &before, &after);
     }
     let obs = installed.obs()?;
+    release();
     installed.remove()?;
     Ok((obs, before, after, probed))
 }

@@ -238,9 +238,12 @@ pub(super) fn par<T: Send>(nodes: &[TraceNode], f: impl Fn(&TraceNode) -> Result
     })
 }
 
+/// Every node's `nft -j list sets inet`: the sets with their elements and counters but not the
+/// chains and rules, which `list table` would fetch and print too (half the time of each
+/// reading, ~3 ms instead of ~7 ms per node). [`parse_sets`] keeps this table's sets.
 pub(super) fn collect(nodes: &[TraceNode], pid: &PidNs, cwd: &Path) -> Result<Vec<String>> {
     par(nodes, |n| {
-        let out = nft(n.netns, pid, cwd, &["-j", "list", "table", "inet", TABLE])?;
+        let out = nft(n.netns, pid, cwd, &["-j", "list", "sets", "inet"])?;
         if !out.success() {
             bail!("node `{}`: reading the trace table failed ({}):\n{}", n.name, out.describe_status(), out.text.trim_end());
         }
@@ -315,6 +318,9 @@ struct Object {
 #[derive(Deserialize)]
 struct SetJson {
     name: String,
+    /// The table the set is in (`nft list sets` gives every table's sets).
+    #[serde(default)]
+    table: Option<String>,
     /// Each `{"elem": {"val": {"concat": [...]}, "counter": {...}}}` for our counting sets; kept
     /// as values so that an element of another shape is skipped, not an error.
     #[serde(default)]
@@ -370,12 +376,19 @@ pub(super) fn base_chains(json: &str) -> Result<Vec<BaseChain>> {
         .collect())
 }
 
-/// Reads the counting sets back from `nft -j list table` output (elements keyed `TTL . DEV .
-/// SADDR . DADDR`, or `TTL . DEV . TYPE . CODE` for the ICMP-error sets, each with its counter).
+/// Reads the counting sets back from `nft -j list sets` output (elements keyed `TTL . DEV .
+/// SADDR . DADDR`, or `TTL . DEV . TYPE . CODE` for the ICMP-error sets, each with its counter);
+/// the sets of other tables are skipped, and a listing without any set of the trace table (it
+/// was deleted meanwhile) is an error.
 pub(super) fn parse_sets(json: &str) -> Result<Obs> {
-    let l: Listing = serde_json::from_str(json).context("reading `nft -j list table`")?;
+    let l: Listing = serde_json::from_str(json).context("reading `nft -j list sets`")?;
+    let ours: Vec<SetJson> =
+        l.nftables.into_iter().filter_map(|o| o.set).filter(|s| s.table.as_deref().is_none_or(|t| t == TABLE)).collect();
+    if ours.is_empty() {
+        bail!("the trace table `inet {TABLE}` is gone (removed while the trace ran?)");
+    }
     let mut obs = Obs::default();
-    for set in l.nftables.into_iter().filter_map(|o| o.set) {
+    for set in ours {
         let err = set.name.ends_with("_ereq") || set.name.ends_with("_erep");
         let v: Vec<Elem> = set.elem.into_iter().filter_map(|e| parse_elem(e, err)).collect();
         if !v.is_empty() {

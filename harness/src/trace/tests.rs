@@ -4,8 +4,8 @@ use super::*;
 use crate::process::run_capture;
 use crate::topology::Topology;
 
-/// `nft -j list table inet vpnlab_trace` as nft 1.0.6 (Debian 12) prints it (abridged: rules
-/// left out), with a set of another shape and an element without a counter, both skipped.
+/// `nft -j list sets inet` as nft 1.0.6 (Debian 12) prints it, with a set of another shape, an
+/// element without a counter and a set of another table (a lab's own), all skipped.
 #[test]
 fn parses_set_listing() {
     let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
@@ -23,6 +23,8 @@ fn parses_set_listing() {
       {"set": {"family": "inet", "name": "pre_last_req", "table": "vpnlab_trace", "type": ["integer", "iface_index", "ipv4_addr", "ipv4_addr"],
         "handle": 5, "size": 65535, "stmt": [{"counter": null}]}},
       {"set": {"family": "inet", "name": "other", "table": "vpnlab_trace", "type": "ipv4_addr", "handle": 6, "elem": ["10.0.0.1"]}},
+      {"set": {"family": "inet", "name": "pre_first_rep", "table": "filter", "type": ["integer", "iface_index", "ipv4_addr", "ipv4_addr"],
+        "handle": 7, "elem": [{"elem": {"val": {"concat": [64, "eth0", "10.0.2.2", "10.0.1.2"]}, "counter": {"packets": 1, "bytes": 84}}}]}},
       {"chain": {"family": "inet", "table": "vpnlab_trace", "name": "out_first", "handle": 1, "type": "filter", "hook": "output", "prio": -500, "policy": "accept"}}]}"#;
     let o = parse_sets(json).unwrap();
     let v = &o.sets["pre_first_req"];
@@ -42,6 +44,9 @@ fn parses_set_listing() {
         "an interface index without a name is kept as its number"
     );
     assert!(!o.sets.contains_key("pre_last_req") && !o.sets.contains_key("other"));
+    assert!(!o.sets.contains_key("pre_first_rep"), "another table's set is not the trace's");
+    let gone = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "inet", "name": "s", "table": "filter", "type": "ipv4_addr"}}]}"#;
+    assert!(parse_sets(gone).unwrap_err().to_string().contains("is gone"), "no set of the trace table: an error, not an empty observation");
     assert!(parse_sets("table inet vpnlab_trace {").is_err(), "text instead of JSON is an error, not an empty observation");
 }
 

@@ -64,6 +64,19 @@ struct Target<'r> {
     sanitize: &'r mut Vec<Spanned<RawSanitizer>>,
 }
 
+impl RawFragment {
+    /// Where [`merge`] puts items: this fragment's lists.
+    fn target(&mut self) -> Target<'_> {
+        Target {
+            nodes: &mut self.nodes,
+            links: &mut self.links,
+            lans: &mut self.lans,
+            services: &mut self.services,
+            sanitize: &mut self.sanitize,
+        }
+    }
+}
+
 /// Resolves the lab's `include`s (depth first, in the order written) into `raw`.
 pub(crate) fn resolve(src: &mut Sources, raw: &mut RawLab) -> Result<(), InputError> {
     let includes = std::mem::take(&mut raw.include);
@@ -94,13 +107,7 @@ fn include_all(
     let mut merged = RawFragment::default();
     for inc in includes {
         let frag = load(src, from, &inc, stack)?;
-        let m = Target {
-            nodes: &mut merged.nodes,
-            links: &mut merged.links,
-            lans: &mut merged.lans,
-            services: &mut merged.services,
-            sanitize: &mut merged.sanitize,
-        };
+        let m = merged.target();
         merge(src, frag, m)?;
     }
     let own = RawFragment {
@@ -111,13 +118,7 @@ fn include_all(
         services: std::mem::take(into.services),
         sanitize: std::mem::take(into.sanitize),
     };
-    let m = Target {
-        nodes: &mut merged.nodes,
-        links: &mut merged.links,
-        lans: &mut merged.lans,
-        services: &mut merged.services,
-        sanitize: &mut merged.sanitize,
-    };
+    let m = merged.target();
     merge(src, own, m)?;
     *into.nodes = merged.nodes;
     *into.links = merged.links;

@@ -96,7 +96,7 @@ pub fn probes_lost(drops: &[crate::drops::Drop], dest: IpAddr, count: u32, reque
 /// Runs real `ping`. Reachability checks stop at the first `count` replies (deadline 5 s);
 /// negative checks send `count` probes 10 ms apart and wait [`SILENCE`] after the last; loss
 /// checks send exactly `count` (20 ms apart) and wait [`SILENCE`] for the last replies. With
-/// the lab's drop events (`drops`), a negative check ends as soon as every probe is seen
+/// the lab's drop events (`drops`), a negative check ends as soon as every probe's reply is seen
 /// dropped inside the lab ([`probes_lost`]; the drops go into the fact); with no such
 /// evidence it still waits out the silence.
 #[allow(clippy::too_many_arguments)]

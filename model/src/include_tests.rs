@@ -56,6 +56,9 @@ fn a_fragment_merges_in_before_the_labs_own_tables() {
     assert!(u.file.ends_with("lab/../common/west-east.toml") && (u.line, u.col) == (4, 36), "{u:?}");
     // The fragment's sanitizer first (it is included at the top), then the lab's.
     assert_eq!(lab.sanitizers.iter().map(|s| s.re.as_str()).collect::<Vec<_>>(), [r"^\s*$", "^debug"]);
+    // The files the lab is made of besides its own (the UML guest must see their folders).
+    assert_eq!(lab.includes.len(), 1, "{:?}", lab.includes);
+    assert!(lab.includes[0].ends_with("lab/../common/west-east.toml"), "{:?}", lab.includes);
 }
 
 fn err_text(files: &[(&str, &str)]) -> (String, String) {

@@ -215,6 +215,9 @@ pub struct Lab {
     pub id: String,
     pub dir: PathBuf,
     pub file: PathBuf,
+    /// The fragments `include`d (directly or not), in the order read: the files besides `file`
+    /// the lab is made of (the UML guest must see their folders too).
+    pub includes: Vec<PathBuf>,
     pub title: String,
     pub source: String,
     /// Kernel features declared in `kernel = [...]` (see [`Lab::kernel_needs`] for all).

@@ -364,11 +364,18 @@ impl Validator<'_> {
                 sysctl_uses.push(SysctlUse { key: key.clone(), line, col, file: self.file.to_path_buf() });
             }
         }
+        let mut includes: Vec<PathBuf> = Vec::new();
+        for f in self.sources.parts.iter().map(|p| &p.file).filter(|f| f.as_path() != self.file) {
+            if !includes.contains(f) {
+                includes.push(f.clone());
+            }
+        }
         let dir = self.dir.to_path_buf();
         Ok(Lab {
             id: lab_id(&std::fs::canonicalize(&dir).unwrap_or(dir.clone())),
             dir,
             file: self.file.to_path_buf(),
+            includes,
             title: raw.lab.title,
             source: raw.lab.source,
             kernel,

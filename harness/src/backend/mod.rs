@@ -428,6 +428,8 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     // The guest mounts fresh tmpfs on /tmp and /run: a lab folder there (a checkout under /tmp)
     // must be shown to it explicitly.
     uj.expose = vec![lab_dir];
+    // And the folders of the fragments it includes (`include = ["../common/x.toml"]`).
+    uj.expose.extend(lab.includes.iter().filter_map(|f| f.parent()).map(Path::to_path_buf));
     // A `--with` build under /tmp (a release engineer's scratch build) too.
     uj.expose.extend(opts.with.choices.iter().flat_map(|c| c.dirs()).filter(|d| d.starts_with("/tmp") || d.starts_with("/run")));
     uj.timeout = lab.deadline + Duration::from_secs(30);

@@ -23,7 +23,7 @@ pub struct NetNs {
     /// The logical name (node name), for messages.
     pub name: String,
     /// The host name of the node's processes, when it is not `name` (each process gets a UTS
-    /// namespace of its own with it: `process::command_opts`).
+    /// namespace of its own with it: `process::command`).
     pub hostname: Option<String>,
     /// The thread that has entered the namespace and serves [`NetNs::run`] (started by the
     /// first call, joined when the namespace is dropped).

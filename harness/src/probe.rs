@@ -141,7 +141,7 @@ pub fn ping(
                 lost = watch.wait(from, slice, |d| probes_lost(d, dest, count, false));
                 lost.is_some()
             };
-            crate::process::run_capture_until(netns, pid, &argv, cwd, Duration::from_secs(30), &[], &[], Some(&mut decide))?
+            crate::process::NodeCmd::new(netns, pid, &argv, cwd).timeout(Duration::from_secs(30)).capture_until(&mut decide)?
         }
         _ => run_capture(netns, pid, &argv, cwd, Duration::from_secs(30))?,
     };

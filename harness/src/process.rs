@@ -23,27 +23,30 @@ pub struct BindMount {
     pub dst: PathBuf,
 }
 
-/// Builds the command for `argv` in a node. `out` receives stdout and stderr (one file, so the
-/// order of lines is the order they were written).
-pub fn command(netns: &NetNs, argv: &[String], cwd: &Path, out: Stdio, err: Stdio, mounts: &[BindMount]) -> Result<Command> {
-    command_opts(netns, argv, cwd, Stdio::null(), out, err, mounts, true)
+/// The three standard streams of a command started in a node.
+pub struct Stdio3 {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
 }
 
-/// Like [`command`], with stdin chosen and, for interactive use (`vpnlab shell`), without a
-/// new session so the terminal stays the process's controlling terminal.
-#[allow(clippy::too_many_arguments)]
-pub fn command_opts(
-    netns: &NetNs,
-    argv: &[String],
-    cwd: &Path,
-    stdin: Stdio,
-    out: Stdio,
-    err: Stdio,
-    mounts: &[BindMount],
-    new_session: bool,
-) -> Result<Command> {
+impl Stdio3 {
+    /// stdin from /dev/null; stdout and stderr as given (one file for both keeps the order of
+    /// lines the order they were written).
+    pub fn output(stdout: Stdio, stderr: Stdio) -> Self {
+        Stdio3 { stdin: Stdio::null(), stdout, stderr }
+    }
+    /// All three from the caller (`vpnlab exec`/`shell`: this terminal).
+    pub fn inherit() -> Self {
+        Stdio3 { stdin: Stdio::inherit(), stdout: Stdio::inherit(), stderr: Stdio::inherit() }
+    }
+}
+
+/// Builds the command for `argv` in a node, in a session of its own unless `new_session` is
+/// false (interactive use, `vpnlab shell`: the terminal stays the controlling terminal).
+pub fn command(netns: &NetNs, argv: &[String], cwd: &Path, io: Stdio3, mounts: &[BindMount], new_session: bool) -> Result<Command> {
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).current_dir(cwd).stdin(stdin).stdout(out).stderr(err);
+    cmd.args(&argv[1..]).current_dir(cwd).stdin(io.stdin).stdout(io.stdout).stderr(io.stderr);
     cmd.env("VPNLAB_NODE", &netns.name);
     let fd: RawFd = netns.raw_fd();
     let c = |s: &str| CString::new(s).map_err(|_| anyhow!("NUL in path"));
@@ -167,86 +170,108 @@ impl Output {
     }
 }
 
-/// Runs a short command in a node and captures its output; it is killed at `timeout`.
-pub fn run_capture(netns: &NetNs, pid: &PidNs, argv: &[String], cwd: &Path, timeout: Duration) -> Result<Output> {
-    run_capture_mounts(netns, pid, argv, cwd, timeout, &[])
+/// A short command to run in a node: where, what and how, as named fields instead of a long
+/// positional argument list. `NodeCmd::new(..)` has a 10 s timeout, no mounts, no environment;
+/// [`capture`](Self::capture), [`capture_until`](Self::capture_until) and
+/// [`tty`](Self::tty) run it.
+#[derive(Clone, Copy)]
+pub struct NodeCmd<'a> {
+    pub netns: &'a NetNs,
+    pub pid: &'a PidNs,
+    pub argv: &'a [String],
+    pub cwd: &'a Path,
+    /// The command (with its process group) is killed when this runs out.
+    pub timeout: Duration,
+    /// Bind mounts in the command's private mount namespace.
+    pub mounts: &'a [BindMount],
+    /// Extra environment variables.
+    pub env: &'a [(&'a str, &'a Path)],
 }
 
-/// [`run_capture`] with bind mounts in the command's private mount namespace.
-pub fn run_capture_mounts(
-    netns: &NetNs,
-    pid: &PidNs,
-    argv: &[String],
-    cwd: &Path,
-    timeout: Duration,
-    mounts: &[BindMount],
-) -> Result<Output> {
-    run_capture_env(netns, pid, argv, cwd, timeout, mounts, &[])
+impl<'a> NodeCmd<'a> {
+    pub fn new(netns: &'a NetNs, pid: &'a PidNs, argv: &'a [String], cwd: &'a Path) -> Self {
+        NodeCmd { netns, pid, argv, cwd, timeout: Duration::from_secs(10), mounts: &[], env: &[] }
+    }
+    pub fn timeout(self, timeout: Duration) -> Self {
+        NodeCmd { timeout, ..self }
+    }
+    pub fn mounts(self, mounts: &'a [BindMount]) -> Self {
+        NodeCmd { mounts, ..self }
+    }
+    pub fn env(self, env: &'a [(&'a str, &'a Path)]) -> Self {
+        NodeCmd { env, ..self }
+    }
+
+    /// Runs it and captures stdout and stderr interleaved.
+    pub fn capture(&self) -> Result<Output> {
+        self.capture_decided(None)
+    }
+
+    /// [`capture`](Self::capture); when `decided` says yes before the command ends, the command
+    /// is sent SIGINT (ping then prints its statistics and exits) and waited for as usual.
+    pub fn capture_until(&self, decided: Decider) -> Result<Output> {
+        self.capture_decided(Some(decided))
+    }
+
+    /// Runs it under a new pseudo-terminal ([`crate::pty`]); the output is what the terminal showed.
+    pub fn tty(&self) -> Result<Output> {
+        crate::pty::run_tty(self)
+    }
+
+    /// The [`Command`] for it, with these streams, in a session of its own.
+    pub(crate) fn command(&self, io: Stdio3) -> Result<Command> {
+        let mut cmd = command(self.netns, self.argv, self.cwd, io, self.mounts, true)?;
+        cmd.envs(self.env.iter().copied());
+        Ok(cmd)
+    }
+
+    /// Spawns `cmd` in the lab's PID namespace.
+    pub(crate) fn spawn(&self, cmd: Command) -> Result<Child> {
+        self.pid.spawn(cmd).with_context(|| format!("node `{}`: cannot run `{}`", self.netns.name, self.argv[0]))
+    }
+
+    fn capture_decided(&self, mut decided: Option<Decider>) -> Result<Output> {
+        let (mut r, w) = std::io::pipe().context("pipe")?;
+        let w2 = w.try_clone()?;
+        let mut child = self.spawn(self.command(Stdio3::output(Stdio::from(w), Stdio::from(w2)))?)?;
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        });
+        let deadline = Instant::now() + self.timeout;
+        if let Some(decided) = decided.as_mut() {
+            // Short slices: the command's own exit is noticed within one.
+            while child.try_wait()?.is_none() && Instant::now() < deadline {
+                if decided(Duration::from_millis(20)) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as libc::pid_t), nix::sys::signal::Signal::SIGINT);
+                    break;
+                }
+            }
+        }
+        let status = wait_deadline(&mut child, deadline)?;
+        let timed_out = status.is_none();
+        let status = match status {
+            Some(s) => Some(s),
+            None => {
+                kill_group(child.id(), libc::SIGKILL);
+                child.wait().ok()
+            }
+        };
+        // Descendants that kept the pipe open are in the same process group.
+        kill_group(child.id(), libc::SIGKILL);
+        let text = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+        Ok(Output { status, text, timed_out })
+    }
 }
 
-/// [`run_capture_mounts`] with extra environment variables.
-pub fn run_capture_env(
-    netns: &NetNs,
-    pid: &PidNs,
-    argv: &[String],
-    cwd: &Path,
-    timeout: Duration,
-    mounts: &[BindMount],
-    env: &[(&str, &Path)],
-) -> Result<Output> {
-    run_capture_until(netns, pid, argv, cwd, timeout, mounts, env, None)
-}
-
-/// Asked while a command of [`run_capture_until`] runs: waits up to the given time for
+/// Asked while a command of [`NodeCmd::capture_until`] runs: waits up to the given time for
 /// something that decides the command's outcome early, and says whether it did.
 pub type Decider<'a> = &'a mut dyn FnMut(Duration) -> bool;
 
-/// [`run_capture_env`]; when `decided` says yes before the command ends, the command is sent
-/// SIGINT (ping then prints its statistics and exits) and waited for as usual.
-#[allow(clippy::too_many_arguments)]
-pub fn run_capture_until(
-    netns: &NetNs,
-    pid: &PidNs,
-    argv: &[String],
-    cwd: &Path,
-    timeout: Duration,
-    mounts: &[BindMount],
-    env: &[(&str, &Path)],
-    mut decided: Option<Decider>,
-) -> Result<Output> {
-    let (mut r, w) = std::io::pipe().context("pipe")?;
-    let w2 = w.try_clone()?;
-    let mut cmd = command(netns, argv, cwd, Stdio::from(w), Stdio::from(w2), mounts)?;
-    cmd.envs(env.iter().copied());
-    let mut child = pid.spawn(cmd).with_context(|| format!("node `{}`: cannot run `{}`", netns.name, argv[0]))?;
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + timeout;
-    if let Some(decided) = decided.as_mut() {
-        // Short slices: the command's own exit is noticed within one.
-        while child.try_wait()?.is_none() && Instant::now() < deadline {
-            if decided(Duration::from_millis(20)) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as libc::pid_t), nix::sys::signal::Signal::SIGINT);
-                break;
-            }
-        }
-    }
-    let status = wait_deadline(&mut child, deadline)?;
-    let timed_out = status.is_none();
-    let status = match status {
-        Some(s) => Some(s),
-        None => {
-            kill_group(child.id(), libc::SIGKILL);
-            child.wait().ok()
-        }
-    };
-    // Descendants that kept the pipe open are in the same process group.
-    kill_group(child.id(), libc::SIGKILL);
-    let text = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
-    Ok(Output { status, text, timed_out })
+/// Shorthand for the common case: `argv` in a node, output captured, killed at `timeout`.
+pub fn run_capture(netns: &NetNs, pid: &PidNs, argv: &[String], cwd: &Path, timeout: Duration) -> Result<Output> {
+    NodeCmd::new(netns, pid, argv, cwd).timeout(timeout).capture()
 }
 
 pub fn kill_group(pgid: u32, sig: libc::c_int) {
@@ -282,7 +307,7 @@ impl Daemon {
     pub fn start(name: &str, netns: &NetNs, pid: &PidNs, argv: &[String], cwd: &Path, log: &Path, mounts: &[BindMount]) -> Result<Daemon> {
         let f = log_file(log)?;
         let log_start = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let cmd = command(netns, argv, cwd, Stdio::from(f.try_clone()?), Stdio::from(f), mounts)?;
+        let cmd = command(netns, argv, cwd, Stdio3::output(Stdio::from(f.try_clone()?), Stdio::from(f)), mounts, true)?;
         let child = pid.spawn(cmd).with_context(|| format!("service `{name}`: cannot start `{}`", argv.join(" ")))?;
         Ok(Daemon { name: name.to_string(), child, log: log.to_path_buf(), log_start, exited: None })
     }

@@ -5,11 +5,10 @@
 //! discipline's CRLF turned back into LF.
 //!
 //! The pty comes from nix's `openpty` (a feature of the nix we already use; no other crate),
-//! the process from the same `process::command_opts` every node command uses (namespaces,
+//! the process from the same `process::NodeCmd` every node command uses (namespaces,
 //! mounts), so a `tty` step differs from `show` only in its stdio.
 
-use crate::ns::{NetNs, PidNs};
-use crate::process::{command_opts, kill_group, wait_deadline, BindMount, Output};
+use crate::process::{kill_group, wait_deadline, NodeCmd, Output, Stdio3};
 use anyhow::{Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::{openpty, Winsize};
@@ -17,38 +16,29 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Runs `argv` in a node under a new pseudo-terminal; killed (with its process group) at
-/// `timeout`. The output is what the terminal showed.
-#[allow(clippy::too_many_arguments)]
-pub fn run_tty(
-    netns: &NetNs,
-    pid: &PidNs,
-    argv: &[String],
-    cwd: &Path,
-    timeout: Duration,
-    mounts: &[BindMount],
-    env: &[(&str, &Path)],
-) -> Result<Output> {
+/// Runs `cmd` under a new pseudo-terminal; killed (with its process group) at its timeout.
+/// The output is what the terminal showed.
+pub(crate) fn run_tty(cmd: &NodeCmd) -> Result<Output> {
     let pty = openpty(&Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 }, None).context("openpty")?;
     let slave = File::from(pty.slave);
     let master = File::from(pty.master);
     let stdio = || -> Result<Stdio> { Ok(Stdio::from(slave.try_clone()?)) };
-    let mut cmd = command_opts(netns, argv, cwd, stdio()?, stdio()?, stdio()?, mounts, true)?;
-    cmd.envs(env.iter().copied()).env("TERM", "vt100");
-    // After command_opts's setsid: the pty becomes the session's controlling terminal.
+    let node = cmd;
+    let mut cmd = node.command(Stdio3 { stdin: stdio()?, stdout: stdio()?, stderr: stdio()? })?;
+    cmd.env("TERM", "vt100");
+    // After process::command's setsid: the pty becomes the session's controlling terminal.
     unsafe {
         cmd.pre_exec(|| if libc::ioctl(0, libc::TIOCSCTTY, 0) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
     }
-    let mut child = pid.spawn(cmd).with_context(|| format!("node `{}`: cannot run `{}`", netns.name, argv[0]))?;
+    let mut child = node.spawn(cmd)?;
     // Only the child (and what it starts) holds the slave now: when they are gone, reads end.
     drop(slave);
     let (stop_r, stop_w) = std::io::pipe().context("pipe")?;
     let reader = std::thread::spawn(move || read_terminal(master, stop_r));
-    let status = wait_deadline(&mut child, Instant::now() + timeout)?;
+    let status = wait_deadline(&mut child, Instant::now() + node.timeout)?;
     let timed_out = status.is_none();
     if timed_out {
         kill_group(child.id(), libc::SIGKILL);

@@ -292,8 +292,7 @@ pub fn exec(key: &str, node: &str, argv: &[String], interactive: bool) -> Result
     let st = read_state(key)?;
     let netns = node_netns(&st, node)?;
     let cwd = st.work.join("nodes").join(node);
-    let mut cmd =
-        crate::process::command_opts(&netns, argv, &cwd, Stdio::inherit(), Stdio::inherit(), Stdio::inherit(), &[], !interactive)?;
+    let mut cmd = crate::process::command(&netns, argv, &cwd, crate::process::Stdio3::inherit(), &[], !interactive)?;
     if interactive {
         cmd.env("PS1", format!("[vpnlab {} {node}] \\w# ", key));
     }

@@ -2,7 +2,7 @@
 //! and PKI, nft rulesets and setup commands, packet captures; and running commands in a node.
 
 use super::Lab_;
-use crate::process::{read_from, wait_until, Daemon};
+use crate::process::{read_from, wait_until, Daemon, NodeCmd};
 use anyhow::{anyhow, bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -100,7 +100,8 @@ impl Lab_<'_> {
         // A command that uses a daemon's own tools (`ipsec auto ...`, `ipsec initnss`) runs them
         // from the same build as the daemon (`--with`): whack must speak pluto's version.
         let mounts = self.opts.with.mounts_for_command(argv);
-        crate::process::run_capture_mounts(&self.topo.nodes[node].ns, &self.pid, argv, &self.node_dir(node), self.lab.step_timeout, &mounts)
+        let dir = self.node_dir(node);
+        NodeCmd::new(&self.topo.nodes[node].ns, &self.pid, argv, &dir).timeout(self.lab.step_timeout).mounts(&mounts).capture()
     }
 
     /// `sh -c cmd` in a node, without the `sh` process when the shell would only split the
@@ -117,13 +118,14 @@ impl Lab_<'_> {
             let argv = ["/bin/sh".to_string(), "-c".into(), cmd.to_string()];
             if tty {
                 let mounts = self.opts.with.mounts_for_command(&argv);
-                return crate::pty::run_tty(ns, &self.pid, &argv, &dir, self.lab.step_timeout, &mounts, &[]);
+                return NodeCmd::new(ns, &self.pid, &argv, &dir).timeout(self.lab.step_timeout).mounts(&mounts).tty();
             }
             return self.exec(node, &argv);
         };
         let mounts = self.opts.with.mounts_for_command(&argv);
-        let run = if tty { crate::pty::run_tty } else { crate::process::run_capture_env };
-        let mut out = run(ns, &self.pid, &argv, &dir, self.lab.step_timeout, &mounts, &[("PWD", &dir)])?;
+        let env = [("PWD", dir.as_path())];
+        let cmd = NodeCmd::new(ns, &self.pid, &argv, &dir).timeout(self.lab.step_timeout).mounts(&mounts).env(&env);
+        let mut out = if tty { cmd.tty() } else { cmd.capture() }?;
         // What dash does when its command is killed by signal N: it says so on stderr (not for
         // SIGINT and SIGPIPE) and exits with 128+N.
         if let (Some(st), false) = (out.status, out.timed_out) {

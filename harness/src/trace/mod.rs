@@ -380,8 +380,8 @@ pub fn run_ping_trace_full(spaces: &[&NetNs], pid: &PidNs, cwd: &Path, src: usiz
             lost = w.borrow_mut().wait(crate::drops::Mark::START, slice, |d| crate::probe::probes_lost(d, dest, 2, true)).is_some();
             lost
         };
-        let decider: Option<crate::process::Decider> = if watch.is_some() { Some(&mut decide) } else { None };
-        crate::process::run_capture_until(spaces[src], pid, &argv, cwd, Duration::from_secs(10), &[], &[], decider)?;
+        let cmd = crate::process::NodeCmd::new(spaces[src], pid, &argv, cwd);
+        if watch.is_some() { cmd.capture_until(&mut decide) } else { cmd.capture() }?;
         Ok(lost)
     })
 }

@@ -4,6 +4,9 @@
 use super::dirs::{canonical_dir, nonce, write_executable};
 use super::host::HostConfig;
 use super::{UmlJob, ESP_CRYPTO_MODULES, GUEST_OVERMOUNTS, GUEST_PRIVATE, UML_MODULES};
+
+/// Where the guest sees a program whose own folder it covers (see [`Plan::program_dir`]).
+const GUEST_PROGRAM_DIR: &str = "/run/vpnlab-uml-program";
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -16,6 +19,10 @@ pub(super) struct Plan<'a> {
     pub(super) cwd: PathBuf,
     /// Host dirs hidden by guest mounts that must be visible again (read-only).
     pub(super) reexpose: Vec<PathBuf>,
+    /// A program whose folder is itself a guest tmpfs (a binary straight in `/tmp`): that
+    /// folder, shown at [`GUEST_PROGRAM_DIR`] instead (showing it at its own path would hide the
+    /// guest's tmpfs, and with it the job's shared dir below).
+    pub(super) program_dir: Option<PathBuf>,
     pub(super) modules: Vec<String>,
 }
 
@@ -44,8 +51,24 @@ impl<'a> Plan<'a> {
         let mut covers: Vec<PathBuf> = GUEST_OVERMOUNTS.iter().map(PathBuf::from).collect();
         covers.extend(job.tmpfs.iter().cloned());
         let mut reexpose: Vec<PathBuf> = Vec::new();
-        let prog_dir = Path::new(&job.argv[0]).parent().and_then(|d| d.canonicalize().ok());
+        let mut prog_dir = Path::new(&job.argv[0]).parent().and_then(|d| d.canonicalize().ok());
+        let mut program_dir = None;
+        // The guest's own tmpfs mount points: a folder shown at one of these would hide it.
+        let tmpfs_roots: Vec<PathBuf> = covers.iter().cloned().chain(["/dev/shm", "/dev/pts"].map(PathBuf::from)).collect();
+        if let Some(d) = prog_dir.take_if(|d| tmpfs_roots.contains(d)) {
+            if d.to_string_lossy().contains([',', '\n', '\'']) {
+                bail!("unsupported program folder for the UML guest: {}", d.display());
+            }
+            program_dir = Some(d);
+        }
         let extra: Vec<PathBuf> = job.expose.iter().filter_map(|d| d.canonicalize().ok()).collect();
+        if let Some(d) = extra.iter().find(|d| tmpfs_roots.contains(d)) {
+            bail!(
+                "{} cannot be shown to the user-mode-linux guest: the guest has a {} of its own, which it would hide; move the files into a folder of their own",
+                d.display(),
+                d.display()
+            );
+        }
         for d in [Some(cwd.clone()), prog_dir].into_iter().flatten().chain(extra) {
             if d.starts_with(&shared) || reexpose.iter().any(|r| d.starts_with(r)) {
                 continue;
@@ -69,7 +92,17 @@ impl<'a> Plan<'a> {
             }
             add(m);
         }
-        Ok(Plan { job, host, nonce: nonce(), shared, cwd, reexpose, modules })
+        // Parents before children: a folder shown later is not hidden by an earlier one.
+        reexpose.sort_by_key(|d| d.components().count());
+        Ok(Plan { job, host, nonce: nonce(), shared, cwd, reexpose, program_dir, modules })
+    }
+
+    /// The job's program as the guest finds it.
+    pub(super) fn program(&self) -> PathBuf {
+        match &self.program_dir {
+            Some(_) => Path::new(GUEST_PROGRAM_DIR).join(Path::new(&self.job.argv[0]).file_name().unwrap_or_default()),
+            None => PathBuf::from(&self.job.argv[0]),
+        }
     }
 
     pub(super) fn marker(&self, what: &str) -> String {
@@ -143,11 +176,15 @@ impl<'a> Plan<'a> {
                 add("tmpfs", d, "tmpfs", "rw,mode=0755");
             }
         }
-        // hostfs: the mount data is the host path (no commas: validated in Plan::new).
-        add("none", &self.shared, "hostfs", &format!("rw,{},X-mount.mkdir", fstab_escape(&self.shared)));
+        // hostfs: the mount data is the host path (no commas: validated in Plan::new). The shared
+        // dir last: a folder shown read-only that holds it must not hide it.
         for d in &self.reexpose {
             add("none", d, "hostfs", &format!("ro,{},X-mount.mkdir", fstab_escape(d)));
         }
+        if let Some(d) = &self.program_dir {
+            add("none", Path::new(GUEST_PROGRAM_DIR), "hostfs", &format!("ro,{},X-mount.mkdir", fstab_escape(d)));
+        }
+        add("none", &self.shared, "hostfs", &format!("rw,{},X-mount.mkdir", fstab_escape(&self.shared)));
         add("none", Path::new(GUEST_PRIVATE), "hostfs", &format!("ro,{},X-mount.mkdir", fstab_escape(private)));
         if !self.job.alternatives.is_empty() && Path::new(HOST_ALTERNATIVES).is_dir() {
             let alt = private.join("alternatives");
@@ -190,7 +227,8 @@ impl<'a> Plan<'a> {
         }
         line(&format!("cd {} || fail cd {}", q(&self.cwd), q(&self.cwd)));
         line("echo \"$M:start@@\"");
-        let argv: Vec<String> = self.job.argv.iter().map(|a| sh_quote(a)).collect();
+        let mut argv: Vec<String> = self.job.argv.iter().map(|a| sh_quote(a)).collect();
+        argv[0] = sh_quote(&self.program().to_string_lossy());
         line(&format!("{} </dev/null", argv.join(" ")));
         line("rc=$?");
         line(&format!("echo $rc > {} || fail writing exit code", q(&self.exit_file())));

@@ -321,6 +321,30 @@ fn uml_program_and_cwd_outside_the_shared_dir() {
     assert_eq!(std::fs::read_to_string(shared.path().join("out.txt")).unwrap(), "out\n");
 }
 
+#[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
+fn uml_program_straight_in_tmp_keeps_the_guest_tmp_and_the_shared_dir() {
+    let _g = lock();
+    if skip() {
+        return;
+    }
+    // A vpnlab binary copied to /tmp: showing /tmp itself to the guest would hide its own /tmp
+    // and the shared dir below it ("writing exit code" failed before the fix).
+    let shared = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let prog = std::path::PathBuf::from(format!("/tmp/vpnlab-uml-test-prog-{}.sh", std::process::id()));
+    write_executable(&prog, "#!/bin/sh\necho \"prog $0\"\necho tmp > /tmp/t && cat /tmp/t\necho out > \"$1/out.txt\"\n").unwrap();
+    let mut job =
+        UmlJob::new(vec![prog.to_string_lossy().into(), shared.path().canonicalize().unwrap().to_string_lossy().into()], shared.path());
+    job.timeout = Duration::from_secs(120);
+    let out = run(&job);
+    let _ = std::fs::remove_file(&prog);
+    let out = out.unwrap();
+    assert_eq!(out.exit_code, 0, "{}", out.console);
+    assert!(out.console.contains("\ntmp\n"), "the guest's /tmp is writable: {}", out.console);
+    assert_eq!(std::fs::read_to_string(shared.path().join("out.txt")).unwrap(), "out\n");
+    assert!(!Path::new("/tmp/t").exists() || std::fs::read_to_string("/tmp/t").map(|t| t != "tmp\n").unwrap_or(true));
+}
+
 /// Helper for `uml_guest_dies_with_its_harness`: only does something when re-invoked by
 /// that test (a separate process that the test SIGKILLs while the guest runs).
 #[test]

@@ -81,7 +81,17 @@ impl Lab_<'_> {
 
     pub(super) fn trace_lines(&self, node: usize, dest: std::net::IpAddr) -> Result<Vec<String>> {
         let refs: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
-        crate::trace::run_ping_trace_refs(&refs, &self.pid, &self.node_dir(node), node, dest)
+        crate::trace::Opts {
+            nodes: &crate::trace::TraceNode::all(&refs),
+            pid: &self.pid,
+            cwd: &self.node_dir(node),
+            src: node,
+            dest,
+            method: None,
+            kernel_drops: None,
+        }
+        .ping()
+        .map(|t| t.lines)
     }
 
     pub(super) fn check_impairers(&self) -> Result<(), StepFailed> {
@@ -352,8 +362,18 @@ impl Lab_<'_> {
             }
             Action::Trace { node, dest, .. } => {
                 let refs: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
-                let t = crate::trace::run_ping_trace_full(&refs, &self.pid, &self.node_dir(*node), *node, *dest)
-                    .map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
+                let (nodes, cwd) = (crate::trace::TraceNode::all(&refs), self.node_dir(*node));
+                let t = crate::trace::Opts {
+                    nodes: &nodes,
+                    pid: &self.pid,
+                    cwd: &cwd,
+                    src: *node,
+                    dest: *dest,
+                    method: None,
+                    kernel_drops: None,
+                }
+                .ping()
+                .map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
                 Fact::Trace { node: node_name(node), dest: *dest, lines: t.lines, end: t.end }
             }
             Action::Service { op, service } => match op {

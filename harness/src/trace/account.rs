@@ -31,6 +31,9 @@
 //!   packet: `ip_error`, `ip_forward`'s TTL check, the REJECT target, `icmp_send` for a redirect
 //!   before forwarding), so an error about an ended packet exists already; no error is sent
 //!   about an error.
+//! - Frames a bridge in a node switched (with br_netfilter the node's hooks see them) may have
+//!   been flooded, and their copies are not counted as created or ended: such a reading is
+//!   never taken as the last ([`bridged`]).
 //! - A packet held somewhere (a userspace VPN daemon, an unresolved neighbour's queue, an
 //!   impairment's delay) has not ended: the counts differ and the readings go on as before.
 //!   Anything the counting does not foresee (a request whose destination does not answer, a
@@ -51,7 +54,24 @@ pub(super) fn complete(obs: &[Obs], drops: &[Drop], dest: IpAddr) -> bool {
     let dropped = |k: Kind| drops.iter().filter(|d| !d.is_copy() && d.reason != "OTHERHOST" && kind_of(d, dest) == Some(k)).count() as u64;
     let created = |k: Kind| count(Hook::Out, Pos::First, k);
     let delivered = |k: Kind| count(Hook::In, Pos::Last, k);
-    created(Kind::Req) > 0 && created(Kind::Rep) == delivered(Kind::Req) && KINDS.iter().all(|&k| created(k) == delivered(k) + dropped(k))
+    created(Kind::Req) > 0
+        && created(Kind::Rep) == delivered(Kind::Req)
+        && KINDS.iter().all(|&k| created(k) == delivered(k) + dropped(k))
+        && !obs.iter().any(bridged)
+}
+
+/// Whether a node's bridge switched a packet of the probe (seen at prerouting and forward on
+/// the same device with the same TTL: a routed packet's TTL drops before forward), as
+/// `Walker::unbridge` finds such passes. A frame a bridge floods goes out of every port at
+/// once, and its copies, counted on their way through bridging nodes, end unseen (refused as
+/// `OTHERHOST`, or never in a hook at all): no count says when they are done, so a lab that
+/// bridges the probe's packets waits for the readings to agree.
+fn bridged(o: &Obs) -> bool {
+    KINDS.iter().any(|&k| {
+        let pre = o.sets.get(&set_name(Hook::Pre, Pos::First, k)).map(Vec::as_slice).unwrap_or(&[]);
+        let fwd = o.sets.get(&set_name(Hook::Fwd, Pos::First, k)).map(Vec::as_slice).unwrap_or(&[]);
+        fwd.iter().any(|f| pre.iter().any(|p| p.ttl == f.ttl && p.dev == f.dev))
+    })
 }
 
 #[cfg(test)]
@@ -155,6 +175,20 @@ mod tests {
         let d = vec![drop_of(1, "NETFILTER_DROP", echo(false, 1)), drop_of(2, "IP_INNOROUTES", error_about(echo(false, 1)))];
         assert!(complete(&o, &d, DEST.parse().unwrap()));
         assert!(!complete(&o, &d[..1], DEST.parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bridged_pass_waits_for_the_readings() {
+        let (mut o, d) = replies_dropped_with_errors(2);
+        assert!(complete(&o, &d, DEST.parse().unwrap()));
+        // Node 1 also switched the requests between two ports of its bridge br0 (same TTL at
+        // prerouting and forward); a routed pass (TTL one less at forward) is no such thing.
+        let e = |ttl, dev: &str| Elem { ttl, dev: dev.into(), ..elem(2) };
+        o[1].sets.insert(set_name(Pre, First, Req), vec![e(64, "br0")]);
+        o[1].sets.insert(set_name(Hook::Fwd, First, Req), vec![e(63, "br0")]);
+        assert!(complete(&o, &d, DEST.parse().unwrap()));
+        o[1].sets.insert(set_name(Hook::Fwd, First, Req), vec![e(64, "br0")]);
+        assert!(!complete(&o, &d, DEST.parse().unwrap()));
     }
 
     #[test]

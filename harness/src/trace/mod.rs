@@ -35,6 +35,7 @@ mod bridge;
 mod explain;
 mod kernel;
 pub(crate) mod nflog;
+mod nftsh;
 mod observe;
 mod ruleset;
 mod walk;

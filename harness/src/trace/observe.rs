@@ -3,10 +3,11 @@
 //! packet of the probe: `account.rs`), the counters after, the points removed.
 
 use super::account::complete;
-use super::ruleset::{collect, nft, par, parse_sets, ruleset, snmp, Counters, Fam, Installed, Obs};
+use super::nftsh::{each, one_line, NftShell};
+use super::ruleset::{par, parse_sets, ruleset, snmp, Counters, Fam, Installed, Obs};
 use super::{nflog, Opts, TraceNode};
 use crate::drops::Drop;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 
 /// What the observation gave: every node's sets, its SNMP counters before and after the probe,
@@ -28,7 +29,7 @@ pub(super) struct Hooks<P, E, R> {
 }
 
 /// One reading of the nft observation points: the drop events taken just before it, and every
-/// node's `nft -j list sets` output.
+/// node's `list sets inet` (JSON).
 #[derive(PartialEq)]
 struct Reading {
     drops: Vec<Drop>,
@@ -42,22 +43,16 @@ pub(super) fn by_nft(
 ) -> Result<Observed> {
     let (nodes, pid, cwd) = (o.nodes, o.pid, o.cwd);
     let ruleset = ruleset(fam, o.dest);
-    // `nft -f FILE` (as the runner loads rulesets): a temporary file in the node's directory, so
-    // that even a killed run leaves it only inside its work dir (swept with it).
-    let mut file =
-        tempfile::Builder::new().prefix(".vpnlab-trace-").suffix(".nft").tempfile_in(cwd).context("creating the trace ruleset file")?;
-    std::io::Write::write_all(&mut file, ruleset.as_bytes()).context("writing the trace ruleset file")?;
-    let path = file.path().to_string_lossy().into_owned();
-    let installed = Installed { nodes, pid, cwd, done: false };
+    let line = one_line(&ruleset);
+    // Removes the tables with an `nft` process per node if the shells do not (error, panic).
+    let mut installed = Installed { nodes, pid, cwd, done: false };
     let t = Instant::now();
-    par(nodes, |n| {
-        let out = nft(n.netns, pid, cwd, &["-f", path.as_str()])?;
-        if !out.success() {
-            let first: Vec<&str> = out.text.lines().take(3).collect();
-            bail!("node `{}`: loading the trace table failed ({}):\n{}", n.name, out.describe_status(), first.join("\n"));
-        }
-        Ok(())
-    })?;
+    let mut shells = par(nodes, |n| NftShell::start(n, pid, cwd))?;
+    // Loaded, and listed to see it there (the listing ends the exchange: `nftsh.rs`).
+    let loaded = each(&mut shells, |sh| sh.list_after(&[line.as_str()], "loading the trace table"))?;
+    for (n, l) in nodes.iter().zip(&loaded) {
+        parse_sets(l).with_context(|| format!("node `{}`: loading the trace table", n.name))?;
+    }
     let debug = crate::config::get().trace_debug;
     if debug {
         eprintln!("trace timing: installing the nft tables in {} nodes {:.1} ms", nodes.len(), t.elapsed().as_secs_f64() * 1000.0);
@@ -65,7 +60,7 @@ pub(super) fn by_nft(
     let events = hooks.events;
     let read = || -> Result<Reading> {
         let drops = events();
-        Ok(Reading { drops, texts: collect(nodes, pid, cwd)? })
+        Ok(Reading { drops, texts: each(&mut shells, |sh| sh.list_after(&[], "reading the trace table"))? })
     };
     let dest = o.dest;
     let last =
@@ -77,7 +72,11 @@ pub(super) fn by_nft(
     let obs: Vec<Obs> = reading.texts.iter().map(|t| parse_sets(t)).collect::<Result<_>>()?;
     (hooks.release)();
     let t = Instant::now();
-    installed.remove()?;
+    std::thread::scope(|s| {
+        let hs: Vec<_> = shells.into_iter().map(|sh| s.spawn(move || sh.finish())).collect();
+        hs.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("trace thread panicked"))))
+    })?;
+    installed.done = true;
     if debug {
         eprintln!("trace timing: removing the tables {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
     }

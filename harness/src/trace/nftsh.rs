@@ -33,7 +33,10 @@ impl NftShell {
         let (r, w) = std::io::pipe().context("pipe")?;
         let w2 = w.try_clone()?;
         let argv = ["nft", "-j", "-i"].map(String::from);
-        let cmd = crate::process::command_opts(n.netns, &argv, cwd, Stdio::piped(), Stdio::from(w), Stdio::from(w2), &[], true)?;
+        let mut cmd = crate::process::command_opts(n.netns, &argv, cwd, Stdio::piped(), Stdio::from(w), Stdio::from(w2), &[], true)?;
+        // Interactive nft keeps a history in $HOME/.nft.history (read at start, written at exit):
+        // none here (no file can be made under /dev/null), so the host's home is never written.
+        cmd.env("HOME", "/dev/null");
         let mut child = pid.spawn(cmd).with_context(|| format!("node `{}`: cannot run `nft -j -i`", n.name))?;
         let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
@@ -134,7 +137,8 @@ mod tests {
     }
 
     /// A real `nft -j -i` in a namespace: loaded and listed, an error reported (not taken for a
-    /// listing), removal seen to fail when there is nothing to remove, and nothing left running.
+    /// listing), removal seen to fail when there is nothing to remove, nothing left running, and
+    /// no history written to the host's home.
     #[test]
     #[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
     fn a_shell_loads_lists_reports_errors_and_removes() {
@@ -154,6 +158,11 @@ mod tests {
         let nft_pid = sh.child.id();
         sh.finish().unwrap();
         assert!(!std::path::Path::new(&format!("/proc/{nft_pid}")).exists(), "nft still running");
+        if let Some(home) = std::env::var_os("HOME") {
+            let h = std::path::Path::new(&home).join(".nft.history");
+            let text = std::fs::read_to_string(&h).unwrap_or_default();
+            assert!(!text.contains("typeof\\040ip\\040ttl;\\040flags"), "{} has the trace's commands", h.display());
+        }
         let mut sh = NftShell::start(&node, &pid, dir.path()).unwrap();
         assert!(!sh.list_after(&[], "reading").unwrap().contains(TABLE));
         let e = sh.finish().unwrap_err();

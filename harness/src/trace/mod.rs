@@ -1,13 +1,16 @@
 //! Hop-by-hop explanation of a failed reachability check, from the kernel's own view.
 //!
-//! [`trace`] loads, in every node (with the real `nft`, run inside the node), a table
+//! A trace ([`Opts::run`]) loads, in every node (with the real `nft`, one `nft -j -i` per node
+//! for the whole trace: `nftsh.rs`), a table
 //! `inet vpnlab_trace` whose base chains sit first (priority -500) and last (priority 500) on
 //! each of the five IP hooks. Their only rules add the probe's ICMP packets to dynamic sets with
 //! per-element counters: echo requests to `dest` and echo replies from `dest` keyed by
 //! `ttl . interface . saddr . daddr`, and ICMP errors whose quoted packet is one of those keyed by
 //! `ttl . interface . icmp type . icmp code` (nft 1.0.6 mishandles `typeof` concatenations of more
 //! than four fields). No rule has a verdict and nothing needs conntrack, so the lab behaves as
-//! before; the table is deleted again before `trace` returns (also on error).
+//! before; the table is deleted again before the trace returns (also on error). The sets are
+//! read once the probe is over, until three readings agree or one accounts for every packet of
+//! the probe (`observe.rs`, `account.rs`).
 //!
 //! The TTL in the key orders the hops (every router decrements it before its forward hook; a
 //! tunnel through a userspace VPN daemon leaves it alone) and tells apart passes of a looping

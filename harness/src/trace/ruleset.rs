@@ -1,6 +1,7 @@
 //! The observation points: the `inet vpnlab_trace` ruleset (hooks, first/last chains, the
-//! kinds of counted packet), loading and removing it with `nft` in every node, reading the sets
-//! back from `nft -j` JSON (serde_json), and the per-namespace SNMP counters.
+//! kinds of counted packet; loaded, read and removed through `nftsh.rs`), its removal by an
+//! `nft` process per node when a trace ends early, reading the sets back from `nft -j` JSON
+//! (serde_json), and the per-namespace SNMP counters.
 
 use super::{TraceNode, NFT_TIMEOUT, TABLE};
 use crate::ns::{NetNs, PidNs};

@@ -82,7 +82,7 @@ pub struct Opts<'a, 'b> {
     /// The lab's nodes, all observed.
     pub nodes: &'a [TraceNode<'b>],
     pub pid: &'a PidNs,
-    /// Where the trace's processes run and its ruleset file is written (a node's directory).
+    /// Where the trace's processes run (a node's directory).
     pub cwd: &'a Path,
     /// The probe's source node (index into `nodes`).
     pub src: usize,

@@ -308,7 +308,8 @@ pub fn trace(key: &str, node: &str, dest: std::net::IpAddr) -> Result<Vec<String
     let src = st.nodes.iter().position(|(n, _)| n == node).ok_or_else(|| anyhow!("{} has no node `{node}`", st.lab_id))?;
     let pid = ns::PidNs::attach(st.holder_pid)?;
     let cwd = st.work.join("nodes").join(node);
-    crate::trace::run_ping_trace(&spaces, &pid, &cwd, src, dest)
+    let nodes = crate::trace::TraceNode::all(&spaces.iter().collect::<Vec<_>>());
+    crate::trace::Opts { nodes: &nodes, pid: &pid, cwd: &cwd, src, dest, method: None, kernel_drops: None }.ping().map(|t| t.lines)
 }
 
 /// The shell `vpnlab shell` starts.

@@ -79,9 +79,11 @@ impl Lab_<'_> {
         Ok(StopFact { node, service: name, already_exited: already, killed_after: killed.then_some(grace), exit: Exit::from_status(st) })
     }
 
-    pub(super) fn trace_lines(&self, node: usize, dest: std::net::IpAddr) -> Result<Vec<String>> {
+    /// The trace's own ping from `node` to `dest` (`trace::Opts::ping`).
+    pub(super) fn trace(&self, node: usize, dest: std::net::IpAddr) -> Result<crate::trace::Trace> {
         let refs: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
-        crate::trace::run_ping_trace_refs(&refs, &self.pid, &self.node_dir(node), node, dest)
+        let (nodes, cwd) = (crate::trace::TraceNode::all(&refs), self.node_dir(node));
+        crate::trace::Opts { nodes: &nodes, pid: &self.pid, cwd: &cwd, src: node, dest, method: None, kernel_drops: None }.ping()
     }
 
     pub(super) fn check_impairers(&self) -> Result<(), StepFailed> {
@@ -210,7 +212,7 @@ impl Lab_<'_> {
         // Where did it die? A failed reachability check says hop by hop.
         if let (Action::Ping { node, dest, expect: PingExpect::Reachable, .. }, Fact::Ping(p)) = (&step.action, &fact) {
             if p.received == 0 {
-                if let Ok(lines) = self.trace_lines(*node, *dest) {
+                if let Ok(lines) = self.trace(*node, *dest).map(|t| t.lines) {
                     self.t.push("    where the probe went (vpnlab trace):");
                     self.t.push_block(&lines.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"));
                 }
@@ -351,9 +353,7 @@ impl Lab_<'_> {
                 Fact::Counter { node: node_name(node), name: name.clone(), value: all.get(name).copied() }
             }
             Action::Trace { node, dest, .. } => {
-                let refs: Vec<&crate::ns::NetNs> = self.topo.nodes.iter().map(|h| &h.ns).collect();
-                let t = crate::trace::run_ping_trace_full(&refs, &self.pid, &self.node_dir(*node), *node, *dest)
-                    .map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
+                let t = self.trace(*node, *dest).map_err(|e| fail(format!("trace {dest}: {e:#}")))?;
                 Fact::Trace { node: node_name(node), dest: *dest, lines: t.lines, end: t.end }
             }
             Action::Service { op, service } => match op {

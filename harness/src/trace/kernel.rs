@@ -11,28 +11,31 @@ use crate::drops::{Drop, L4};
 /// How a `why` that the kernel said starts (`dropped()` turns it into `was dropped at NODE: ...`).
 pub(super) const KERNEL: &str = "kernel: ";
 
+/// Which of the probe's packets (to or from `dest`) a dropped packet is, if any.
+pub(super) fn kind_of(d: &Drop, dest: std::net::IpAddr) -> Option<Kind> {
+    let p = d.packet.as_ref()?;
+    let (echo, err) = match &p.l4 {
+        L4::Echo { reply, .. } => (Some((*reply, p.src, p.dst)), false),
+        L4::IcmpError { quoted: Some(q), .. } => match q.l4 {
+            L4::Echo { reply, .. } => (Some((reply, q.src, q.dst)), true),
+            _ => (None, true),
+        },
+        _ => (None, false),
+    };
+    let (reply, src, dst) = echo?;
+    let about = if reply { src == dest } else { dst == dest };
+    about.then_some(match (err, reply) {
+        (false, false) => Kind::Req,
+        (false, true) => Kind::Rep,
+        (true, false) => Kind::ErrReq,
+        (true, true) => Kind::ErrRep,
+    })
+}
+
 impl Walker<'_, '_> {
     /// Whether a dropped packet is the probe's packet of this kind.
     fn is_kind(&self, d: &Drop, k: Kind) -> bool {
-        let Some(p) = &d.packet else { return false };
-        let dest = self.dest;
-        let (echo, err) = match &p.l4 {
-            L4::Echo { reply, .. } => (Some((*reply, p.src, p.dst)), false),
-            L4::IcmpError { quoted: Some(q), .. } => match q.l4 {
-                L4::Echo { reply, .. } => (Some((reply, q.src, q.dst)), true),
-                _ => (None, true),
-            },
-            _ => (None, false),
-        };
-        let Some((reply, src, dst)) = echo else { return false };
-        let about = if reply { src == dest } else { dst == dest };
-        about
-            && match k {
-                Kind::Req => !err && !reply,
-                Kind::Rep => !err && reply,
-                Kind::ErrReq => err && !reply,
-                Kind::ErrRep => err && reply,
-            }
+        kind_of(d, self.dest) == Some(k)
     }
 
     /// The first drop of the probe's `k` packet at `node` that means it was lost (not a copy).

@@ -1,6 +1,7 @@
 //! The observation points: the `inet vpnlab_trace` ruleset (hooks, first/last chains, the
-//! kinds of counted packet), loading and removing it with `nft` in every node, reading the sets
-//! back from `nft -j` JSON (serde_json), and the per-namespace SNMP counters.
+//! kinds of counted packet; loaded, read and removed through `nftsh.rs`), its removal by an
+//! `nft` process per node when a trace ends early, reading the sets back from `nft -j` JSON
+//! (serde_json), and the per-namespace SNMP counters.
 
 use super::{TraceNode, NFT_TIMEOUT, TABLE};
 use crate::ns::{NetNs, PidNs};
@@ -238,39 +239,13 @@ pub(super) fn par<T: Send>(nodes: &[TraceNode], f: impl Fn(&TraceNode) -> Result
     })
 }
 
-/// Every node's `nft -j list sets inet`: the sets with their elements and counters but not the
-/// chains and rules, which `list table` would fetch and print too (half the time of each
-/// reading, ~3 ms instead of ~7 ms per node). [`parse_sets`] keeps this table's sets.
-pub(super) fn collect(nodes: &[TraceNode], pid: &PidNs, cwd: &Path) -> Result<Vec<String>> {
-    par(nodes, |n| {
-        let out = nft(n.netns, pid, cwd, &["-j", "list", "sets", "inet"])?;
-        if !out.success() {
-            bail!("node `{}`: reading the trace table failed ({}):\n{}", n.name, out.describe_status(), out.text.trim_end());
-        }
-        Ok(out.text)
-    })
-}
-
-/// The trace tables, removed on drop if [`Installed::remove`] was not reached (error, panic).
+/// The trace tables, removed on drop (an `nft` process per node) unless `done` (the trace's
+/// `nft -i` shells removed them: `nftsh.rs`), so an error or a panic leaves no table behind.
 pub(super) struct Installed<'a, 'b> {
     pub(super) nodes: &'a [TraceNode<'b>],
     pub(super) pid: &'a PidNs,
     pub(super) cwd: &'a Path,
     pub(super) done: bool,
-}
-
-impl Installed<'_, '_> {
-    pub(super) fn remove(mut self) -> Result<()> {
-        self.done = true;
-        let r = par(self.nodes, |n| {
-            let out = nft(n.netns, self.pid, self.cwd, &["delete", "table", "inet", TABLE])?;
-            if !out.success() {
-                bail!("node `{}`: removing the trace table failed ({}):\n{}", n.name, out.describe_status(), out.text.trim_end());
-            }
-            Ok(())
-        });
-        r.map(|_| ())
-    }
 }
 
 impl Drop for Installed<'_, '_> {

@@ -93,9 +93,48 @@ pub fn probes_lost(drops: &[crate::drops::Drop], dest: IpAddr, count: u32, reque
     by_id.into_values().find(|seqs| seqs.len() as u32 >= count).map(|seqs| seqs.into_values().cloned().collect())
 }
 
+/// The echo replies a node's kernel received (`IcmpInEchoReps` / `Icmp6InEchoReplies`, counted
+/// before any socket sees them; only the check's own ping runs in the node meanwhile).
+struct EchoCounter<'a> {
+    netns: &'a NetNs,
+    key: &'static str,
+}
+
+impl<'a> EchoCounter<'a> {
+    fn new(netns: &'a NetNs, v6: bool) -> Self {
+        EchoCounter { netns, key: if v6 { "Icmp6InEchoReplies" } else { "IcmpInEchoReps" } }
+    }
+
+    fn replies(&self) -> Result<u32> {
+        let c = crate::counters::read(self.netns)?;
+        let n = c.get(self.key).ok_or_else(|| anyhow::anyhow!("node `{}`: no {} counter", self.netns.name, self.key))?;
+        Ok(u32::try_from(*n).unwrap_or(0))
+    }
+
+    /// The replies received since `before`, once none came for [`SILENCE`] (within 10 s). A loss
+    /// check needs this: once any reply came, iputils' ping waits only two round trips after
+    /// its last probe (not its `-W`), so a reply held up longer (a TCP tunnel's retransmission
+    /// under load) would count as lost, and the count would change with the load.
+    fn late_replies(&self, before: u32) -> Result<u32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = self.replies()?;
+        let mut since = Instant::now();
+        while since.elapsed() < SILENCE && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.replies()?;
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            }
+        }
+        Ok(seen.wrapping_sub(before))
+    }
+}
+
 /// Runs real `ping`. Reachability checks stop at the first `count` replies (deadline 5 s);
 /// negative checks send `count` probes 10 ms apart and wait [`SILENCE`] after the last; loss
-/// checks send exactly `count` (20 ms apart) and wait [`SILENCE`] for the last replies. With
+/// checks send exactly `count` (20 ms apart); a `loss 0%` check whose ping reports a loss also
+/// counts the replies that still reach the node until [`SILENCE`] passes without one
+/// ([`EchoCounter::late_replies`]). With
 /// the lab's drop events (`drops`), a negative check ends as soon as every probe's reply is seen
 /// dropped inside the lab ([`probes_lost`]; the drops go into the fact); with no such
 /// evidence it still waits out the silence.
@@ -134,6 +173,14 @@ pub fn ping(
         src.map(|s| format!(" -I {s}")).unwrap_or_default()
     );
     let mut lost: Option<Vec<crate::drops::Drop>> = None;
+    let echoes = EchoCounter::new(netns, dest.is_ipv6());
+    // `loss 0%`: every probe answered, however late ping stopped waiting (see
+    // `EchoCounter::late_replies`). A ranged loss check keeps ping's own count (its transcript
+    // shows the count; the replies its losses are made of never come).
+    let replies_before = match expect {
+        PingExpect::Loss(0, 0) => Some(echoes.replies()?),
+        _ => None,
+    };
     let out = match (expect, drops) {
         (PingExpect::Unreachable, Some(watch)) => {
             let from = watch.mark();
@@ -145,7 +192,13 @@ pub fn ping(
         }
         _ => run_capture(netns, pid, &argv, cwd, Duration::from_secs(30))?,
     };
-    let r = parse_ping(&out.text);
+    let mut r = parse_ping(&out.text);
+    if let (Some(before), true) = (replies_before, r.received < r.transmitted) {
+        // Replies ping stopped waiting for (see `EchoCounter::late_replies`) still count.
+        // The counter counts duplicates too; ping's statistics say how many it saw.
+        let dups = out.text.split(", +").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+        r.received = r.received.max(echoes.late_replies(before)?.saturating_sub(dups).min(r.transmitted));
+    }
     let mut fact = crate::facts::PingFact {
         node: node.to_string(),
         shown,

@@ -207,6 +207,43 @@ fn sigterm_and_sigint_leave_nothing_at_all() {
     }
 }
 
+/// A panic in the middle of a scenario (here: its progress lines written to a closed stderr)
+/// unwinds through the lab's teardown: the run ends and leaves no process. It used to hang
+/// forever: the PID namespace was dropped before the daemons, and its init waited for their
+/// zombies, which only the daemons' own drops reap.
+#[test]
+#[cfg_attr(vpnlab_not_root, ignore = "needs root: sudo -E cargo test")]
+fn a_panic_half_way_ends_the_run_and_leaves_nothing() {
+    work_root();
+    let root = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vpnlab"))
+        .args(["run", "--trace-debug", "-j", "1", &format!("{}::where-it-dies", labs().join(LAB).to_string_lossy())])
+        .env("VPNLAB_WORK_ROOT", root.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the first line, then close the pipe: the next progress line panics.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stderr.take().unwrap()), &mut first).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if ended.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(ended.is_some(), "vpnlab did not end within 60 s of a panic (first line: {first:?})");
+    wait_for("the lab's processes to die", Duration::from_secs(5), || procs_under(root.path()).is_empty());
+}
+
 /// `-j 2`: two scenarios up at once; SIGTERM stops both, removes both work dirs, and the run
 /// still ends with its summary so far.
 #[test]

@@ -158,13 +158,12 @@ impl StepFailed {
 }
 
 struct Lab_<'a> {
-    /// Active impairments by (node, interface), with their NFQUEUE numbers. Declared before
-    /// `pid` so that they are stopped before the lab's processes are killed.
+    /// Active impairments by (node, interface), with their NFQUEUE numbers. Declared first
+    /// so that they are stopped before the lab's processes are killed.
     impairers: Vec<((usize, String), crate::impair::Impairer)>,
     lab: &'a Lab,
     opts: &'a Options,
     work: std::sync::Arc<WorkDir>,
-    pid: PidNs,
     topo: Topology,
     daemons: Vec<Option<Daemon>>,
     /// tcpdump captures (`--pcap`), stopped after the daemons at teardown.
@@ -187,6 +186,11 @@ struct Lab_<'a> {
     /// The lab's drop events (`crate::drops`), started at the first negative ping; `Some(None)`
     /// where the kernel gives none.
     drops: Option<Option<crate::drops::Watch>>,
+    /// Declared last, so dropped last: killing the PID namespace's init waits until every
+    /// process in it is reaped, and the daemons and captures above (our children) are reaped
+    /// by their own drops. Dropped earlier (a panic unwinding past the teardown), it waited
+    /// forever on their zombies.
+    pid: PidNs,
 }
 
 /// Runs `scenario` of `lab`. Errors are problems of the environment (cannot create a

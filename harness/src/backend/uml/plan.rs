@@ -191,7 +191,7 @@ impl<'a> Plan<'a> {
         line(&format!("cd {} || fail cd {}", q(&self.cwd), q(&self.cwd)));
         line("echo \"$M:start@@\"");
         let argv: Vec<String> = self.job.argv.iter().map(|a| sh_quote(a)).collect();
-        line(&format!("{} </dev/null", argv.join(" ")));
+        line(&format!("{}{}", argv.join(" "), if self.job.console_stdin { "" } else { " </dev/null" }));
         line("rc=$?");
         line(&format!("echo $rc > {} || fail writing exit code", q(&self.exit_file())));
         line("echo \"$M:exit:$rc@@\"");

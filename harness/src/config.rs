@@ -36,7 +36,7 @@ pub struct Config {
     pub trace_debug: bool,
     /// Boot a fresh user-mode-linux guest for every scenario instead of reusing warm guests
     /// (to rule out anything carried over from the scenario before)
-    #[arg(long, global = true, env = "VPNLAB_UML_FRESH")]
+    #[arg(long, global = true, env = "VPNLAB_UML_FRESH", value_parser = clap::builder::BoolishValueParser::new())]
     pub uml_fresh: bool,
     /// A prefix for the namespace names of `vpnlab up` (keeps concurrent tests apart)
     #[arg(long, global = true, env = "VPNLAB_NETNS_PREFIX", value_name = "PREFIX", hide = true)]

@@ -325,7 +325,7 @@ fn net_links() -> Vec<String> {
     v
 }
 
-/// Processes other than the guest's init, this server and kernel threads: `pid (comm)`.
+/// Processes other than the guest's init, this server and the kernel's own: `pid (comm)`.
 fn stray_processes() -> Vec<String> {
     const PF_KTHREAD: u64 = 0x0020_0000;
     let me = std::process::id() as i32;
@@ -341,7 +341,11 @@ fn stray_processes() -> Vec<String> {
         // state ppid pgrp session tty_nr tpgid flags ...
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         let flags = fields.get(6).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-        if flags & PF_KTHREAD != 0 || fields.first() == Some(&"Z") && fields.get(1) == Some(&"1") {
+        // Kernel threads, and the user-mode helpers and drivers the kernel starts itself
+        // (children of kthreadd: modprobe for an autoload ending on its own, `bpfilter_umh`
+        // started at a first iptables-legacy use and kept by the kernel): not a job's. A job's
+        // process can never become kthreadd's child (orphans go to their namespace's init).
+        if flags & PF_KTHREAD != 0 || fields.get(1) == Some(&"2") {
             continue;
         }
         let comm = stat[stat.find('(').map_or(0, |i| i + 1)..close].to_string();

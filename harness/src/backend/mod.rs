@@ -433,13 +433,12 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     // A `--with` build under /tmp (a release engineer's scratch build) too.
     uj.expose.extend(opts.with.choices.iter().flat_map(|c| c.dirs()).filter(|d| d.starts_with("/tmp") || d.starts_with("/run")));
     uj.timeout = lab.deadline + Duration::from_secs(30);
-    // A warm guest from the pool (booted with every module a lab may need), unless
+    // A warm guest from the pool (one booted with this lab's modules), unless
     // `--uml-fresh` asks for a fresh guest per scenario.
     let (out, booted) = if crate::config::get().uml_fresh {
         (uml::run(&uj).context("running the lab in user-mode-linux")?, true)
     } else {
-        let p = uml::pool::run(&uj, &modules_for_features(&[KernelFeature::Ppp, KernelFeature::Esp]))
-            .context("running the lab in user-mode-linux")?;
+        let p = uml::pool::run(&uj, &uj.modules).context("running the lab in user-mode-linux")?;
         (p.outcome, p.booted)
     };
     if opts.wants_progress() {

@@ -1,4 +1,5 @@
-//! User-mode-linux backend: run one command inside a fresh UML guest.
+//! User-mode-linux backend: run one command inside a fresh UML guest ([`run`]), or in a warm
+//! guest reused for successive commands ([`pool`], what the labs use).
 //!
 //! Some labs need kernel features the host kernel lacks (PPP, kernel ESP). Debian's
 //! `user-mode-linux` package ships a Linux kernel that runs as an ordinary host process
@@ -18,7 +19,8 @@
 //!   `PR_SET_PDEATHSIG(SIGKILL)`. PDEATHSIG fires when the *thread* that spawned the child
 //!   exits, not the process. [`run`] spawns from the calling thread and blocks that thread
 //!   until the guest has been reaped, so the signal can only fire when the whole harness dies,
-//!   which is exactly what we want. Do not move the spawn to a short-lived helper thread.
+//!   which is exactly what we want. Do not move the spawn to a short-lived helper thread. (A
+//!   warm guest of the [`pool`] is spawned by its own thread, which lives as long as it.)
 //! * On timeout, error, panic (drop guard) the whole group and the namespace init get SIGKILL
 //!   and are reaped; afterwards `/proc` is scanned for anything left in the guest's session
 //!   (killed, and an error if it survives). Without the namespace, the guest's other host
@@ -62,6 +64,8 @@ mod dirs;
 mod guest;
 mod host;
 mod plan;
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod tests;
 

@@ -40,13 +40,15 @@ pub struct Pooled {
 
 struct Request {
     job: UmlJob,
-    boot_modules: Vec<String>,
+    key: Key,
     server: ServerCmd,
     reply: Sender<Result<Pooled>>,
 }
 
 struct Worker {
     tx: Sender<Request>,
+    /// What its guest was booted for (by the last job sent to it).
+    key: Option<Key>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -62,20 +64,29 @@ fn vpnlab_server(token: &str) -> (Vec<String>, Vec<(String, String)>) {
 }
 
 /// Runs `job` in a warm guest running this binary's guest server (booted with `boot_modules`
-/// loaded, and `job.alternatives`): blocks until it ended. `job.timeout` counts from here
+/// loaded, and `job.alternatives`; guests booted otherwise are not used for it): blocks until it ended. `job.timeout` counts from here
 /// (a boot included); on expiry the guest is killed and this is an error.
 pub fn run(job: &UmlJob, boot_modules: &[String]) -> Result<Pooled> {
     run_with(job, boot_modules, vpnlab_server)
 }
 
 pub(super) fn run_with(job: &UmlJob, boot_modules: &[String], server: ServerCmd) -> Result<Pooled> {
-    let worker = IDLE.lock().unwrap_or_else(|e| e.into_inner()).pop();
-    let worker = match worker {
+    let key = Key { server: server(""), alternatives: job.alternatives.clone(), mem_mb: job.mem_mb, modules: boot_modules.to_vec() };
+    // A guest booted for the same (same modules: a lab sees the devices its modules add to every
+    // network namespace, e.g. `ip_vti0`, exactly as in a fresh guest), else any idle one (its
+    // thread boots a fresh guest), else a new one.
+    let worker = {
+        let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+        let at = idle.iter().rposition(|w| w.key.as_ref() == Some(&key)).or_else(|| idle.len().checked_sub(1));
+        at.map(|i| idle.remove(i))
+    };
+    let mut worker = match worker {
         Some(w) => w,
         None => spawn_worker()?,
     };
+    worker.key = Some(key.clone());
     let (reply, answer) = channel();
-    let req = Request { job: job.clone(), boot_modules: boot_modules.to_vec(), server, reply };
+    let req = Request { job: job.clone(), key, server, reply };
     if worker.tx.send(req).is_err() {
         let _ = worker.thread.join();
         bail!("a user-mode-linux guest's thread ended");
@@ -114,7 +125,7 @@ fn spawn_worker() -> Result<Worker> {
         .name("vpnlab-uml-guest".into())
         .spawn(move || serve_requests(rx))
         .context("starting a user-mode-linux guest's thread")?;
-    Ok(Worker { tx, thread })
+    Ok(Worker { tx, key: None, thread })
 }
 
 /// The guest's thread: one job at a time until the pool lets it go.
@@ -122,7 +133,7 @@ fn serve_requests(rx: Receiver<Request>) {
     let mut warm: Option<Warm> = None;
     for req in rx {
         let start = Instant::now();
-        let key = Key { server: (req.server)(""), alternatives: req.job.alternatives.clone(), mem_mb: req.job.mem_mb, modules: req.boot_modules };
+        let key = req.key;
         if warm.as_ref().is_some_and(|w| w.key != key || !w.alive()) {
             warm = None;
         }
@@ -158,7 +169,7 @@ fn serve_requests(rx: Receiver<Request>) {
 }
 
 /// What a guest was booted for: a job with another key gets a fresh guest.
-#[derive(PartialEq)]
+#[derive(PartialEq, Clone)]
 struct Key {
     /// The server's command (with an empty token).
     server: (Vec<String>, Vec<(String, String)>),
@@ -210,7 +221,9 @@ impl Warm {
                 let why = plan.failure(&w.console).unwrap_or_else(|| "the guest ended".into());
                 bail!("UML guest setup failed: {why}\n{}", tail(plan.clean_console(&w.console).as_bytes()))
             }
-            Err(Stop::TimedOut) => bail!("UML guest timed out after {:?} (killed) before the command started\n{}", job.timeout, tail(&w.console)),
+            Err(Stop::TimedOut) => {
+                bail!("UML guest timed out after {:?} (killed) before the command started\n{}", job.timeout, tail(&w.console))
+            }
         }
         w.ready_after = t0.elapsed();
         Ok(w)
@@ -272,7 +285,11 @@ impl Warm {
             }
             Ok(Err(why)) => bail!("the UML guest could not start the job: {why}\n{}", tail(&self.console)),
             Err(Stop::TimedOut) => {
-                bail!("UML guest timed out after {:?} (killed)\n{}", deadline.saturating_duration_since(start), tail(text(&self.console).as_bytes()))
+                bail!(
+                    "UML guest timed out after {:?} (killed)\n{}",
+                    deadline.saturating_duration_since(start),
+                    tail(text(&self.console).as_bytes())
+                )
             }
             Err(Stop::Died) => bail!("the UML guest ended during the job\n{}", tail(text(&self.console).as_bytes())),
         }

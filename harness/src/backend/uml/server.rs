@@ -12,7 +12,8 @@
 //! dirs (ro) through hostfs. When the job's command exits, that init exits, so the kernel kills
 //! everything left in the job's PID namespace, and the mount namespace goes with its last
 //! process. The idle check then makes sure nothing escaped: no process but init, the server and
-//! kernel threads, the server's mounts and the guest's network devices as before the first job.
+//! the kernel's own, the server's mounts, the guest's network devices and the loaded kernel
+//! modules as before the first job.
 //! (A network namespace is reachable only through a process, an open fd or an nsfs mount: with
 //! no process left and no mount added, none of a job's is left to the next.)
 
@@ -143,7 +144,8 @@ fn run_job(spec: &Spec) -> Result<i32> {
     }
     // A fork into a new PID namespace (clone3: unshare(CLONE_NEWPID) works once per process).
     let mut ca = super::guest::CloneArgs { flags: libc::CLONE_NEWPID as u64, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &mut ca as *mut super::guest::CloneArgs, std::mem::size_of::<super::guest::CloneArgs>()) };
+    let pid =
+        unsafe { libc::syscall(libc::SYS_clone3, &mut ca as *mut super::guest::CloneArgs, std::mem::size_of::<super::guest::CloneArgs>()) };
     if pid < 0 {
         return Err(std::io::Error::last_os_error()).context("clone3(CLONE_NEWPID)");
     }
@@ -168,6 +170,9 @@ fn run_job(spec: &Spec) -> Result<i32> {
             return Err(e).context("waitpid");
         }
     }
+    // What the job wrote to its shared dir reaches the host before the host is told it ended
+    // (its hostfs mount went with its mount namespace, which writes back too: belt and braces).
+    unsafe { libc::sync() };
     Ok(code_of(status))
 }
 
@@ -275,46 +280,63 @@ fn job_init(mounts: &[Mount], argv: &[CString], env: &[CString], cwd: &CString) 
 struct Idle {
     mounts: String,
     links: Vec<String>,
+    modules: Vec<String>,
 }
 
 impl Idle {
     fn take() -> Idle {
-        Idle { mounts: mountinfo(), links: net_links() }
+        Idle { mounts: mountinfo(), links: net_links(), modules: modules() }
     }
 
-    /// Ok once the guest is as it was (waiting up to `deadline` for processes to go).
+    /// Ok once the guest is as it was (waiting up to `deadline` for processes to go; what else
+    /// a job could leave does not go by itself).
     fn settle(&self, deadline: Instant) -> Result<(), String> {
         let mut pause = Duration::from_millis(1);
-        loop {
-            let left = stray_processes();
-            let mounts = mountinfo();
-            let links = net_links();
-            if left.is_empty() && mounts == self.mounts && links == self.links {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                let mut why = Vec::new();
-                if !left.is_empty() {
-                    why.push(format!("processes left: {}", left.join(", ")));
-                }
-                if mounts != self.mounts {
-                    let added: Vec<&str> = mounts.lines().filter(|l| !self.mounts.lines().any(|b| b == *l)).collect();
-                    why.push(format!("mounts changed: {}", added.join("; ")));
-                }
-                if links != self.links {
-                    why.push(format!("network devices now {:?}", links));
-                }
-                return Err(why.join("; "));
-            }
-            // Processes being killed, kernel helpers ending: a short, growing pause until then.
+        let mut left = stray_processes();
+        // Processes being killed, kernel helpers ending: a short, growing pause until then.
+        while !left.is_empty() && Instant::now() < deadline {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
+            left = stray_processes();
+        }
+        let (mounts, links, mods) = (mountinfo(), net_links(), modules());
+        let mut why = Vec::new();
+        if !left.is_empty() {
+            why.push(format!("processes left: {}", left.join(", ")));
+        }
+        if mounts != self.mounts {
+            let added: Vec<&str> = mounts.lines().filter(|l| !self.mounts.lines().any(|b| b == *l)).collect();
+            why.push(format!("mounts changed: {}", added.join("; ")));
+        }
+        if mods != self.modules {
+            let added: Vec<&String> = mods.iter().filter(|m| !self.modules.contains(m)).collect();
+            why.push(format!("kernel modules loaded: {added:?}"));
+        }
+        if links != self.links {
+            why.push(format!("network devices now {links:?}"));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
         }
     }
 }
 
 fn mountinfo() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
+}
+
+/// The loaded kernel modules: one a job loads (autoloaded) stays, and may change what the next
+/// sees (a tunnel module's fallback device in every new network namespace, br_netfilter).
+fn modules() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string("/proc/modules")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    v.sort();
+    v
 }
 
 fn net_links() -> Vec<String> {

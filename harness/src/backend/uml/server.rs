@@ -300,6 +300,7 @@ impl Idle {
             left = stray_processes();
         }
         let (mounts, links, mods) = (mountinfo(), net_links(), modules());
+        // (A module unloaded since is no concern: none is, the kernel keeps them.)
         let mut why = Vec::new();
         if !left.is_empty() {
             why.push(format!("processes left: {}", left.join(", ")));
@@ -308,8 +309,8 @@ impl Idle {
             let added: Vec<&str> = mounts.lines().filter(|l| !self.mounts.lines().any(|b| b == *l)).collect();
             why.push(format!("mounts changed: {}", added.join("; ")));
         }
-        if mods != self.modules {
-            let added: Vec<&String> = mods.iter().filter(|m| !self.modules.contains(m)).collect();
+        let added: Vec<&String> = mods.iter().filter(|m| !self.modules.contains(m) && !inert(m)).collect();
+        if !added.is_empty() {
             why.push(format!("kernel modules loaded: {added:?}"));
         }
         if links != self.links {
@@ -337,6 +338,20 @@ fn modules() -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Modules a job may leave loaded: netfilter's (x_tables and its matches and targets, the
+/// iptables tables, conntrack, NAT, defrag, nfnetlink, bpfilter, which iptables-legacy loads on
+/// its first use), and the IPsec transforms. They change no network namespace by being loaded: tables, conntrack, NAT and
+/// defrag hooks are set up per namespace on first use, so the next job's namespaces are the
+/// same as in a fresh guest (where its own first rule loads them). Any other module (a tunnel
+/// module's fallback device in every new namespace, br_netfilter's bridge hooks) retires the
+/// guest.
+fn inert(module: &str) -> bool {
+    const PREFIXES: [&str; 5] = ["xt_", "nf_", "iptable_", "ip6table_", "nfnetlink"];
+    // And the IPsec transforms (an xfrm type registered, no device): `esp6` for an IPv6 SA.
+    const XFRM: [&str; 7] = ["esp4", "esp6", "ah4", "ah6", "ipcomp", "ipcomp6", "xfrm_ipcomp"];
+    matches!(module, "x_tables" | "ip_tables" | "ip6_tables" | "bpfilter") || XFRM.contains(&module) || PREFIXES.iter().any(|p| module.starts_with(p))
 }
 
 fn net_links() -> Vec<String> {

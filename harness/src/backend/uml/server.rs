@@ -351,7 +351,9 @@ fn inert(module: &str) -> bool {
     const PREFIXES: [&str; 5] = ["xt_", "nf_", "iptable_", "ip6table_", "nfnetlink"];
     // And the IPsec transforms (an xfrm type registered, no device): `esp6` for an IPv6 SA.
     const XFRM: [&str; 7] = ["esp4", "esp6", "ah4", "ah6", "ipcomp", "ipcomp6", "xfrm_ipcomp"];
-    matches!(module, "x_tables" | "ip_tables" | "ip6_tables" | "bpfilter") || XFRM.contains(&module) || PREFIXES.iter().any(|p| module.starts_with(p))
+    matches!(module, "x_tables" | "ip_tables" | "ip6_tables" | "bpfilter")
+        || XFRM.contains(&module)
+        || PREFIXES.iter().any(|p| module.starts_with(p))
 }
 
 fn net_links() -> Vec<String> {

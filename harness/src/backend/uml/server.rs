@@ -52,6 +52,7 @@ const SETTLE: Duration = Duration::from_secs(10);
 pub(crate) fn serve(token: &str) -> Result<()> {
     let marker = |what: &str| format!("@@vpnlab-pool:{token}:{what}@@");
     raw_input(0);
+    let _pinned = pin(PIN_DIRS);
     let idle = Idle::take();
     say(&marker("ready"));
     let stdin = std::io::stdin();
@@ -86,6 +87,38 @@ pub(crate) fn serve(token: &str) -> Result<()> {
             Err(why) => say(&marker(&format!("dirty:{}:{}", spec.id, why.replace(['\n', '@'], " ")))),
         }
     }
+}
+
+/// The programs and libraries the labs run (pluto, whack, certutil, openvpn, pppd, ip, the
+/// libraries they link), kept open by the server for the guest's life: hostfs frees an inode,
+/// and its page cache with it, as soon as nothing uses it (`drop_inode =
+/// generic_delete_inode`), so without a reference every exec reads its program and libraries
+/// from the host again. An open file keeps them cached across jobs (the cache only fills as
+/// jobs read them). vpnlab itself is kept by the server's own mapping.
+const PIN_DIRS: &[&str] = &["/usr/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu/nss", "/usr/libexec/ipsec", "/usr/sbin", "/usr/bin"];
+
+fn pin(dirs: &[&str]) -> Vec<std::fs::File> {
+    // Up to the hard limit of open files (a few thousand are needed).
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+    let mut files = Vec::new();
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(d) else { continue };
+        for e in rd.flatten() {
+            // Regular files only (following symlinks): opening a directory or device is no use.
+            if std::fs::metadata(e.path()).is_ok_and(|m| m.is_file()) {
+                if let Ok(f) = std::fs::File::open(e.path()) {
+                    files.push(f);
+                }
+            }
+        }
+    }
+    files
 }
 
 /// A marker on a line of its own (job output may have ended without a newline).

@@ -84,6 +84,8 @@ fn main() {
     // rules, nft ruleset, iptables, the sysctls labs set) is the same after the suite as before.
     let before = host_state();
     let conclusion = libtest_mimic::run(&args, trials);
+    // The warm user-mode-linux guests the UML trials shared: ended, their dirs removed.
+    vpnlab::backend::uml::pool::shutdown();
     if let (Some(before), Some(after)) = (before, host_state()) {
         if before != after {
             eprintln!("the host's network state changed during the lab suite (labs must never touch the host):");

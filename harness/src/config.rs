@@ -34,6 +34,10 @@ pub struct Config {
     /// Print the trace's observation points and raw counts on stderr
     #[arg(long, global = true, env = "VPNLAB_TRACE_DEBUG")]
     pub trace_debug: bool,
+    /// Boot a fresh user-mode-linux guest for every scenario instead of reusing warm guests
+    /// (to rule out anything carried over from the scenario before)
+    #[arg(long, global = true, env = "VPNLAB_UML_FRESH", value_parser = clap::builder::BoolishValueParser::new())]
+    pub uml_fresh: bool,
     /// A prefix for the namespace names of `vpnlab up` (keeps concurrent tests apart)
     #[arg(long, global = true, env = "VPNLAB_NETNS_PREFIX", value_name = "PREFIX", hide = true)]
     pub netns_prefix: Option<String>,
@@ -53,6 +57,7 @@ impl Config {
             ("VPNLAB_DEBIAN_MIRROR", self.debian_mirror.clone()),
             ("VPNLAB_DOT", self.dot.clone()),
             ("VPNLAB_TRACE_DEBUG", self.trace_debug.then(|| "1".to_string())),
+            ("VPNLAB_UML_FRESH", self.uml_fresh.then(|| "1".to_string())),
             ("VPNLAB_NETNS_PREFIX", self.netns_prefix.clone()),
         ]
         .into_iter()
@@ -117,6 +122,7 @@ mod tests {
             "VPNLAB_DEBIAN_MIRROR",
             "VPNLAB_DOT",
             "VPNLAB_TRACE_DEBUG",
+            "VPNLAB_UML_FRESH",
         ] {
             assert!(envs.iter().any(|e| e == v), "{v} missing from {envs:?}");
         }

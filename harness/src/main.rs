@@ -206,7 +206,10 @@ fn main() -> ExitCode {
     ) {
         vpnlab::ns::install_signal_cleanup();
     }
-    match real_main(cli) {
+    let r = real_main(cli);
+    // Warm user-mode-linux guests any command used (`run`, `matrix`, `bench`): ended, dirs removed.
+    vpnlab::backend::uml::pool::shutdown();
+    match r {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let e = vpnlab::error::Error::from(e);

@@ -15,6 +15,9 @@ pub const ARG: &str = "__vpnlab";
 pub enum Role {
     /// Inside a user-mode-linux guest: run the job file's scenario, write its result beside it.
     Guest { job: PathBuf },
+    /// A warm user-mode-linux guest's server: runs the jobs written to its console (one a
+    /// line) until told to quit; `token` marks its answers (`backend::uml::pool`).
+    GuestServer { token: String },
     /// The server of a lab kept up by `vpnlab up` (`until`: the step to stop before; empty: all).
     Serve { lab_dir: PathBuf, scenario: String, until: String, with: Vec<String> },
 }
@@ -26,6 +29,7 @@ impl Role {
         let mut v = vec![ARG.to_string()];
         match self {
             Role::Guest { job } => v.extend(["guest".to_string(), path(job)]),
+            Role::GuestServer { token } => v.extend(["guest-server".to_string(), token.clone()]),
             Role::Serve { lab_dir, scenario, until, with } => {
                 v.extend(["serve".to_string(), path(lab_dir), scenario.clone(), until.clone()]);
                 v.extend(with.iter().cloned());
@@ -42,6 +46,7 @@ impl Role {
         }
         Some(match &args[1..] {
             [g, job] if g == "guest" => Ok(Role::Guest { job: job.into() }),
+            [g, token] if g == "guest-server" => Ok(Role::GuestServer { token: token.clone() }),
             [s, lab_dir, scenario, until, with @ ..] if s == "serve" => {
                 Ok(Role::Serve { lab_dir: lab_dir.into(), scenario: scenario.clone(), until: until.clone(), with: with.to_vec() })
             }
@@ -70,6 +75,13 @@ pub fn main_if_requested() {
                 3
             }
         },
+        Role::GuestServer { token } => match crate::backend::uml::serve_pool_guest(&token) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vpnlab guest server: {e:#}");
+                3
+            }
+        },
         Role::Serve { lab_dir, scenario, until, with } => {
             // The server owns a lab: SIGTERM/SIGINT clean it up like any command that does.
             crate::ns::install_signal_cleanup();
@@ -93,6 +105,7 @@ mod tests {
     fn roles_round_trip_through_arguments() {
         let roles = [
             Role::Guest { job: "/tmp/w/job.toml".into() },
+            Role::GuestServer { token: "ab12".into() },
             Role::Serve { lab_dir: "/l/x".into(), scenario: "s".into(), until: String::new(), with: vec!["openvpn=2.7.8".into()] },
         ];
         for r in roles {

@@ -433,7 +433,14 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
     // A `--with` build under /tmp (a release engineer's scratch build) too.
     uj.expose.extend(opts.with.choices.iter().flat_map(|c| c.dirs()).filter(|d| d.starts_with("/tmp") || d.starts_with("/run")));
     uj.timeout = lab.deadline + Duration::from_secs(30);
-    let out = uml::run(&uj).context("running the lab in user-mode-linux")?;
+    // A warm guest from the pool (one booted with this lab's modules), unless
+    // `--uml-fresh` asks for a fresh guest per scenario.
+    let (out, booted) = if crate::config::get().uml_fresh {
+        (uml::run(&uj).context("running the lab in user-mode-linux")?, true)
+    } else {
+        let p = uml::pool::run(&uj, &uj.modules).context("running the lab in user-mode-linux")?;
+        (p.outcome, p.booted)
+    };
     if opts.wants_progress() {
         for l in out.console.lines().filter(|l| l.contains(&format!("[{}::{scenario}]", lab.id))) {
             opts.emit(l);
@@ -453,9 +460,9 @@ fn run_uml(lab: &Lab, scenario: &str, opts: &Options) -> Result<Run> {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let tm = &res.timings;
         let lab_time = tm.build + tm.daemons + tm.steps + tm.teardown;
+        let guest = if booted { format!("guest booted for it in {:.0} ms", ms(out.boot)) } else { "warm guest reused".to_string() };
         opts.emit(&format!(
-            "  (user-mode-linux: boot {:.0} ms, build {:.0} ms, daemons {:.0} ms, steps {:.0} ms, rest {:.0} ms, total {:.0} ms)",
-            ms(out.boot),
+            "  (user-mode-linux: {guest}, build {:.0} ms, daemons {:.0} ms, steps {:.0} ms, rest {:.0} ms, total {:.0} ms)",
             ms(tm.build),
             ms(tm.daemons),
             ms(tm.steps),

@@ -279,6 +279,8 @@ pub fn run_suite(
         }
     });
     display.finish();
+    // The warm user-mode-linux guests are not needed any more: ended and their dirs removed.
+    vpnlab::backend::uml::pool::shutdown();
     for (e, _, _) in slots.iter().filter_map(|s| s.done.as_ref()) {
         if let Some(reps) = e.repetitions.as_ref().filter(|r| r.differed) {
             eprintln!(

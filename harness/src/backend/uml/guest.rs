@@ -15,7 +15,7 @@ pub(super) struct Guest {
     pub(super) pidfd: OwnedFd,
     pub(super) console: OwnedFd,
     /// Write end of UML's stdin, kept open so the console never sees EOF (a hangup).
-    pub(super) _stdin: OwnedFd,
+    pub(super) stdin: OwnedFd,
     pub(super) reaped: bool,
 }
 
@@ -112,7 +112,7 @@ impl Guest {
         }
         let pid = pid as libc::pid_t;
         drop((console_w, stdin_r, err_w, life_r));
-        let guest = Guest { pid, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) }, console: console_r, _stdin: stdin_w, reaped: false };
+        let guest = Guest { pid, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) }, console: console_r, stdin: stdin_w, reaped: false };
         // EOF on the error pipe = execve succeeded.
         let mut buf = [0u8; 4];
         let mut f = std::fs::File::from(err_r);

@@ -1,4 +1,5 @@
-//! User-mode-linux backend: run one command inside a fresh UML guest.
+//! User-mode-linux backend: run one command inside a fresh UML guest ([`run`]), or in a warm
+//! guest reused for successive commands ([`pool`], what the labs use).
 //!
 //! Some labs need kernel features the host kernel lacks (PPP, kernel ESP). Debian's
 //! `user-mode-linux` package ships a Linux kernel that runs as an ordinary host process
@@ -18,7 +19,8 @@
 //!   `PR_SET_PDEATHSIG(SIGKILL)`. PDEATHSIG fires when the *thread* that spawned the child
 //!   exits, not the process. [`run`] spawns from the calling thread and blocks that thread
 //!   until the guest has been reaped, so the signal can only fire when the whole harness dies,
-//!   which is exactly what we want. Do not move the spawn to a short-lived helper thread.
+//!   which is exactly what we want. Do not move the spawn to a short-lived helper thread. (A
+//!   warm guest of the [`pool`] is spawned by its own thread, which lives as long as it.)
 //! * On timeout, error, panic (drop guard) the whole group and the namespace init get SIGKILL
 //!   and are reaped; afterwards `/proc` is scanned for anything left in the guest's session
 //!   (killed, and an error if it survives). Without the namespace, the guest's other host
@@ -63,12 +65,18 @@ mod guest;
 mod host;
 mod plan;
 #[cfg(test)]
+mod pool_tests;
+#[cfg(test)]
 mod tests;
 
 use dirs::{memory_dir, private_dir, sweep_stale_dirs};
 use guest::{drain, find, tail, Guest};
 use host::{fpu_shim_so, host_config};
 use plan::Plan;
+
+pub mod pool;
+mod server;
+pub(crate) use server::serve as serve_pool_guest;
 
 /// The UML kernel binary (Debian package `user-mode-linux`).
 pub const UML_KERNEL: &str = "/usr/bin/linux.uml";
@@ -134,6 +142,9 @@ pub struct UmlJob {
     /// holds for every process in the guest whatever its PATH (`/usr/sbin/ipsec` puts
     /// `/usr/sbin` first). Names the host has no alternative for are skipped.
     pub alternatives: Vec<(String, PathBuf)>,
+    /// The command's stdin is the guest console (the host writes to UML's stdin) instead of
+    /// /dev/null: for the pool's guest server ([`pool`]).
+    pub console_stdin: bool,
 }
 
 impl UmlJob {
@@ -151,6 +162,7 @@ impl UmlJob {
             tmpfs: Vec::new(),
             expose: Vec::new(),
             alternatives: Vec::new(),
+            console_stdin: false,
         }
     }
 }
@@ -211,51 +223,13 @@ fn run_observed(job: &UmlJob, started: impl FnOnce(libc::pid_t, &Path, &Path)) -
     let plan = Plan::new(job, host)?;
     sweep_stale_dirs();
 
-    // Private dirs. Declared before the guest guard so they are removed after it is dead.
-    let private = private_dir()?;
-    let memdir = memory_dir(private.path())?;
-    let umldir = private.path().join("uml");
-    std::fs::create_dir(&umldir)?;
-    let init_path = plan.write_guest_files(private.path())?;
-
-    let mut env: Vec<String> = vec![
-        "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        format!("HOME={}", private.path().display()),
-        format!("TMPDIR={}", memdir.path().display()),
-    ];
-    let fpu_shim = if let Some(cc) = &host.cc {
-        let so = private.path().join("fpu-shim.so");
-        std::fs::write(&so, fpu_shim_so(cc)?).context("writing the FPU shim")?;
-        env.push(format!("LD_PRELOAD={}", so.display()));
-        true
-    } else {
-        false
-    };
-    let args: Vec<String> = vec![
-        UML_KERNEL.into(),
-        format!("mem={}M", job.mem_mb.max(64)),
-        "rootfstype=hostfs".into(),
-        "rootflags=/".into(),
-        "ro".into(),
-        format!("init={}", init_path.display()),
-        "con0=fd:0,fd:1".into(),
-        "con=null".into(),
-        "ssl=null".into(),
-        "umid=vpnlab".into(),
-        format!("uml_dir={}", umldir.display()),
-        "quiet".into(),
-        "panic=-1".into(),
-        // Boot time: 6.1's builtin raid6/xor benchmarks busy-wait ~1 s on UML's 100 Hz clock,
-        // registering 256 legacy BSD ptys takes ~0.15 s. Neither is used by any lab (xor keeps
-        // a default template; only md raid456/btrfs raid56 would need raid6), jfs and zswap
-        // neither. SELinux only prints deprecation warnings in the guest.
-        "initcall_blacklist=raid6_select_algo,calibrate_xor_blocks,init_jfs_fs,init_zswap".into(),
-        "pty.legacy_count=0".into(),
-        "selinux=0".into(),
-        "devtmpfs.mount=1".into(),
-    ];
+    let b = boot(&plan, host, job.mem_mb)?;
+    // Separate bindings, the guest last: it is dropped (killed) before the dirs go.
+    let private = b.private;
+    let memdir = b.memdir;
+    let fpu_shim = b.fpu_shim;
+    let mut guest = b.guest;
     let deadline = start + job.timeout;
-    let mut guest = Guest::spawn(&args, &env, private.path())?;
     started(guest.pid, private.path(), memdir.path());
 
     // Event loop: console output and process exit, until the guest is gone.
@@ -364,4 +338,63 @@ fn run_observed(job: &UmlJob, started: impl FnOnce(libc::pid_t, &Path, &Path)) -
         _ => bail!("UML guest ended ({status}) without reporting the command's exit code\n{}", tail(console_text.as_bytes())),
     };
     Ok(UmlOutcome { exit_code, console: console_text, boot: boot.unwrap_or_default(), total: start.elapsed(), fpu_shim })
+}
+
+/// A booted guest and its private dirs (fields drop in this order: the guest is dead before
+/// its dirs go).
+struct Booted {
+    guest: Guest,
+    memdir: tempfile::TempDir,
+    private: tempfile::TempDir,
+    fpu_shim: bool,
+}
+
+/// Writes the guest's files for `plan` into a new private dir and starts the kernel (from the
+/// calling thread: PDEATHSIG, see the module docs).
+fn boot(plan: &Plan, host: &host::HostConfig, mem_mb: u32) -> Result<Booted> {
+    // Private dirs. Declared before the guest guard so they are removed after it is dead.
+    let private = private_dir()?;
+    let memdir = memory_dir(private.path())?;
+    let umldir = private.path().join("uml");
+    std::fs::create_dir(&umldir)?;
+    let init_path = plan.write_guest_files(private.path())?;
+
+    let mut env: Vec<String> = vec![
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        format!("HOME={}", private.path().display()),
+        format!("TMPDIR={}", memdir.path().display()),
+    ];
+    let fpu_shim = if let Some(cc) = &host.cc {
+        let so = private.path().join("fpu-shim.so");
+        std::fs::write(&so, fpu_shim_so(cc)?).context("writing the FPU shim")?;
+        env.push(format!("LD_PRELOAD={}", so.display()));
+        true
+    } else {
+        false
+    };
+    let args: Vec<String> = vec![
+        UML_KERNEL.into(),
+        format!("mem={}M", mem_mb.max(64)),
+        "rootfstype=hostfs".into(),
+        "rootflags=/".into(),
+        "ro".into(),
+        format!("init={}", init_path.display()),
+        "con0=fd:0,fd:1".into(),
+        "con=null".into(),
+        "ssl=null".into(),
+        "umid=vpnlab".into(),
+        format!("uml_dir={}", umldir.display()),
+        "quiet".into(),
+        "panic=-1".into(),
+        // Boot time: 6.1's builtin raid6/xor benchmarks busy-wait ~1 s on UML's 100 Hz clock,
+        // registering 256 legacy BSD ptys takes ~0.15 s. Neither is used by any lab (xor keeps
+        // a default template; only md raid456/btrfs raid56 would need raid6), jfs and zswap
+        // neither. SELinux only prints deprecation warnings in the guest.
+        "initcall_blacklist=raid6_select_algo,calibrate_xor_blocks,init_jfs_fs,init_zswap".into(),
+        "pty.legacy_count=0".into(),
+        "selinux=0".into(),
+        "devtmpfs.mount=1".into(),
+    ];
+    let guest = Guest::spawn(&args, &env, private.path())?;
+    Ok(Booted { guest, memdir, private, fpu_shim })
 }

@@ -6,7 +6,7 @@ use super::host::HostConfig;
 use super::{UmlJob, ESP_CRYPTO_MODULES, GUEST_OVERMOUNTS, GUEST_PRIVATE, UML_MODULES};
 
 /// Where the guest sees a program whose own folder it covers (see [`Plan::program_dir`]).
-const GUEST_PROGRAM_DIR: &str = "/run/vpnlab-uml-program";
+pub(super) const GUEST_PROGRAM_DIR: &str = "/run/vpnlab-uml-program";
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -229,7 +229,7 @@ impl<'a> Plan<'a> {
         line("echo \"$M:start@@\"");
         let mut argv: Vec<String> = self.job.argv.iter().map(|a| sh_quote(a)).collect();
         argv[0] = sh_quote(&self.program().to_string_lossy());
-        line(&format!("{} </dev/null", argv.join(" ")));
+        line(&format!("{}{}", argv.join(" "), if self.job.console_stdin { "" } else { " </dev/null" }));
         line("rc=$?");
         line(&format!("echo $rc > {} || fail writing exit code", q(&self.exit_file())));
         line("echo \"$M:exit:$rc@@\"");

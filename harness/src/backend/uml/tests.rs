@@ -9,13 +9,13 @@ use std::sync::Mutex;
 
 /// Guests are serialised: each may use up to a GB and a CPU, and the leak checks below
 /// look for any linux.uml process.
-static SERIAL: Mutex<()> = Mutex::new(());
+pub(super) static SERIAL: Mutex<()> = Mutex::new(());
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
+pub(super) fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn skip() -> bool {
+pub(super) fn skip() -> bool {
     match available() {
         Ok(()) => false,
         Err(reason) => {
@@ -36,7 +36,7 @@ fn run(job: &UmlJob) -> Result<UmlOutcome> {
     super::run_observed(job, |pid, private, memdir| LAST_RUN.with(|l| *l.borrow_mut() = Some((pid, private.to_owned(), memdir.to_owned()))))
 }
 
-fn home_uml() -> Vec<std::ffi::OsString> {
+pub(super) fn home_uml() -> Vec<std::ffi::OsString> {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
     std::fs::read_dir(home.join(".uml")).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default()
 }

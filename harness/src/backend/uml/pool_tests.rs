@@ -4,7 +4,7 @@
 
 use super::dirs::{private_base, sweep_stale_dirs, MEMORY_PREFIX, PRIVATE_PREFIX};
 use super::pool::{run_with, shutdown, Pooled};
-use super::tests::{home_uml, lock, skip};
+use super::tests::{home_uml, lock, skip, start_helper};
 use super::*;
 
 /// The guest server of this test binary: [`uml_pool_server_helper`] re-invoked in the guest.
@@ -144,18 +144,8 @@ fn uml_pool_guest_dies_with_its_harness() {
         return;
     }
     let shared = tempfile::tempdir().unwrap();
-    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "backend::uml::pool_tests::uml_pool_helper_long_running_guest", "--nocapture", "--test-threads=1"])
-        .env("VPNLAB_UML_POOL_TEST_HELPER", shared.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(60);
-    while !shared.path().join("started").exists() {
-        assert!(Instant::now() < until, "guest did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut helper =
+        start_helper("backend::uml::pool_tests::uml_pool_helper_long_running_guest", "VPNLAB_UML_POOL_TEST_HELPER", shared.path());
     let helper_pid = helper.id() as i32;
     let kernels: Vec<i32> = std::fs::read_dir("/proc")
         .unwrap()

@@ -356,6 +356,29 @@ fn uml_helper_long_running_guest() {
     let _ = run(&job);
 }
 
+/// Starts this test binary's `test` (a helper that runs a guest whose command touches
+/// `started` in `shared`, then sleeps) in a process of its own, as the `*_dies_with_its_harness`
+/// tests kill it; returns once the guest's command runs.
+pub(super) fn start_helper(test: &str, env: &str, shared: &Path) -> std::process::Child {
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env, shared)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !shared.join("started").exists() {
+        if Instant::now() >= until {
+            let _ = helper.kill();
+            let _ = helper.wait();
+            panic!("guest did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    helper
+}
+
 #[test]
 #[cfg_attr(vpnlab_not_root, ignore = "needs root (run as another user, its guests were seen to outlive the test): sudo -E cargo test")]
 fn uml_guest_dies_with_its_harness() {
@@ -364,19 +387,7 @@ fn uml_guest_dies_with_its_harness() {
         return;
     }
     let shared = tempfile::tempdir().unwrap();
-    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "backend::uml::tests::uml_helper_long_running_guest", "--nocapture", "--test-threads=1"])
-        .env("VPNLAB_UML_TEST_HELPER", shared.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait (bounded) for the guest command to start.
-    let until = Instant::now() + Duration::from_secs(60);
-    while !shared.path().join("started").exists() {
-        assert!(Instant::now() < until, "guest did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut helper = start_helper("backend::uml::tests::uml_helper_long_running_guest", "VPNLAB_UML_TEST_HELPER", shared.path());
     // The UML kernel is the helper's child with exe linux.uml; its session holds the rest.
     let helper_pid = helper.id() as i32;
     let kernel = std::fs::read_dir("/proc")

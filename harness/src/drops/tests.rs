@@ -7,29 +7,9 @@ use crate::model::step::{Action, PingExpect};
 use crate::ns::PidNs;
 use crate::process::run_capture;
 use crate::topology::Topology;
+use crate::trace::tests::{chain, B_ROUTE, FORWARDING};
 use std::net::IpAddr;
 use std::time::Instant;
-
-/// a - r - b; r forwards. `{R_NFT}`: r's ruleset; `{B}`: more keys of b.
-const LAB: &str = r#"
-[lab]
-title = "drops"
-[nodes.a]
-routes = ["default via 10.0.1.1"]
-[nodes.r]
-sysctl = { "net.ipv4.ip_forward" = "1" }
-[nodes.b]
-routes = ["default via 10.0.2.1"]
-{B}
-[[links]]
-a = "a:eth0 10.0.1.2/24"
-b = "r:eth0 10.0.1.1/24"
-[[links]]
-a = "r:eth1 10.0.2.1/24"
-b = "b:eth0 10.0.2.2/24"
-[scenarios.s]
-steps = []
-"#;
 
 /// r drops echo replies in forward, silently: the probe dies inside the lab and no ICMP error
 /// tells the pinger.
@@ -46,7 +26,9 @@ fn build(b: &str, r_nft: Option<&str>) -> Built {
     assert!(crate::env::is_root(), "building namespaces needs root: sudo -E cargo test");
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path().to_path_buf();
-    let lab = crate::model::parse(&cwd.join("lab.toml"), &LAB.replace("{B}", b)).unwrap_or_else(|e| panic!("{e:?}"));
+    // a - r - b, r forwarding; `b`: more keys of b.
+    let src = chain(FORWARDING, &format!("{B_ROUTE}\n{b}"), "");
+    let lab = crate::model::parse(&cwd.join("lab.toml"), &src).unwrap_or_else(|e| panic!("{e:?}"));
     let pid = PidNs::create().unwrap();
     let topo = Topology::build(&lab).unwrap();
     if let Some(rules) = r_nft {

@@ -234,4 +234,4 @@ impl Method {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
